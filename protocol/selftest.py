@@ -1,0 +1,71 @@
+# Check protocol/vectors.json on whatever runtime runs this: the MicroPython unix port, a real
+# board (copy vectors.json next to it) or CPython. Prints one line per failure and a summary
+# "VECTORS ok=N fail=M"; returns the failure count. Used by tests and the HIL suite.
+import binascii
+import json
+
+from . import errors, frame
+from .hmac_sha256 import hkdf_sha256, hmac_sha256
+
+
+def _h(s):
+    return binascii.unhexlify(s)
+
+
+def _same(a, b):
+    # JSON gives lists where frame gives tuples/lists; compare as lists.
+    return json.dumps(a) == json.dumps(b)
+
+
+def run(vectors, log=print):
+    ok = fail = 0
+
+    def check(cond, what):
+        nonlocal ok, fail
+        if cond:
+            ok += 1
+        else:
+            fail += 1
+            log("FAIL " + what)
+
+    for v in vectors["hmac_sha256"]:
+        mac = binascii.hexlify(hmac_sha256(_h(v["key"]), _h(v["msg"]))).decode()
+        check(mac.startswith(v["mac"]), "hmac " + v["mac"][:16])
+    for v in vectors["hkdf_sha256"]:
+        okm = hkdf_sha256(_h(v["ikm"]), _h(v["salt"]), _h(v["info"]), v["length"])
+        check(binascii.hexlify(okm).decode() == v["okm"], "hkdf " + v["okm"][:16])
+    for v in vectors["derive_keys"]:
+        enc, mac = frame.derive_keys(_h(v["master_key"]))
+        check(binascii.hexlify(enc).decode() == v["enc_key"], "derive enc key")
+        check(binascii.hexlify(mac).decode() == v["mac_key"], "derive mac key")
+    for v in vectors["frames"]:
+        keys = frame.derive_keys(_h(v["master_key"]))
+        name = "frame counter %d" % v["header"]["counter"]
+        blob = frame.seal(keys, v["header"], v["fields"], iv=_h(v["iv"]))
+        check(binascii.hexlify(blob).decode() == v["frame"], "seal " + name)
+        try:
+            got = frame.open_frame(keys, _h(v["frame"]), topic_meter=v["header"]["meter_id"])
+            hdr = dict(got["header"])
+            hdr.pop("body_len")
+            check(_same(sorted(hdr.items()), sorted(v["header"].items())), "open header " + name)
+            check(_same(sorted(got["fields"].items()), sorted(v["fields"].items())), "open fields " + name)
+        except errors.FrameError as e:
+            check(False, "open " + name + ": " + e.reason)
+    for v in vectors["bad_frames"]:
+        keys = frame.derive_keys(_h(v["master_key"]))
+        try:
+            frame.open_frame(keys, _h(v["frame"]), topic_meter=v.get("topic_meter"))
+            check(False, v["name"] + ": accepted, expected " + v["error"])
+        except errors.FrameError as e:
+            check(e.reason == v["error"], v["name"] + ": got " + e.reason + ", expected " + v["error"])
+    return ok, fail
+
+
+def main(path=None):
+    if path is None:
+        path = __file__.rsplit("/", 1)[0] + "/vectors.json" if "/" in __file__ else "vectors.json"
+    with open(path) as f:
+        vectors = json.load(f)
+    ok, fail = run(vectors)
+    print("VECTORS ok=%d fail=%d" % (ok, fail))
+    return fail

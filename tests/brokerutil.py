@@ -1,0 +1,115 @@
+"""Start real mosquitto brokers for tests on free loopback ports (see FIELD-NOTES: runs as root -> drops to user mosquitto)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _make_readable_by_broker(path: Path) -> None:
+    """mosquitto started as root drops privileges to user `mosquitto`: it must read our files."""
+    if os.geteuid() != 0:
+        return
+    try:
+        import pwd
+
+        pw = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return
+    for p in [path, *path.parents]:
+        if str(p) in ("/", "/tmp"):
+            break
+        os.chmod(p, os.stat(p).st_mode | 0o011 if p.is_dir() else os.stat(p).st_mode)
+    os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+class Mosquitto:
+    """One mosquitto process with its own config dir; restartable with persistence kept."""
+
+    def __init__(self, workdir: Path, *, passwords: dict[str, str] | None = None,
+                 acl: str | None = None, tls: dict[str, Path] | None = None,
+                 persistence: bool = True, port: int | None = None):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o777)
+        self.port = port or free_port()
+        self.tls = tls
+        self.proc: subprocess.Popen | None = None
+        lines = [f"listener {self.port} 127.0.0.1", "log_dest stderr", "log_type error",
+                 "log_type warning", "log_type notice", "max_queued_messages 100000",
+                 "max_inflight_messages 100"]
+        if persistence:
+            lines += ["persistence true", f"persistence_location {self.dir}/", "autosave_interval 1"]
+        if passwords is not None:
+            pwfile = self.dir / "passwd"
+            pwfile.write_text("")
+            for user, pw in passwords.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(pwfile), user, pw], check=True,
+                               capture_output=True)
+            os.chmod(pwfile, 0o600)
+            _make_readable_by_broker(pwfile)
+            lines += ["allow_anonymous false", f"password_file {pwfile}"]
+        else:
+            lines += ["allow_anonymous true"]
+        if acl is not None:
+            aclfile = self.dir / "acl"
+            aclfile.write_text(acl)
+            os.chmod(aclfile, 0o600)
+            _make_readable_by_broker(aclfile)
+            lines += [f"acl_file {aclfile}"]
+        if tls:
+            for p in tls.values():
+                _make_readable_by_broker(Path(p))
+            lines += [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}"]
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.log = self.dir / "mosquitto.log"
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> Mosquitto:
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=logf, stderr=logf)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("mosquitto did not start listening")
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM): mosquitto writes its persistence file."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Mosquitto:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
