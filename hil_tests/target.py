@@ -1,0 +1,96 @@
+"""Where a HIL test runs its MicroPython code: the unix port (default) or a real board over serial.
+
+Both targets run the same snippet with the same prelude, so the assertions are identical:
+- unix: `micropython -X heapsize=64k -c SNIPPET` with the repo's firmware/ and protocol/ on the path;
+- serial:PORT: `mpremote connect PORT mount REPO exec SNIPPET`, the repo appearing on the board
+  at /remote (mpremote's mount), so nothing needs flashing to run the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=os.path.dirname(sys.executable)) or shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} not found: run `make test` (it installs the dev dependencies)")
+    return found
+
+
+@dataclass
+class Result:
+    returncode: int
+    output: str
+
+    def lines(self, prefix: str) -> list[str]:
+        return [ln[len(prefix):].strip() for ln in self.output.splitlines() if ln.startswith(prefix)]
+
+
+class Target:
+    name = "abstract"
+    repo_on_target = ""
+
+    def prelude(self) -> str:
+        root = self.repo_on_target
+        return (f"import sys\nREPO = {root!r}\nsys.path.insert(0, REPO)\n"
+                f"sys.path.insert(0, REPO + '/firmware')\n")
+
+    def run(self, snippet: str, timeout: float = 120) -> Result:
+        raise NotImplementedError
+
+
+class UnixTarget(Target):
+    name = "unix"
+
+    def __init__(self, heap: str = "64k"):
+        self.repo_on_target = str(REPO)
+        self.heap = heap
+        self.micropython = _tool("micropython")
+
+    def run(self, snippet: str, timeout: float = 120) -> Result:
+        code = self.prelude() + snippet
+        res = subprocess.run([self.micropython, "-X", f"heapsize={self.heap}", "-c", code],
+                             capture_output=True, text=True, timeout=timeout)
+        return Result(res.returncode, res.stdout + res.stderr)
+
+
+class SerialTarget(Target):
+    name = "serial"
+    repo_on_target = "/remote"
+
+    def __init__(self, port: str):
+        self.port = port
+        self.mpremote = _tool("mpremote")
+
+    def run(self, snippet: str, timeout: float = 300) -> Result:
+        # exec prints the board's output; an uncaught exception makes mpremote exit non-zero.
+        # sys.exit(n) on the board ends the snippet; we print an exit marker to carry the code.
+        wrapped = (self.prelude() + "try:\n" + "".join("    " + ln + "\n" for ln in snippet.splitlines())
+                   + "except SystemExit as e:\n    print('HIL-EXIT', e.args[0] if e.args else 0)\n")
+        res = subprocess.run([self.mpremote, "connect", self.port, "mount", str(REPO), "exec", wrapped],
+                             capture_output=True, text=True, timeout=timeout)
+        out = res.stdout + res.stderr
+        rc = res.returncode
+        for ln in out.splitlines():
+            if ln.startswith("HIL-EXIT"):
+                rc = int(ln.split()[1] or 0)
+        return Result(rc, out)
+
+
+def make_target(spec: str) -> Target:
+    if spec == "unix":
+        return UnixTarget()
+    if spec.startswith("serial:"):
+        port = spec.split(":", 1)[1]
+        if not port:
+            raise ValueError("--target serial: needs a port, e.g. serial:/dev/ttyUSB0")
+        return SerialTarget(port)
+    raise ValueError(f"unknown --target {spec!r}: use 'unix' or 'serial:/dev/ttyUSB0'")
