@@ -14,6 +14,12 @@ import sys
 # Each module exposes register(subparsers) and sets `func` on the parsers it adds.
 COMMAND_MODULES = (
     "meterveil.host.cmd_frame",
+    "meterveil.host.cmd_tools",
+    "meterveil.host.cmd_backoffice",
+    "meterveil.host.cmd_privacy",
+    "meterveil.host.cmd_keys",
+    "meterveil.host.cmd_gateway",
+    "meterveil.host.cmd_demo",
 )
 
 

@@ -31,7 +31,8 @@ def _make_readable_by_broker(path: Path) -> None:
     for p in [path, *path.parents]:
         if str(p) in ("/", "/tmp"):
             break
-        os.chmod(p, os.stat(p).st_mode | 0o011 if p.is_dir() else os.stat(p).st_mode)
+        if p.is_dir():  # let the broker traverse pytest's private tmp folders
+            os.chmod(p, os.stat(p).st_mode | 0o011)
     os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
@@ -44,6 +45,7 @@ class Mosquitto:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o777)
+        _make_readable_by_broker(self.dir)  # persistence file is written by user mosquitto
         self.port = port or free_port()
         self.tls = tls
         self.proc: subprocess.Popen | None = None

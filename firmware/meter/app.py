@@ -1,0 +1,216 @@
+# The meter loop: sample continuously, integrate energy per wall-clock-aligned interval, add the
+# DP noise share, seal, append to the outbox (before any send), kick the publisher; a status
+# frame every `status_every` readings. The HAL is passed in (app.Meter(hal, cfg)), never
+# imported here, so the same loop runs on a board and on the unix port.
+import array
+import asyncio
+import binascii
+import gc
+import json
+import sys
+
+from meter import persist, privacy, sensing
+from meter.outbox import Outbox
+from meter.publisher import Publisher
+from protocol import frame
+
+FW_VERSION = (0, 1, 0)
+_MAX_GAP_INTERVALS = 2  # a clock step larger than this restarts measuring (NTP step, RTC reset)
+
+
+def _line(s):
+    # One write per line: a kill cannot leave half a TRUTH line followed by another line.
+    sys.stdout.write(s + "\n")
+
+
+def _cap16(v):
+    return 0xFFFF if v > 0xFFFF else v
+
+
+class Meter:
+    def __init__(self, hal, cfg, log=None, out=None):
+        self.hal = hal
+        self.cfg = cfg
+        self.log = log or print
+        self.out = out or _line   # machine-readable lines (TRUTH/STATUS/HEAP) for the host
+        sd = hal.storage_dir
+        self.meter_id = cfg["meter_id"]
+        self.interval_s = cfg["interval_s"]
+        dp = cfg["dp"]
+        self.eps, self.clamp, self.m = dp["epsilon_milli"], dp["clamp_wh"], dp["m"]
+        self.keys = frame.derive_keys(binascii.unhexlify(cfg["master_key"]))
+        self.cal = sensing.Calibration(cfg["calibration"])
+        self.boot_count = persist.bump_boot_count(sd + "/boots")
+        self.counter = persist.FrameCounter(sd + "/counter")
+        ob = cfg["outbox"]
+        self.outbox = Outbox(sd + "/outbox", ob["segment_bytes"], ob["max_bytes"], self.log)
+        # state: UTC day, dp spend today, readings today, last sealed interval start
+        st = persist.read_ints(sd + "/state", 4) or [-1, 0, 0, 0]
+        self.state_path = sd + "/state"
+        self.spend = privacy.DailySpend(st[0], st[1], st[2])
+        self.last_interval = st[3]
+        self.pub = Publisher(hal, cfg, self.outbox, will=self._will_frame, log=self.log)
+        self.buf = array.array("H", bytes(2 * hal.block_samples))
+        self.stats = [0]
+        self.truth = cfg["run"]["truth"] and hasattr(hal, "true_energy_mwh")
+        self.readings = 0          # sealed by this boot
+        self.statuses = 0
+        self.boot_ms = hal.now_ms()
+        self.min_free = hal.free_heap()
+        self.log("meter %s boot %d: outbox depth %d, overflow %d, torn %d, next counter %d"
+                 % (self.meter_id, self.boot_count, self.outbox.depth, self.outbox.overflow,
+                    self.outbox.torn, self.counter.peek()))
+
+    # -- frames -------------------------------------------------------------------------
+    def _header(self, kind, start_s, length):
+        return {"kind": kind, "meter_id": self.meter_id, "counter": self.counter.take(),
+                "interval_start": start_s, "interval_len": length,
+                "epsilon_milli": self.eps, "clamp_wh": self.clamp, "m": self.m}
+
+    def _status_fields(self, now_s):
+        spend, today = self.spend.today(now_s)
+        return {"uptime_s": (self.hal.now_ms() - self.boot_ms) // 1000,
+                "free_heap": self.hal.free_heap(), "outbox_depth": self.outbox.depth,
+                "outbox_overflow": self.outbox.overflow, "reconnects": self.pub.reconnects,
+                "publish_retries": self.pub.retries, "dp_spend_milli": spend,
+                "readings_today": _cap16(today), "boot_count": _cap16(self.boot_count),
+                "fw_version": FW_VERSION}
+
+    def _will_frame(self):
+        # Last will: a sealed status snapshot the broker publishes if this meter drops off
+        # without DISCONNECT. Sealed once per boot (one counter), never stored in the outbox.
+        now_s = self.hal.now_ms() // 1000
+        return frame.seal(self.keys, self._header(frame.KIND_STATUS, now_s, 0),
+                          self._status_fields(now_s))
+
+    def _status(self):
+        now_s = self.hal.now_ms() // 1000
+        fields = self._status_fields(now_s)
+        hdr = self._header(frame.KIND_STATUS, now_s, 0)
+        self.outbox.append(frame.seal(self.keys, hdr, fields))
+        self.statuses += 1
+        self.out("STATUS " + json.dumps({"meter_id": self.meter_id, "counter": hdr["counter"],
+                                          "outbox_depth": fields["outbox_depth"],
+                                          "free_heap": fields["free_heap"]}))
+        self.pub.kick()
+
+    def _seal_reading(self, start_ms, acc, covered_ms, samples, clipped, partial):
+        start_s = start_ms // 1000
+        if start_s <= self.last_interval:
+            # Already reported before a reboot (clock behind the last sealed interval).
+            self.log("skip interval %d: already sealed" % start_s)
+            acc.take_wh()
+            return
+        iv_ms = self.interval_s * 1000
+        energy = acc.take_wh()
+        noise = privacy.noise_share(self.eps, self.clamp, self.m)
+        analytics = privacy.analytics_value(energy, self.clamp, noise)
+        missing = (iv_ms - covered_ms) // 1000
+        if missing < 0:
+            missing = 0
+        flags = 0
+        if partial or missing:
+            flags |= frame.FLAG_PARTIAL_INTERVAL
+        if not self.hal.clock_synced():
+            flags |= frame.FLAG_CLOCK_UNSYNCED
+        if privacy.is_clamped(energy, self.clamp):
+            flags |= frame.FLAG_CLAMPED
+        if clipped:
+            flags |= frame.FLAG_ADC_CLIPPED
+        fields = {"billing_wh": energy, "analytics_wh": analytics, "flags": flags,
+                  "samples": samples, "clipped": _cap16(clipped), "missing_s": _cap16(missing)}
+        hdr = self._header(frame.KIND_READING, start_s, self.interval_s)
+        blob = frame.seal(self.keys, hdr, fields)
+        self.outbox.append(blob)  # durable before anything is sent or reported
+        self.spend.record(start_s, self.eps)
+        self.last_interval = start_s
+        persist.write_ints(self.state_path, (self.spend.day, self.spend.spend_milli,
+                                             self.spend.readings, start_s))
+        self.readings += 1
+        if self.truth:
+            self.out("TRUTH " + json.dumps({
+                "meter_id": self.meter_id, "counter": hdr["counter"], "interval_start": start_s,
+                "interval_len": self.interval_s, "energy_wh": energy, "analytics_wh": analytics,
+                "flags": flags, "missing_s": fields["missing_s"],
+                "true_mwh": self.hal.true_energy_mwh(start_ms, start_ms + iv_ms)}))
+        self.pub.kick()
+        gc.collect()
+        free = self.hal.free_heap()
+        if free < self.min_free:
+            self.min_free = free
+
+    # -- loop ---------------------------------------------------------------------------
+    async def measure(self, intervals=0):
+        # Sample until `intervals` readings are sealed (0: forever).
+        hal = self.hal
+        buf = self.buf
+        cal = self.cal
+        stats = self.stats
+        nbuf = len(buf)
+        iv_ms = self.interval_s * 1000
+        every = self.cfg["status_every"]
+        acc = sensing.EnergyAccumulator()
+        now = hal.now_ms()
+        start = now - now % iv_ms
+        partial = now != start      # the first interval after boot misses its beginning
+        covered = samples = clipped = 0
+        while True:
+            t0 = hal.now_ms()
+            n, _fs, cov = hal.read_block(buf, nbuf)
+            t1 = hal.now_ms()
+            stats[0] = 0
+            p = sensing.block_power_mw(buf, n, cal, stats)
+            hal.wdt_feed()
+            if t1 < t0 or t1 - start > (_MAX_GAP_INTERVALS + 1) * iv_ms:
+                # Clock stepped: what was accumulated cannot be placed in time. Start over.
+                self.log("clock step %d -> %d ms: interval restarted" % (t0, t1))
+                acc.take_wh()
+                start = t1 - t1 % iv_ms
+                partial = True
+                covered = samples = clipped = 0
+                continue
+            b0 = t1 - cov  # the block stands for [t1 - cov, t1)
+            samples += n
+            clipped += stats[0]
+            while t1 >= start + iv_ms:
+                end = start + iv_ms
+                if end > b0:
+                    acc.add(p, end - b0)
+                    covered += end - b0
+                    b0 = end
+                self._seal_reading(start, acc, covered, samples, clipped, partial)
+                start = end
+                partial = False
+                covered = samples = clipped = 0
+                if self.readings and self.readings % every == 0:
+                    self._status()
+                if intervals and self.readings >= intervals:
+                    return
+            if t1 > b0:
+                acc.add(p, t1 - b0)
+                covered += t1 - b0
+            await hal.sleep_ms(0)  # let the publisher run; paces the simulated clock
+
+    async def run(self, intervals=0, drain_timeout_s=0):
+        # Run the loop; with `intervals`, stop after that many readings once the outbox is
+        # drained (returns True) or the drain timeout passed (False).
+        task = asyncio.create_task(self.pub.run())
+        await self.measure(intervals)
+        ok = await self.pub.stop_when_drained(int(drain_timeout_s * 1000))
+        await asyncio.sleep_ms(0)
+        if not task.done():
+            task.cancel()
+        gc.collect()
+        self.out("HEAP " + json.dumps(self.heap_report()))
+        self.log("done: %d readings, %d status, outbox depth %d, drained %s"
+                 % (self.readings, self.statuses, self.outbox.depth, ok))
+        return ok
+
+    def heap_report(self):
+        r = {"min_free_after_gc": self.min_free, "free_now": self.hal.free_heap()}
+        try:
+            import micropython
+            r["mem_peak"] = micropython.mem_peak()
+        except (ImportError, AttributeError):
+            pass
+        return r

@@ -1,0 +1,250 @@
+# Publisher: connection policy over the MQTT wire layer (mqtt.py). Owns reconnect with
+# exponential backoff and jitter, QoS 1 with PUBACK tracking and retransmission (DUP), keepalive
+# pings, and draining the outbox oldest first with a bounded number of messages in flight.
+# Timers here are real time (time.ticks_ms): the network is real even when the meter's clock
+# is simulated, so keepalive and backoff must not speed up with the simulation.
+import asyncio
+import os
+import time
+
+from meter import mqtt
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+_KIND_STATUS = const(2)   # protocol.frame.KIND_STATUS; byte 3 of a frame
+_TICK_MS = const(250)     # housekeeping period while idle
+_CONNECT_TIMEOUT_MS = const(10000)
+
+
+def _ticks():
+    return time.ticks_ms()
+
+
+def _since(t):
+    return time.ticks_diff(time.ticks_ms(), t)
+
+
+def backoff_ms(attempt, lo, hi, rnd16):
+    # Exponential backoff with "equal jitter": half fixed, half random, so a feeder's meters
+    # do not reconnect in lockstep after a broker restart. rnd16: a random int in [0, 65535].
+    if attempt > 20:
+        attempt = 20
+    d = lo << attempt
+    if d > hi:
+        d = hi
+    half = d // 2
+    return half + (half * rnd16) // 65535
+
+
+class Publisher:
+    def __init__(self, hal, cfg, outbox, will=None, log=None):
+        br = cfg["broker"]
+        self.host, self.port, self.tls = mqtt.parse_url(br["url"])
+        self.hal = hal
+        self.outbox = outbox
+        self.user = br.get("username")
+        self.password = br.get("password")
+        self.client_id = br.get("client_id") or cfg["meter_id"]
+        self.keepalive_s = br["keepalive_s"]
+        self.ack_timeout = br["ack_timeout_ms"]
+        self.window = br["inflight"]
+        self.backoff = (br["backoff_min_ms"], br["backoff_max_ms"])
+        self.ca_path = br.get("ca_der_path")
+        base = "meterveil/v1/" + cfg["meter_id"] + "/"
+        self.t_reading = (base + "reading").encode()
+        self.t_status = (base + "status").encode()
+        self._will = will      # callable -> sealed status frame bytes (taken once per boot)
+        self._will_msg = None
+        self._log = log or (lambda m: None)
+        self.connected = False
+        self.connects = 0
+        self.reconnects = 0    # successful connects after the first
+        self.retries = 0       # PUBLISH retransmissions (DUP) within a session
+        self.failures = 0      # failed connection attempts
+        self.last_error = None
+        self._ev = asyncio.Event()
+        self._inflight = []    # [pid, pos, next_pos, sent_ms, acked], in send order
+        self._sent_hi = (0, 0)  # everything before was sent in an earlier session: DUP on resend
+        self._pid = 0
+        self._ping_at = None
+        self._stop = False
+        self._stop_when_idle = False
+        self._ctx = None
+
+    def kick(self):
+        # A new record is in the outbox.
+        self._ev.set()
+
+    def idle(self):
+        return self.outbox.depth == 0 and not self._inflight
+
+    def inflight(self):
+        return len(self._inflight)
+
+    def _next_pid(self):
+        self._pid = self._pid % 65535 + 1
+        return self._pid
+
+    def _topic(self, data):
+        return self.t_status if data[3] == _KIND_STATUS else self.t_reading
+
+    async def run(self):
+        attempt = 0
+        while not self._stop:
+            if self._stop_when_idle and self.idle():
+                return
+            try:
+                await self._session()
+                attempt = 0
+            except OSError as e:  # network and MQTT errors (MQTTError is an OSError)
+                self.failures += 1
+                self.last_error = repr(e)
+                self._log("mqtt: %r" % (e,))
+            except asyncio.TimeoutError:
+                self.failures += 1
+                self.last_error = "timeout"
+                self._log("mqtt: timeout")
+            if self.connected:
+                attempt = 0  # the session ran; the next reconnect starts at the short delay
+            self.connected = False
+            if self._stop or (self._stop_when_idle and self.idle()):
+                return
+            d = backoff_ms(attempt, self.backoff[0], self.backoff[1],
+                           int.from_bytes(os.urandom(2), "big"))
+            attempt += 1
+            await asyncio.sleep_ms(d)
+
+    async def stop_when_drained(self, timeout_ms=0):
+        # Finish sending what the outbox holds, then DISCONNECT (no will). True if drained.
+        self._stop_when_idle = True
+        self._ev.set()
+        t0 = _ticks()
+        while not (self.idle() and not self.connected):
+            if timeout_ms and _since(t0) > timeout_ms:
+                self._stop = True
+                self._ev.set()
+                return False
+            await asyncio.sleep_ms(20)
+        return True
+
+    async def _open(self):
+        ctx = None
+        if self.tls:
+            if self._ctx is None:
+                der = None
+                if self.ca_path:
+                    with open(self.ca_path, "rb") as f:
+                        der = f.read()
+                self._ctx = mqtt.tls_context(der)
+            ctx = self._ctx
+        r, w = await self.hal.open_connection(self.host, self.port, ctx)
+        return mqtt.Session(r, w)
+
+    async def _session(self):
+        if self._will_msg is None and self._will is not None:
+            self._will_msg = self._will()
+        sess = await asyncio.wait_for_ms(self._open(), _CONNECT_TIMEOUT_MS)
+        rx = None
+        try:
+            await asyncio.wait_for_ms(
+                sess.connect(self.client_id, self.keepalive_s, self.user, self.password,
+                             self.t_status if self._will_msg else None, self._will_msg),
+                _CONNECT_TIMEOUT_MS)
+            self.connected = True
+            if self.connects:
+                self.reconnects += 1
+            self.connects += 1
+            self._log("mqtt: connected to %s:%d (outbox %d)" % (self.host, self.port, self.outbox.depth))
+            self._inflight = []
+            self._ping_at = None
+            rx = asyncio.create_task(self._receiver(sess))
+            await self._pump(sess, rx)
+        finally:
+            if rx is not None:
+                rx.cancel()
+            sess.close()
+            self._inflight = []
+
+    async def _publish(self, sess, data, pid, dup):
+        await asyncio.wait_for_ms(sess.publish(self._topic(data), data, pid, dup),
+                                  self.ack_timeout)
+
+    async def _pump(self, sess, rx):
+        cursor = self.outbox.first()
+        last_tx = _ticks()
+        ka_ms = self.keepalive_s * 1000
+        while True:
+            self._ev.clear()
+            if rx.done():
+                raise OSError("connection lost")
+            # Fill the window, oldest first.
+            while len(self._inflight) < self.window:
+                rec = self.outbox.read(cursor)
+                if rec is None:
+                    break
+                data, at, nxt = rec
+                pid = self._next_pid()
+                await self._publish(sess, data, pid, at < self._sent_hi)
+                self._inflight.append([pid, at, nxt, _ticks(), False])
+                cursor = nxt
+                if nxt > self._sent_hi:
+                    self._sent_hi = nxt
+                last_tx = _ticks()
+            # Retransmit what the broker has not acknowledged in time.
+            for e in self._inflight:
+                if not e[4] and _since(e[3]) > self.ack_timeout:
+                    rec = self.outbox.read(e[1])
+                    if rec is None or rec[1] != e[1]:
+                        e[4] = True  # dropped by overflow meanwhile: nothing to resend
+                        continue
+                    self.retries += 1
+                    await self._publish(sess, rec[0], e[0], True)
+                    e[3] = _ticks()
+                    last_tx = e[3]
+            self._advance()
+            # Keepalive: ping at half the interval; a missing PINGRESP means a dead link.
+            if self._ping_at is not None and _since(self._ping_at) > ka_ms:
+                raise OSError("no PINGRESP")
+            if self._ping_at is None and _since(last_tx) >= ka_ms // 2:
+                await asyncio.wait_for_ms(sess.ping(), self.ack_timeout)
+                self._ping_at = _ticks()
+                last_tx = self._ping_at
+            if (self._stop_when_idle and self.idle()) or self._stop:
+                await sess.disconnect()
+                return
+            try:
+                await asyncio.wait_for_ms(self._ev.wait(), _TICK_MS)
+            except asyncio.TimeoutError:
+                pass
+
+    def _advance(self):
+        # Acknowledge the contiguous acked prefix in the outbox, in send order.
+        moved = False
+        while self._inflight and self._inflight[0][4]:
+            e = self._inflight.pop(0)
+            self.outbox.ack(e[1], e[2])
+            moved = True
+        return moved
+
+    async def _receiver(self, sess):
+        try:
+            while True:
+                t, _, body = await sess.read_packet()
+                if t == mqtt.PUBACK and len(body) == 2:
+                    pid = (body[0] << 8) | body[1]
+                    for e in self._inflight:
+                        if e[0] == pid:
+                            e[4] = True
+                            break
+                    self._advance()
+                elif t == mqtt.PINGRESP:
+                    self._ping_at = None
+                self._ev.set()
+        except (OSError, EOFError) as e:  # EOFError: the broker closed the stream
+            self.last_error = repr(e)
+        finally:
+            self._ev.set()  # wake the pump so it sees the lost connection

@@ -1,0 +1,161 @@
+"""An in-process MQTT broker (amqtt 0.12.1) for the demo, so a newcomer needs no mosquitto.
+
+Why a thread with its own event loop: the gateway and the demo driver are synchronous (paho,
+subprocesses), so the broker gets a private asyncio loop and is started and stopped from outside.
+
+Limits of amqtt 0.12.1, checked against its source (see tests/test_broker_embedded.py):
+- MQTT 3.1.1 only: a CONNECT with protocol level 5 gets CONNACK "unacceptable protocol version"
+  when it carries no username; with a username amqtt misparses the v5 properties and never
+  answers (the client waits for a CONNACK until its timeout). Clients must use MQTTv311 here
+  (persistent sessions via clean_session=False work); no `$share/` shared subscriptions.
+- A session is kept after disconnect only if it is not anonymous. amqtt's own AnonymousAuthPlugin
+  marks every session anonymous, so persistent sessions would be dropped; `UserAuthPlugin` below
+  marks sessions that present a username as non-anonymous (and checks passwords when given).
+- ACLs are per-user topic lists (no mosquitto `%u` pattern): `meter_acls()` expands them.
+- A publish to a topic outside the publisher's ACL is acknowledged and silently dropped (as mosquitto).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from amqtt.broker import Broker
+from amqtt.plugins.base import BaseAuthPlugin
+from amqtt.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class UserAuthPlugin(BaseAuthPlugin):
+    """Password check against an in-memory dict (constant-time); usernamed sessions persist."""
+
+    @dataclass
+    class Config:
+        users: dict[str, str] = field(default_factory=dict)
+        require_password: bool = False
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        users: dict[str, str] = self.config.users
+        name = session.username or ""
+        session.is_anonymous = not name
+        if not self.config.require_password:
+            return True
+        expected = users.get(name)
+        if expected is None:
+            return False
+        return hmac.compare_digest((session.password or "").encode(), expected.encode())
+
+
+def meter_acls(meter_ids: list[str], gateway_user: str, topic_root: str = "meterveil/v1") -> dict:
+    """publish/subscribe ACLs: each meter writes only its own subtree; the gateway reads all."""
+    pub = {m: [f"{topic_root}/{m}/#"] for m in meter_ids}
+    pub[gateway_user] = []
+    sub = {gateway_user: [f"{topic_root}/#"]}
+    return {"publish_acl": pub, "acl": sub}
+
+
+def _quiet_cancel(loop: asyncio.AbstractEventLoop, ctx: dict) -> None:
+    """Half-open connections cancelled at stop are expected; report everything else."""
+    if isinstance(ctx.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(ctx)
+
+
+class EmbeddedBroker:
+    """amqtt on 127.0.0.1 (port 0 = pick a free one) in a background thread; `.url` once started."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
+                 users: dict[str, str] | None = None, acls: dict | None = None):
+        self.host = host
+        self.port = port
+        self.users = users
+        self.acls = acls
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._broker: Broker | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def _config(self) -> dict[str, Any]:
+        plugins: dict[str, Any] = {
+            f"{__name__}.UserAuthPlugin": {"users": dict(self.users or {}),
+                                           "require_password": self.users is not None},
+        }
+        if self.acls:
+            plugins["amqtt.plugins.topic_checking.TopicAccessControlListPlugin"] = self.acls
+        return {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": plugins,
+        }
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        loop.set_exception_handler(_quiet_cancel)
+
+        async def boot() -> None:
+            with warnings.catch_warnings():
+                # 0.12.1's ACL plugin only accepts `acl` for subscriptions yet warns it is deprecated.
+                warnings.filterwarnings("ignore", message=".*'acl' option is deprecated")
+                self._broker = Broker(self._config(), loop=loop)
+            await self._broker.start()
+            server = self._broker._servers["default"].instance
+            self.port = server.sockets[0].getsockname()[1]
+
+        try:
+            loop.run_until_complete(boot())
+        except BaseException as exc:  # reported to start() in the caller's thread
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
+
+    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+        self._thread = threading.Thread(target=self._run, name="amqtt-broker", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("embedded broker did not start in time")
+        if self._error is not None:
+            raise RuntimeError(f"embedded broker failed to start: {self._error}") from self._error
+        log.info("embedded amqtt broker on %s", self.url)
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        loop, broker = self._loop, self._broker
+        if loop is None or broker is None or self._thread is None or not self._thread.is_alive():
+            return
+        fut = asyncio.run_coroutine_threadsafe(broker.shutdown(), loop)
+        try:
+            fut.result(timeout)
+        except Exception as exc:  # still stop the loop; say why shutdown was unclean
+            log.warning("embedded broker shutdown: %r", exc)
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout)
+        self._broker = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,338 @@
+"""The decryption role: holds the Paillier secret key and decrypts only what policy allows.
+
+Why the role computes its own sums: its public methods take the store and a query (household bill for
+a calendar month, feeder load for a time range), never a bare ciphertext, so no caller can have it
+decrypt one reading dressed up as a sum. Policy:
+
+- bills: per household, per tariff band, per whole billing period (a calendar month in the tariff's
+  zone); the analytics slot is masked before decryption. At most `max_bands` cells in the common
+  refinement of every band partition ever decrypted for that household and period: billing the same
+  month again with other bands (a "spy" tariff per hour) would otherwise reveal the daily routine by
+  differences. Coarser re-queries (a flat total after a ToU bill) add nothing and pass; a re-bill
+  of the same period over a shifted window (a tariff in another time zone) is refused;
+- feeder loads: per feeder per interval, only with contributors >= m, where
+  m = max(k_min, the largest m provisioned for a meter on that feeder, the largest m the readings
+  carry); one reading per meter; one set of DP parameters; the billing slot is masked before
+  decryption (packing.blind_slot: the mask is drawn and forgotten inside, so the exact billing sum
+  never exists in this process);
+- optional daily DP budget per feeder (UTC day of the interval start): releasing an interval spends
+  its epsilon once; re-releasing the same contributor set is free (same value, post-processing), a
+  different contributor set for an already released interval is refused (differencing attack).
+
+Every decryption and every refusal appends an audit entry; result hashes are HMACs under a key
+derived from the secret key (audit.py says why).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from phe import paillier
+
+from . import packing
+from .aggregate import FeederCell, HouseholdSums, billing_sums, feeder_sums
+from .audit import AuditLog, result_digest
+from .billing import expected_intervals as count_expected
+from .keys import MeterRegistry
+from .store import Store, StoredReading
+from .tariff import Tariff
+
+DEFAULT_K_MIN = 5
+DEFAULT_MAX_BANDS = 6
+_SLOT_S = 900  # band partitions are compared on the period's 15-minute slots (local hours align to them)
+
+_LEDGER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dp_release (
+    feeder          TEXT NOT NULL,
+    interval_start  INTEGER NOT NULL,
+    day             TEXT NOT NULL,
+    epsilon_milli   INTEGER NOT NULL,
+    members_digest  TEXT NOT NULL,
+    PRIMARY KEY (feeder, interval_start)
+);
+CREATE TABLE IF NOT EXISTS bill_partition (
+    meter_id        TEXT NOT NULL,
+    period          TEXT NOT NULL,
+    t_from          INTEGER NOT NULL,
+    t_to            INTEGER NOT NULL,
+    partition       TEXT NOT NULL,
+    PRIMARY KEY (meter_id, period)
+);
+CREATE TABLE IF NOT EXISTS partition_cells (
+    partition       TEXT PRIMARY KEY,
+    labels          TEXT NOT NULL
+);
+"""
+
+
+class PolicyError(ValueError):
+    """A query the decryption role will not run at all (malformed, not a whole billing period, ...)."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    k_min: int = DEFAULT_K_MIN
+    feeder_m: Mapping[str, int] = field(default_factory=dict)  # provisioned m per feeder
+    max_bands: int = DEFAULT_MAX_BANDS
+    daily_budget_milli: int | None = None  # per feeder per UTC day; None = no budget
+
+    def __post_init__(self) -> None:
+        if self.k_min < 2:
+            raise PolicyError(f"k_min must be at least 2, got {self.k_min}")
+
+    @classmethod
+    def from_registry(cls, registry: MeterRegistry, **kwargs: Any) -> Policy:
+        """Per feeder, the largest m provisioned for any of its meters."""
+        feeder_m: dict[str, int] = {}
+        for rec in registry:
+            feeder_m[rec.feeder] = max(feeder_m.get(rec.feeder, 0), rec.m)
+        return cls(feeder_m=feeder_m, **kwargs)
+
+    def required_m(self, feeder: str, carried_m: int) -> int:
+        return max(self.k_min, self.feeder_m.get(feeder, 0), carried_m)
+
+
+@dataclass(frozen=True)
+class FeederLoad:
+    """One feeder interval as released (status 'ok') or refused (status 'refused: ...', no value)."""
+
+    feeder: str
+    interval_start: int
+    interval_len: int
+    readings: int
+    contributors: int
+    epsilon_milli: int
+    clamp_wh: int
+    m: int  # the m the policy required
+    status: str
+    analytics_sum_wh: int | None
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class HouseholdTotals:
+    """Decrypted billing totals of one household for one period (Wh per band) and coverage."""
+
+    meter_id: str
+    period: str
+    band_wh: dict[str, int]
+    readings: int
+    present_intervals: int
+    expected_intervals: int
+
+    @property
+    def missing_intervals(self) -> int:
+        return max(0, self.expected_intervals - self.present_intervals)
+
+
+def _canonical(keys: list[Any]) -> tuple[int, ...]:
+    """Relabel a partition of the period's slots by first appearance, so equal partitions compare equal."""
+    ids: dict[Any, int] = {}
+    return tuple(ids.setdefault(k, len(ids)) for k in keys)
+
+
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat()
+
+
+class DecryptionRole:
+    """Secret-key holder. One instance per actor session; every call is audited under `actor`."""
+
+    def __init__(self, private_key: paillier.PaillierPrivateKey, audit: AuditLog, actor: str,
+                 policy: Policy | None = None) -> None:
+        if not actor:
+            raise PolicyError("the decryption role needs an actor name (who is decrypting)")
+        self._priv = private_key
+        self.public_key = private_key.public_key
+        self.audit = audit
+        self.actor = actor
+        self.policy = policy or Policy()
+        self.refusals: list[tuple[str, str]] = []  # (meter_id, reason) of the last household_totals call
+        self._audit_key = hashlib.sha256(
+            b"meterveil/audit-result/v1" + private_key.p.to_bytes(512, "big") + private_key.q.to_bytes(512, "big")
+        ).digest()
+        self._ledger = sqlite3.connect(audit.path, isolation_level=None, timeout=30)
+        self._ledger.executescript(_LEDGER_SCHEMA)
+
+    def close(self) -> None:
+        self._ledger.close()
+
+    # -- the only place a ciphertext is decrypted -------------------------------------------------
+    def _decrypt_masked(self, ciphertext: int, hide_slot: int) -> int:
+        """Mask `hide_slot` (fresh random mask, forgotten inside blind_slot), then decrypt."""
+        return int(self._priv.raw_decrypt(packing.blind_slot(self.public_key, ciphertext, hide_slot)))
+
+    def result_hash(self, result: Any) -> str:
+        return result_digest(result, self._audit_key)
+
+    # -- bills --------------------------------------------------------------------------------
+    def household_totals(self, store: Store, tariff: Tariff, period: str,
+                         meter_ids: Iterable[str] = ()) -> list[HouseholdTotals]:
+        """Decrypted Wh per band for every household with readings in the period (plus `meter_ids`).
+
+        Households the partition policy refuses are audited, left out of the result and listed in
+        `self.refusals` as (meter_id, reason).
+
+        Missing intervals: expected slots run from the period start to the end of the latest interval
+        stored by any meter in the period (or the period end if earlier), so billing mid-month or
+        before late data does not flag intervals nobody could have sent yet.
+        """
+        t_from, t_to = tariff.period_bounds(period)  # raises on a malformed period
+        self.refusals = []
+        if len(tariff.bands) > self.policy.max_bands:
+            self._refuse_bill(tariff, period, "*", f"refused: tariff has {len(tariff.bands)} bands > "
+                              f"max_bands={self.policy.max_bands}")
+            raise PolicyError(f"tariff {tariff.name!r} has {len(tariff.bands)} bands; policy allows at most "
+                              f"{self.policy.max_bands} (finer bands would expose the daily routine)")
+        last_end = [t_from]  # end of the latest interval seen, tracked while streaming the readings
+
+        def stream() -> Iterable[StoredReading]:
+            for r in store.iter_readings(t_from=t_from, t_to=t_to):
+                last_end[0] = max(last_end[0], r.interval_start + r.interval_len)
+                yield r
+
+        sums = billing_sums(stream(), self.public_key.nsquare, tariff.band_of, t_from, t_to, meter_ids)
+        horizon = min(t_to, last_end[0])
+        labels = _canonical([tariff.band_of(t) for t in range(t_from, t_to, _SLOT_S)])
+        refined: dict[str | None, tuple[int, ...]] = {}
+        out = []
+        for hs in sums.values():
+            pinned, bounds = self._pinned_partition(hs.meter_id, period)
+            if bounds is not None and bounds != (t_from, t_to):
+                reason = (f"refused: period already billed over [{_iso(bounds[0])}, {_iso(bounds[1])}); "
+                          f"a shifted window (other time zone) would expose the difference")
+                self._refuse_bill(tariff, period, hs.meter_id, reason)
+                self.refusals.append((hs.meter_id, reason))
+                continue
+            if pinned not in refined:
+                refined[pinned] = labels if pinned is None else _canonical(
+                    list(zip(self._partition_labels(pinned), labels, strict=True)))
+            combined = refined[pinned]
+            cells = max(combined) + 1
+            if cells > self.policy.max_bands:
+                reason = (f"refused: with earlier bills of this period the bands refine to {cells} cells > "
+                          f"max_bands={self.policy.max_bands}")
+                self._refuse_bill(tariff, period, hs.meter_id, reason)
+                self.refusals.append((hs.meter_id, reason))
+                continue
+            if hs.bands:  # record before decrypting: a crash can only over-restrict later queries
+                self._pin_partition(hs.meter_id, period, (t_from, t_to), combined)
+            out.append(self._decrypt_household(hs, tariff, period, horizon))
+        return out
+
+    def _pinned_partition(self, meter_id: str, period: str) -> tuple[str | None, tuple[int, int] | None]:
+        """(partition digest, (t_from, t_to)) already decrypted for this household and period, if any."""
+        row = self._ledger.execute("SELECT partition, t_from, t_to FROM bill_partition WHERE meter_id=? AND period=?",
+                                   (meter_id, period)).fetchone()
+        return (None, None) if row is None else (str(row[0]), (int(row[1]), int(row[2])))
+
+    def _partition_labels(self, digest: str) -> tuple[int, ...]:
+        row = self._ledger.execute("SELECT labels FROM partition_cells WHERE partition=?", (digest,)).fetchone()
+        if row is None:
+            raise PolicyError(f"partition {digest[:16]} is referenced but not stored (ledger damaged)")
+        return tuple(json.loads(row[0]))
+
+    def _pin_partition(self, meter_id: str, period: str, bounds: tuple[int, int], labels: tuple[int, ...]) -> None:
+        text = json.dumps(labels, separators=(",", ":"))
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        self._ledger.execute("INSERT OR IGNORE INTO partition_cells VALUES (?, ?)", (digest, text))
+        self._ledger.execute("INSERT INTO bill_partition VALUES (?, ?, ?, ?, ?) ON CONFLICT(meter_id, period) "
+                             "DO UPDATE SET partition = excluded.partition",
+                             (meter_id, period, bounds[0], bounds[1], digest))
+
+    def _refuse_bill(self, tariff: Tariff, period: str, meter_id: str, reason: str) -> None:
+        self.audit.append(self.actor, "bill", {"meter_id": meter_id, "period": period, "tariff": tariff.name},
+                          "refuse", reason)
+
+    def _decrypt_household(self, hs: HouseholdSums, tariff: Tariff, period: str, horizon: int) -> HouseholdTotals:
+        if (hs.t_from, hs.t_to) != tariff.period_bounds(period):
+            self._refuse_bill(tariff, period, hs.meter_id, "refused: sums do not span the whole billing period")
+            raise PolicyError(f"{hs.meter_id}: sums do not span billing period {period}")
+        band_wh = {b: packing.billing_of(self._decrypt_masked(c.ciphertext, packing.SLOT_ANALYTICS))
+                   for b, c in sorted(hs.bands.items())}
+        totals = HouseholdTotals(
+            meter_id=hs.meter_id, period=period, band_wh=band_wh, readings=hs.readings,
+            present_intervals=len(hs.intervals),
+            expected_intervals=count_expected(hs.t_from, horizon, hs.interval_len),
+        )
+        query = {"meter_id": hs.meter_id, "period": period, "tariff": tariff.name, "timezone": tariff.timezone,
+                 "t_from": hs.t_from, "t_to": hs.t_to,
+                 "band_readings": {b: c.readings for b, c in sorted(hs.bands.items())}}
+        self.audit.append(self.actor, "bill", query, "allow", "ok: household band totals for a whole period",
+                          self.result_hash({"band_wh": band_wh}))
+        return totals
+
+    # -- feeder load --------------------------------------------------------------------------
+    def feeder_load(self, store: Store, feeder: str, t_from: int, t_to: int) -> list[FeederLoad]:
+        """Per interval in [t_from, t_to) with readings: the DP analytics sum, or a refusal."""
+        if t_to <= t_from:
+            raise PolicyError(f"empty time range [{_iso(t_from)}, {_iso(t_to)})")
+        cells = feeder_sums(store.iter_readings(feeder=feeder, t_from=t_from, t_to=t_to), self.public_key.nsquare)
+        return [self._feeder_cell(c) for c in cells]
+
+    def _check_feeder(self, cell: FeederCell, m: int) -> str | None:
+        """None if the cell may be released, else the refusal reason."""
+        if len({(e, c) for e, c, _ in cell.dp_params}) > 1:
+            return f"refused: mixed DP parameters {list(cell.dp_params)}"
+        if cell.max_per_meter > 1:
+            return f"refused: a meter contributed {cell.max_per_meter} readings to one interval"
+        if cell.contributors < m:
+            return f"refused: {cell.contributors} < m={m}"
+        return None
+
+    def _budget_check(self, cell: FeederCell) -> tuple[str | None, bool]:
+        """(refusal reason or None, whether releasing spends budget)."""
+        row = self._ledger.execute("SELECT members_digest FROM dp_release WHERE feeder=? AND interval_start=?",
+                                   (cell.feeder, cell.interval_start)).fetchone()
+        if row is not None:
+            if row[0] != cell.members_digest:
+                return ("refused: interval already released with a different contributor set "
+                        "(a difference would expose single meters)"), False
+            return None, False
+        if self.policy.daily_budget_milli is None:
+            return None, True
+        day = _iso(cell.interval_start)[:10]
+        spent = self.spent_milli(cell.feeder, day)
+        if spent + cell.epsilon_milli > self.policy.daily_budget_milli:
+            return (f"refused: daily DP budget {spent}+{cell.epsilon_milli} > "
+                    f"{self.policy.daily_budget_milli} milli-epsilon on {day}"), False
+        return None, True
+
+    def spent_milli(self, feeder: str, day: str) -> int:
+        """Privacy spent on `feeder` on UTC `day` (YYYY-MM-DD), in milli-epsilon, by released intervals."""
+        row = self._ledger.execute("SELECT COALESCE(SUM(epsilon_milli), 0) FROM dp_release WHERE feeder=? AND day=?",
+                                   (feeder, day)).fetchone()
+        return int(row[0])
+
+    def _feeder_cell(self, cell: FeederCell) -> FeederLoad:
+        m = self.policy.required_m(cell.feeder, cell.m)
+        query = {"feeder": cell.feeder, "interval_start": cell.interval_start, "interval_len": cell.interval_len,
+                 "readings": cell.readings, "contributors": cell.contributors, "dp_params": cell.dp_params,
+                 "m_required": m, "members_digest": cell.members_digest}
+        reason = self._check_feeder(cell, m)
+        spends = False
+        if reason is None:
+            reason, spends = self._budget_check(cell)
+        base = dict(feeder=cell.feeder, interval_start=cell.interval_start, interval_len=cell.interval_len,
+                    readings=cell.readings, contributors=cell.contributors, epsilon_milli=cell.epsilon_milli,
+                    clamp_wh=cell.clamp_wh, m=m)
+        if reason is not None:
+            self.audit.append(self.actor, "feeder-load", query, "refuse", reason)
+            return FeederLoad(**base, status=reason, analytics_sum_wh=None)
+        if spends:  # ledger before decrypting: a crash over-counts spend, never under-counts
+            self._ledger.execute("INSERT OR IGNORE INTO dp_release VALUES (?,?,?,?,?)",
+                                 (cell.feeder, cell.interval_start, _iso(cell.interval_start)[:10],
+                                  cell.epsilon_milli, cell.members_digest))
+        value = packing.analytics_of(self._decrypt_masked(cell.ciphertext, packing.SLOT_BILLING), cell.readings)
+        self.audit.append(self.actor, "feeder-load", query, "allow", f"ok: {cell.contributors} >= m={m}",
+                          self.result_hash({"analytics_sum_wh": value}))
+        return FeederLoad(**base, status="ok", analytics_sum_wh=value)

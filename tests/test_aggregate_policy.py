@@ -1,0 +1,265 @@
+"""Feeder sums under policy: >= m contributors, refusals audited, masked slots, differencing, budget."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from meterveil.host import packing
+from meterveil.host.aggregate import AggregateError, billing_sums, feeder_sums, hom_sum
+from meterveil.host.audit import AuditLog
+from meterveil.host.decryptor import DecryptionRole, Policy, PolicyError
+from meterveil.host.keys import MeterRegistry, generate_keypair, write_keypair
+from meterveil.host.paillier_fast import make_encryptor
+from meterveil.host.store import Batch, StoredReading, open_store
+from meterveil.host.tariff import load_tariff
+
+T0 = 1793471400  # 2026-11-01 00:00 IST, a multiple of 900
+IV = 900
+
+
+@pytest.fixture(scope="module")
+def keypair():
+    return generate_keypair(1024)
+
+
+class Fleet:
+    """A real store filled with real ciphertexts; remembers the plaintexts for the assertions."""
+
+    def __init__(self, db, pub):
+        self.db, self.pub = db, pub
+        self.enc = make_encryptor("djn+packed", pub)
+        self.plain: list[tuple[str, str, int, int, int]] = []
+        self.counters: dict[str, int] = {}
+
+    def add(self, meter_id, feeder, t, billing_wh, analytics_wh, eps=1000, clamp=1000, m=5):
+        self.counters[meter_id] = self.counters.get(meter_id, 0) + 1
+        (c,) = self.enc.encrypt_reading(billing_wh, analytics_wh)
+        store = open_store(self.db)
+        store.write_batch(Batch(readings=[StoredReading(meter_id, self.counters[meter_id], feeder, t, IV,
+                                                        eps, clamp, m, c)]))
+        store.close()
+        self.plain.append((meter_id, feeder, t, billing_wh, analytics_wh))
+
+    def sums(self, feeder, t):
+        rows = [p for p in self.plain if p[1] == feeder and p[2] == t]
+        return sum(p[3] for p in rows), sum(p[4] for p in rows)
+
+
+def role_for(db, priv, **policy):
+    audit = AuditLog(db)
+    return DecryptionRole(priv, audit, "ops", Policy(**policy))
+
+
+def load(db, role, feeder, t_from, t_to):
+    store = open_store(db)
+    try:
+        return role.feeder_load(store, feeder, t_from, t_to)
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def fleet(tmp_path, keypair):
+    f = Fleet(tmp_path / "s.db", keypair[0])
+    # interval 0: 6 meters; interval 1: 3 meters; interval 2: 5 meters
+    for i, n in enumerate((6, 3, 5)):
+        for k in range(n):
+            f.add(f"m{k}", "F1", T0 + i * IV, 100 + 10 * k + i, (-1) ** k * (37 * k + i))
+    yield f
+    f.enc.close()
+
+
+def test_hom_sum_is_the_plaintext_sum(keypair):
+    pub, priv = keypair
+    enc = make_encryptor("djn+packed", pub)
+    vals = [(5, -3), (0, 0), (4_000_000_000, 2_000_000_000), (1, -2_000_000_000)]
+    c = hom_sum((enc.encrypt_reading(b, a)[0] for b, a in vals), pub.nsquare)
+    enc.close()
+    assert packing.unpack_sum(priv.raw_decrypt(c), len(vals)) == (sum(b for b, _ in vals), sum(a for _, a in vals))
+    assert priv.raw_decrypt(hom_sum([], pub.nsquare)) == 0
+
+
+def test_feeder_sums_released_and_refused_with_audit(fleet, keypair):
+    _, priv = keypair
+    role = role_for(fleet.db, priv)
+    rows = load(fleet.db, role, "F1", T0, T0 + 3 * IV)
+    assert [r.contributors for r in rows] == [6, 3, 5]
+    assert [r.status for r in rows] == ["ok", "refused: 3 < m=5", "ok"]
+    assert rows[0].analytics_sum_wh == fleet.sums("F1", T0)[1]
+    assert rows[2].analytics_sum_wh == fleet.sums("F1", T0 + 2 * IV)[1]
+    assert rows[1].analytics_sum_wh is None
+    assert (rows[0].epsilon_milli, rows[0].clamp_wh, rows[0].m) == (1000, 1000, 5)
+    entries = list(role.audit.entries())
+    assert [(e.action, e.decision) for e in entries] == [("feeder-load", "allow"), ("feeder-load", "refuse"),
+                                                         ("feeder-load", "allow")]
+    refusal = entries[1]
+    assert refusal.reason == "refused: 3 < m=5" and refusal.result_hash == ""
+    assert refusal.query["interval_start"] == T0 + IV and refusal.query["contributors"] == 3
+    assert entries[0].result_hash == role.result_hash({"analytics_sum_wh": rows[0].analytics_sum_wh})
+    assert role.audit.verify().ok
+    role.close()
+
+
+def test_refused_cell_is_never_decrypted(fleet, keypair, monkeypatch):
+    _, priv = keypair
+    seen: list[int] = []
+    real = priv.raw_decrypt
+    monkeypatch.setattr(priv, "raw_decrypt", lambda c: seen.append(c) or real(c))
+    role = role_for(fleet.db, priv)
+    load(fleet.db, role, "F1", T0 + IV, T0 + 2 * IV)  # only the 3-meter interval
+    assert seen == []
+    role.close()
+
+
+def test_m_from_registry_and_k_min_floor(fleet, keypair):
+    _, priv = keypair
+    role = role_for(fleet.db, priv, feeder_m={"F1": 6})  # provisioned m=6 beats the m=5 in frames
+    assert [r.status for r in load(fleet.db, role, "F1", T0, T0 + 3 * IV)] == \
+        ["ok", "refused: 3 < m=6", "refused: 5 < m=6"]
+    role.close()
+    role = role_for(fleet.db, priv, feeder_m={"F1": 2}, k_min=6)  # k_min is a floor under any m
+    assert [r.m for r in load(fleet.db, role, "F1", T0, T0 + 3 * IV)] == [6, 6, 6]
+    role.close()
+
+
+def test_policy_from_registry(tmp_path):
+    reg = MeterRegistry.load(tmp_path)
+    for i, m in enumerate((5, 8, 5)):
+        reg.add(f"a{i}", feeder="FA", epsilon_milli=1000, clamp_wh=1000, m=m)
+    reg.add("b0", feeder="FB", epsilon_milli=1000, clamp_wh=1000, m=3)
+    p = Policy.from_registry(reg)
+    assert p.required_m("FA", 5) == 8 and p.required_m("FB", 3) == 5 and p.required_m("FC", 7) == 7
+    with pytest.raises(PolicyError):
+        Policy(k_min=1)
+
+
+def test_feeder_result_never_reveals_true_billing_slot(fleet, keypair, monkeypatch):
+    """The decryption role masks the billing slot of a feeder sum before decrypting."""
+    _, priv = keypair
+    seen: list[int] = []
+    real = priv.raw_decrypt
+    monkeypatch.setattr(priv, "raw_decrypt", lambda c: (lambda p: seen.append(p) or p)(real(c)))
+    role = role_for(fleet.db, priv)
+    rows = load(fleet.db, role, "F1", T0, T0 + IV)
+    assert rows[0].allowed and len(seen) == 1
+    true_billing, true_analytics = fleet.sums("F1", T0)
+    low = seen[0] & ((1 << packing.SLOT_BITS) - 1)
+    assert low != true_billing and low >= 1 << packing.SUM_BITS  # masked: not even in range
+    with pytest.raises(packing.PackingError):
+        packing.billing_of(seen[0])
+    assert packing.analytics_of(seen[0], 6) == true_analytics
+    role.close()
+
+
+def test_bill_result_never_reveals_true_analytics_slot(fleet, keypair, monkeypatch):
+    _, priv = keypair
+    seen: list[int] = []
+    real = priv.raw_decrypt
+    monkeypatch.setattr(priv, "raw_decrypt", lambda c: (lambda p: seen.append(p) or p)(real(c)))
+    tariff = load_tariff(Path(__file__).resolve().parent.parent / "tariffs" / "tou3.toml")
+    role = role_for(fleet.db, priv)
+    store = open_store(fleet.db)
+    totals = {t.meter_id: t for t in role.household_totals(store, tariff, "2026-11")}
+    store.close()
+    assert sum(totals["m0"].band_wh.values()) == sum(p[3] for p in fleet.plain if p[0] == "m0")
+    assert seen
+    for p in seen:
+        with pytest.raises(packing.PackingError):
+            packing.analytics_of(p, 3)
+    role.close()
+
+
+def test_mixed_params_and_double_readings_refused(tmp_path, keypair):
+    pub, priv = keypair
+    f = Fleet(tmp_path / "s.db", pub)
+    for k in range(6):
+        f.add(f"m{k}", "F2", T0, 10, 1, eps=1000 if k else 500)
+    for k in range(5):
+        f.add(f"m{k}", "F2", T0 + IV, 10, 1)
+    f.add("m0", "F2", T0 + IV, 10, 1)  # a second reading of m0 for the same interval
+    role = role_for(f.db, priv)
+    rows = load(f.db, role, "F2", T0, T0 + 2 * IV)
+    assert rows[0].status.startswith("refused: mixed DP parameters")
+    assert rows[1].status == "refused: a meter contributed 2 readings to one interval"
+    assert [e.decision for e in role.audit.entries()] == ["refuse", "refuse"]
+    role.close()
+    f.enc.close()
+
+
+def test_differencing_refused_and_rerelease_free(fleet, keypair):
+    _, priv = keypair
+    role = role_for(fleet.db, priv, daily_budget_milli=10_000)
+    first = load(fleet.db, role, "F1", T0, T0 + IV)[0]
+    assert first.allowed and role.spent_milli("F1", "2026-10-31") == 1000
+    again = load(fleet.db, role, "F1", T0, T0 + IV)[0]
+    assert again.allowed and again.analytics_sum_wh == first.analytics_sum_wh
+    assert role.spent_milli("F1", "2026-10-31") == 1000  # same contributor set: no new spend
+    fleet.add("late", "F1", T0, 999, 555)  # a late reading changes the set by one meter
+    diff = load(fleet.db, role, "F1", T0, T0 + IV)[0]
+    assert not diff.allowed and "different contributor set" in diff.status
+    assert list(role.audit.entries())[-1].decision == "refuse"
+    role.close()
+
+
+def test_daily_budget_refuses_and_audits(tmp_path, keypair):
+    pub, priv = keypair
+    f = Fleet(tmp_path / "s.db", pub)
+    for i in range(4):
+        for k in range(5):
+            f.add(f"m{k}", "F3", T0 + 86400 + i * IV, 10, 1, eps=1000)
+    role = role_for(f.db, priv, daily_budget_milli=2500)
+    rows = load(f.db, role, "F3", T0 + 86400, T0 + 86400 + 4 * IV)
+    assert [r.allowed for r in rows] == [True, True, False, False]
+    assert rows[2].status == "refused: daily DP budget 2000+1000 > 2500 milli-epsilon on 2026-11-01"
+    assert role.spent_milli("F3", "2026-11-01") == 2000
+    assert [e.decision for e in role.audit.entries()] == ["allow", "allow", "refuse", "refuse"]
+    role.close()
+    f.enc.close()
+
+
+def test_aggregate_input_checks(keypair):
+    pub, _ = keypair
+    ok = StoredReading("m1", 1, "F", T0, IV, 1000, 1000, 5, 12345)
+    with pytest.raises(AggregateError, match="unsupported scheme"):
+        feeder_sums([StoredReading("m1", 1, "F", T0, IV, 1000, 1000, 5, 3, scheme="rot13")], pub.nsquare)
+    with pytest.raises(AggregateError, match="wrong key"):
+        feeder_sums([StoredReading("m1", 1, "F", T0, IV, 1000, 1000, 5, pub.nsquare + 1)], pub.nsquare)
+    with pytest.raises(AggregateError, match="outside the period"):
+        billing_sums([ok], pub.nsquare, lambda t: "b", T0 + IV, T0 + 2 * IV)
+    hs = billing_sums([ok], pub.nsquare, lambda t: "b", T0, T0 + IV, meter_ids=["m2"])
+    assert hs["m1"].readings == 1 and hs["m2"].readings == 0 and hs["m2"].bands == {}
+
+
+def test_empty_range_is_a_policy_error(fleet, keypair):
+    _, priv = keypair
+    role = role_for(fleet.db, priv)
+    with pytest.raises(PolicyError, match="empty time range"):
+        load(fleet.db, role, "F1", T0, T0)
+    role.close()
+
+
+def test_cli_feeder_load(fleet, keypair, tmp_path):
+    pub, priv = keypair
+    keys = tmp_path / "keys"
+    write_keypair(keys, pub, priv)
+    out = tmp_path / "f.csv"
+    cmd = [sys.executable, "-m", "meterveil.host.cli", "feeder-load", "--db", str(fleet.db),
+           "--secret-key", str(keys / "utility.key.json"), "--feeder", "F1", "--from", "2026-10-31T18:30:00Z",
+           "--to", "2026-10-31T19:15:00+00:00", "--out", str(out), "--actor", "grid-ops"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "2 intervals released, 1 refused" in res.stdout
+    rows = list(csv.DictReader(out.open()))
+    assert [r["status"] for r in rows] == ["ok", "refused: 3 < m=5", "ok"]
+    assert int(rows[0]["analytics_sum_wh"]) == fleet.sums("F1", T0)[1] and rows[1]["analytics_sum_wh"] == ""
+    assert rows[0]["epsilon"] == "1" and rows[0]["clamp_wh"] == "1000" and rows[0]["contributors"] == "6"
+    verify = subprocess.run([sys.executable, "-m", "meterveil.host.cli", "audit", "verify", "--db", str(fleet.db)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0 and "3 entries" in verify.stdout
+    with AuditLog(fleet.db) as audit:
+        assert {e.actor for e in audit.entries()} == {"grid-ops"}

@@ -1,0 +1,149 @@
+"""`meterveil flash`: the dry-run plan, port errors, a non-MicroPython board, and the device snippets
+(run on the unix port, the only MicroPython we have without a board)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from meterveil.host.cli import main as cli_main
+from meterveil.tools import device
+from meterveil.tools.build import build
+from meterveil.tools.fileio import ToolError
+from meterveil.tools.flash import HASH, PREPARE, PROBE, check_device, flash, verify_hashes
+
+MICROPYTHON = str(Path(sys.executable).with_name("micropython"))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("f") / "build")
+
+
+def upy(code: str, cwd: Path) -> str:
+    res = subprocess.run([MICROPYTHON, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def test_dry_run_names_every_file_in_order(built, capsys):
+    assert cli_main(["flash", "--port", "/dev/ttyUSB0", "--build", str(built.out), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    blocks, cur = [], []
+    for ln in out.splitlines():
+        if ln.startswith("# "):
+            if cur:
+                blocks.append("\n".join(cur))
+            cur = []
+        else:
+            cur.append(ln)
+    blocks.append("\n".join(cur))
+    cmds = [shlex.split(b) for b in blocks]
+    assert all(c[:3] == ["mpremote", "connect", "/dev/ttyUSB0"] for c in cmds)
+    copies = {c[-1][1:]: c[-2] for c in cmds if c[3:5] == ["fs", "cp"]}
+    assert set(copies) == set(built.files)
+    for dev, local in copies.items():
+        assert Path(local) == built.out / dev.lstrip("/")
+    kinds = [c[3] for c in cmds]
+    assert kinds[0] == "exec" and "MVPROBE" in cmds[0][4]
+    assert kinds[-1] == "soft-reset" and "MVHASH" in cmds[-2][4]
+    for dev in built.files:  # the on-device verification covers every file too
+        assert dev in cmds[-2][4]
+
+
+def test_port_errors(built, capsys):
+    assert cli_main(["flash", "--port", "/dev/ttyUSB97", "--build", str(built.out)]) == 1
+    err = capsys.readouterr().err
+    assert "port /dev/ttyUSB97 does not exist" in err and "serial ports seen now" in err
+    assert cli_main(["flash", "--build", str(built.out)]) == 1
+    assert "no --port given" in capsys.readouterr().err
+    assert cli_main(["flash", "--port", "/dev/ttyUSB0", "--build", str(built.out / "nope")]) == 1
+    assert "meterveil build" in capsys.readouterr().err
+
+
+def test_board_without_micropython_is_named(built, monkeypatch):
+    """A pty that chatters like an Arduino sketch: mpremote never gets a raw REPL prompt."""
+    master, slave = os.openpty()
+    stop = threading.Event()
+
+    def chatter():
+        while not stop.is_set():
+            try:
+                os.write(master, b"temp=21.5 humidity=40\r\n")
+            except OSError:
+                return
+            time.sleep(0.05)
+
+    def drain():
+        while not stop.is_set():
+            try:
+                os.read(master, 1024)
+            except OSError:
+                return
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (chatter, drain)]
+    for t in threads:
+        t.start()
+    monkeypatch.setattr(device, "PROBE_TIMEOUT_S", 4)
+    try:
+        with pytest.raises(ToolError, match="does not answer like MicroPython") as e:
+            flash(built.out, os.ttyname(slave), log=lambda *a: None)
+        assert "esptool" in str(e.value)
+    finally:
+        stop.set()
+        os.close(master)
+        os.close(slave)
+
+
+def test_probe_snippet_and_arch_check_on_the_unix_port(built, tmp_path):
+    out = upy(PROBE, tmp_path)
+    dev = check_device(built.manifest, out)  # portable bytecode fits any v6 board
+    assert dev.version == 6 and dev.arch == "x64"
+    esp = dict(built.manifest, arch="xtensawin")
+    with pytest.raises(ToolError, match="arch mismatch: the build is for xtensawin, the board is x64") as e:
+        check_device(esp, out)
+    assert "--arch x64" in str(e.value)
+    assert check_device(dict(built.manifest, arch="x64"), out).arch == "x64"
+    with pytest.raises(ToolError, match="v5"):
+        check_device(dict(built.manifest, mpy_version=5), out)
+    with pytest.raises(ToolError, match="install MicroPython"):
+        check_device(built.manifest, "MPY: soft reboot\r\n")
+    arm = dict(built.manifest, arch="armv6m")
+    rp2350 = f"MVPROBE {6 | 3 << 8 | 7 << 10} rp2\n"  # armv7emsp runs armv6m code
+    assert check_device(arm, rp2350).arch == "armv7emsp"
+    with pytest.raises(ToolError, match="arch mismatch"):
+        check_device(dict(built.manifest, arch="armv7emsp"), f"MVPROBE {6 | 3 << 8 | 4 << 10} rp2\n")
+
+
+def test_prepare_and_hash_snippets_on_the_unix_port(built, tmp_path):
+    root = tmp_path / "dev"
+    stale = root / "lib" / "meter" / "app.py"  # a source leftover would shadow app.mpy
+    stale.parent.mkdir(parents=True)
+    stale.write_text("print('old')\n")
+    keep = [str(root) + d for d in built.files]
+    dirs = [str(root) + d for d in built.manifest["dirs"]]
+    out = upy(PREPARE.format(keep=json.dumps(keep), dirs=json.dumps(dirs)), tmp_path)
+    assert f"MVSTALE {stale}" in out and not stale.exists()
+    assert all(Path(d).is_dir() for d in dirs)
+    for d in built.files:  # what `fs cp` would do
+        (root / d.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (root / d.lstrip("/")).write_bytes((built.out / d.lstrip("/")).read_bytes())
+    out = upy(HASH.format(paths=json.dumps(keep)), tmp_path)
+    as_device = out.replace(str(root), "")
+    verify_hashes(built.manifest, as_device)
+    (root / "main.py").write_text("corrupted")
+    bad = upy(HASH.format(paths=json.dumps(keep)), tmp_path).replace(str(root), "")
+    with pytest.raises(ToolError, match=r"/main.py \(sha256 differs\)"):
+        verify_hashes(built.manifest, bad)
+    (root / "main.py").unlink()
+    gone = upy(HASH.format(paths=json.dumps(keep)), tmp_path).replace(str(root), "")
+    with pytest.raises(ToolError, match=r"/main.py \(missing\)"):
+        verify_hashes(built.manifest, gone)

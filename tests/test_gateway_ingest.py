@@ -1,0 +1,429 @@
+"""Ingest: every rejection has its reason counted, good frames get through; pipeline and real mosquitto."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+import pytest
+from brokerutil import _make_readable_by_broker
+from phe import paillier
+
+from meterveil.host import cli, packing
+from meterveil.host.gateway import Gateway, IngestConfig, Message
+from meterveil.host.keys import MeterRegistry
+from meterveil.host.mqtt_ingest import MqttConfig, MqttIngest
+from meterveil.host.paillier_fast import make_encryptor
+from meterveil.host.store import open_store
+from meterveil.protocol import frame
+
+PUB, PRIV = paillier.generate_paillier_keypair(n_length=1024)
+T0 = 1_763_856_000  # aligned to 900 s
+
+
+@dataclass
+class Clock:
+    now: float = T0 + 100 * 900
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_registry(path, ids=("m0001", "m0002")) -> MeterRegistry:
+    reg = MeterRegistry.load(path)
+    for i, mid in enumerate(ids):
+        reg.add(mid, feeder=f"F{i % 2}", epsilon_milli=1000, clamp_wh=1000, m=10, key=bytes([i + 1]) * 32)
+    return reg
+
+
+def seal(reg: MeterRegistry, mid: str, counter: int, start: int | None = None, *, key: bytes | None = None,
+         billing: int = 250, analytics: int = 180, kind: int = frame.KIND_READING, **over) -> bytes:
+    rec = reg.get(mid)
+    header = {"kind": kind, "meter_id": mid, "counter": counter,
+              "interval_start": T0 + counter * 900 if start is None else start, "interval_len": 900,
+              "epsilon_milli": rec.epsilon_milli if rec else 1000, "clamp_wh": rec.clamp_wh if rec else 1000,
+              "m": rec.m if rec else 10}
+    fields = {"billing_wh": billing, "analytics_wh": analytics, "flags": 0, "samples": 900, "clipped": 0,
+              "missing_s": 0}
+    if kind == frame.KIND_STATUS:
+        fields = {"uptime_s": 10, "free_heap": 5000, "outbox_depth": 0, "outbox_overflow": 0, "reconnects": 0,
+                  "publish_retries": 0, "dp_spend_milli": 0, "readings_today": 3, "boot_count": 1,
+                  "fw_version": (0, 1, 0)}
+    for k, v in over.items():
+        (header if k in header else fields)[k] = v
+    master = key if key is not None else rec.key
+    return frame.seal(frame.derive_keys(master), header, fields)
+
+
+def topic(mid: str, leaf: str = "reading") -> str:
+    return frame.topic(mid, leaf)
+
+
+@pytest.fixture
+def gw(tmp_path):
+    reg = make_registry(tmp_path / "meters.json")
+    store = open_store(tmp_path / "gw.db")
+    clock = Clock()
+    g = Gateway(store, reg, make_encryptor("djn+packed", PUB, exp_bits=256),
+                IngestConfig(duplicate_window_s=600), clock=clock)
+    g.clock_ref = clock
+    yield g
+    store.close()
+
+
+def test_good_reading_is_stored_encrypted_and_decrypts(gw):
+    reg = gw.registry
+    out = gw.process(Message(topic("m0001"), seal(reg, "m0001", 5, billing=321, analytics=-40)))
+    assert (out.status, out.counter) == ("accepted", 5)
+    gw.commit()
+    (row,) = gw.store.readings_for_meter("m0001", 0, 2**32)
+    assert (row.feeder, row.interval_start, row.m) == ("F0", T0 + 5 * 900, 10)
+    assert packing.unpack_sum(PRIV.raw_decrypt(row.ciphertext), 1) == (321, -40)
+    assert gw.store.counters() == {"accepted": 1}
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("oversize", "oversize"), ("truncated", "truncated"), ("bad_topic", "bad_topic"),
+    ("forged_mac", "bad_tag"), ("wrong_key", "bad_tag"), ("other_topic", "wrong_meter"),
+    ("unknown", "unknown_meter"), ("status_on_reading", "wrong_kind"), ("junk", "bad_magic"),
+    ("dp", "dp_mismatch"), ("future", "future"), ("stale", "stale"), ("unaligned", "bad_interval"),
+    ("too_much", "out_of_range"), ("noise", "out_of_range"), ("unsynced", "clock_unsynced"),
+])
+def test_each_bad_frame_is_rejected_with_its_reason(gw, case, reason, tmp_path):
+    reg = gw.registry
+    good = seal(reg, "m0001", 7)
+    forged = bytearray(good)
+    forged[-1] ^= 1
+    now = gw.clock_ref.now
+    msgs = {
+        "oversize": Message(topic("m0001"), good + bytes(2000)),
+        "truncated": Message(topic("m0001"), good[:50]),
+        "bad_topic": Message("meterveil/v1/m0001/other", good),
+        "forged_mac": Message(topic("m0001"), bytes(forged)),
+        "wrong_key": Message(topic("m0001"), seal(reg, "m0001", 7, key=os.urandom(32))),
+        "other_topic": Message(topic("m0002"), good),
+        "unknown": Message(topic("ghost"), seal(reg, "ghost", 1, key=os.urandom(32))),
+        "status_on_reading": Message(topic("m0001"), seal(reg, "m0001", 8, kind=frame.KIND_STATUS)),
+        "junk": Message(topic("m0001"), b"XX" + bytes(100)),
+        "dp": Message(topic("m0001"), seal(reg, "m0001", 7, m=3)),
+        "future": Message(topic("m0001"), seal(reg, "m0001", 7, start=int(now) + 3600)),
+        "stale": Message(topic("m0001"), seal(reg, "m0001", 7, start=int(now) - 90 * 86400)),
+        "unaligned": Message(topic("m0001"), seal(reg, "m0001", 7, start=T0 + 7 * 900 + 60)),
+        "too_much": Message(topic("m0001"), seal(reg, "m0001", 7, billing=100_000)),
+        "noise": Message(topic("m0001"), seal(reg, "m0001", 7, analytics=-(10**6))),
+        "unsynced": Message(topic("m0001"), seal(reg, "m0001", 7, flags=frame.FLAG_CLOCK_UNSYNCED)),
+    }
+    out = gw.process(msgs[case])
+    assert (out.status, out.reason) == ("rejected", reason)
+    assert gw.process(Message(topic("m0001"), good)).status == "accepted"
+    gw.commit()
+    counters = gw.store.counters()
+    assert counters == {reason: 1, "accepted": 1}
+    if case not in ("bad_topic", "unknown"):
+        assert gw.store.meter_counters()["m0001" if case != "other_topic" else "m0002"][reason] == 1
+
+
+def test_duplicate_replay_and_counter_reuse(gw):
+    reg, clock = gw.registry, gw.clock_ref
+    f5 = seal(reg, "m0001", 5)
+    assert gw.process(Message(topic("m0001"), f5)).status == "accepted"
+    assert gw.process(Message(topic("m0001"), f5)).status == "duplicate"  # same batch
+    gw.commit()
+    assert gw.process(Message(topic("m0001"), f5)).status == "duplicate"  # stored, within the window
+    # a different frame under a stored counter: never accepted
+    assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 5, billing=999))).reason == "counter_reuse"
+    clock.now += 3600  # past the duplicate window: the same bytes are a replay...
+    assert gw.process(Message(topic("m0001"), f5)).reason == "replay"
+    # ...unless the broker marks it as its own redelivery
+    assert gw.process(Message(topic("m0001"), f5, dup=True)).status == "duplicate"
+    # a lower, never-seen counter (late outbox delivery) is accepted: gaps are normal
+    assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 9))).status == "accepted"
+    assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 2))).status == "accepted"
+    gw.commit()
+    assert gw.store.counters() == {"accepted": 3, "duplicate": 3, "counter_reuse": 1, "replay": 1}
+    assert [r.counter for r in gw.store.readings_for_meter("m0001", 0, 2**32)] == [2, 5, 9]
+
+
+def test_status_frames_keep_latest_and_refuse_older(gw):
+    reg = gw.registry
+    assert gw.process(Message(topic("m0002", "status"), seal(reg, "m0002", 20, kind=frame.KIND_STATUS))).status == "status"
+    gw.commit()
+    assert gw.process(Message(topic("m0002", "status"), seal(reg, "m0002", 19, kind=frame.KIND_STATUS))).reason == "status_stale"
+    assert gw.process(Message(topic("m0002"), seal(reg, "m0002", 18, kind=frame.KIND_STATUS))).reason == "wrong_kind"
+    gw.commit()
+    st = gw.store.latest_status("m0002")
+    assert st.counter == 20 and st.status["readings_today"] == 3
+
+
+def test_rotated_key_still_opens_old_frames_and_new_meters_are_picked_up(gw, tmp_path):
+    reg = gw.registry
+    old_frame = seal(reg, "m0001", 3)
+    writer = MeterRegistry.load(tmp_path / "meters.json")  # provisioning, another process
+    writer.rotate("m0001")
+    writer.add("m0003", feeder="F9", epsilon_milli=1000, clamp_wh=1000, m=10)
+    time.sleep(0.01)
+    gw._registry_checked = 0.0
+    assert gw.process(Message(topic("m0003"), seal(writer, "m0003", 1))).status == "accepted"
+    assert gw.process(Message(topic("m0001"), old_frame)).status == "accepted"
+    assert gw.process(Message(topic("m0001"), seal(writer, "m0001", 4))).status == "accepted"
+
+
+def test_key_rotated_on_disk_is_picked_up_on_bad_tag(gw, tmp_path):
+    writer = MeterRegistry.load(tmp_path / "meters.json")
+    writer.rotate("m0002")
+    gw._registry_checked = 0.0
+    assert gw.process(Message(topic("m0002"), seal(writer, "m0002", 1))).status == "accepted"
+    # a forged frame still fails after the reload (and the reload is rate-limited)
+    assert gw.process(Message(topic("m0002"), seal(writer, "m0002", 2, key=os.urandom(32)))).reason == "bad_tag"
+
+
+def test_rejections_are_logged_once_per_meter_and_reason(gw, caplog):
+    caplog.set_level(logging.WARNING, logger="meterveil.gateway")
+    for _ in range(20):
+        gw.process(Message(topic("m0001"), b"\x00" * 10))
+    lines = [r for r in caplog.records if "reason=truncated" in r.getMessage()]
+    assert len(lines) == 1 and "meter=m0001" in lines[0].getMessage()
+    gw.commit()
+    assert gw.store.counters()["truncated"] == 20
+
+
+def test_logs_carry_no_reading_values(gw, caplog):
+    caplog.set_level(logging.DEBUG)
+    assert gw.process(Message(topic("m0001"), seal(gw.registry, "m0001", 1, billing=98765))).reason == "out_of_range"
+    assert gw.process(Message(topic("m0001"), seal(gw.registry, "m0001", 2, analytics=-876543))).reason == "out_of_range"
+    assert gw.process(Message(topic("m0001"), seal(gw.registry, "m0001", 3, billing=4321))).status == "accepted"
+    assert "meter=m0001" in caplog.text
+    assert not any(v in caplog.text for v in ("98765", "876543", "4321"))
+
+
+def test_internal_errors_are_counted_not_raised(gw, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(gw.encryptor, "encrypt_reading", boom)
+    out = gw.process(Message(topic("m0001"), seal(gw.registry, "m0001", 1)))
+    assert out.reason == "internal_error"
+
+
+def test_gateway_refuses_an_unpacked_strategy(tmp_path):
+    with pytest.raises(ValueError):
+        Gateway(open_store(tmp_path / "x.db"), make_registry(tmp_path / "r.json"), make_encryptor("naive", PUB))
+
+
+# --- against a real mosquitto ---------------------------------------------------------------------
+
+def _publish(url_port: int, items: list[tuple[str, bytes]]) -> None:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-pub", protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", url_port)
+    c.loop_start()
+    try:
+        infos = [c.publish(t, p, qos=1) for t, p in items]
+        for i in infos:
+            i.wait_for_publish(10)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def _wait(pred, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def test_mosquitto_bad_frames_rejected_and_gateway_keeps_accepting(tmp_path, mosquitto, capsys):
+    reg = make_registry(tmp_path / "meters.json")
+    store = open_store(tmp_path / "gw.db")
+    clock = Clock(now=time.time())
+    g = Gateway(store, reg, make_encryptor("djn+packed", PUB, exp_bits=256), clock=clock)
+    ingest = MqttIngest(g, MqttConfig(port=mosquitto.port, client_id="gw-test", batch_ms=20)).start()
+    try:
+        assert ingest.wait_subscribed()
+        start = int(time.time()) // 900 * 900 - 900
+        ok1 = seal(reg, "m0001", 1, start=start)
+        forged = bytearray(ok1)
+        forged[45] ^= 0x40
+        bad = [
+            (topic("m0001"), bytes(forged)),                                        # bad_tag (forged MAC)
+            (topic("m0001"), seal(reg, "m0001", 2, start=start, key=os.urandom(32))),  # bad_tag (wrong key)
+            (topic("m0001"), ok1),                                                   # accepted
+            (topic("m0001"), ok1),                                                   # duplicate
+            (topic("m0002"), ok1),                                                   # wrong_meter
+            (topic("m0001"), ok1[:60]),                                              # truncated
+            (topic("m0001"), ok1 + bytes(5000)),                                     # oversize
+            (topic("ghost"), seal(reg, "m0001", 3, start=start, meter_id="ghost")),  # unknown_meter
+        ]
+        _publish(mosquitto.port, bad)
+        assert _wait(lambda: sum(store.counters().values()) >= len(bad))
+        clock.now += 7 * 3600  # replay of the stored frame long after the duplicate window
+        _publish(mosquitto.port, [(topic("m0001"), ok1)])
+        assert _wait(lambda: store.counters().get("replay") == 1)
+        # still alive: a good frame afterwards is stored
+        _publish(mosquitto.port, [(topic("m0002"), seal(reg, "m0002", 1, start=start))])
+        assert _wait(lambda: store.count_readings() == 2)
+        assert ingest.error is None
+    finally:
+        ingest.stop()
+    counters = store.counters()
+    assert counters == {"accepted": 2, "duplicate": 1, "bad_tag": 2, "wrong_meter": 1, "truncated": 1,
+                        "oversize": 1, "unknown_meter": 1, "replay": 1}
+    assert ingest.acked == len(bad) + 2
+    store.close()
+    assert cli.main(["stats", "--db", str(tmp_path / "gw.db")]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["accepted"] == 2 and stats["duplicate"] == 1 and stats["rejected"]["bad_tag"] == 2
+    assert stats["rejected_total"] == 7 and stats["readings"] == 2
+
+
+def test_mosquitto_shared_subscription_splits_load_and_stores_once(tmp_path, mosquitto):
+    reg = make_registry(tmp_path / "meters.json")
+    workers = []
+    try:
+        for i in range(2):
+            store = open_store(tmp_path / "shared.db")
+            g = Gateway(store, reg, make_encryptor("djn+packed", PUB, exp_bits=256))
+            ing = MqttIngest(g, MqttConfig(port=mosquitto.port, client_id=f"gw-share-{i}", share_group="meterveil",
+                                           batch_ms=20)).start()
+            assert ing.wait_subscribed()
+            workers.append((ing, store))
+        start = int(time.time()) // 900 * 900 - 60 * 900
+        items = [(topic(mid), seal(reg, mid, c, start=start + c * 900)) for c in range(1, 41) for mid in ("m0001", "m0002")]
+        _publish(mosquitto.port, items)
+        assert _wait(lambda: workers[0][1].count_readings() == 80)
+    finally:
+        for ing, _ in workers:
+            ing.stop()
+    assert all(ing.acked > 0 for ing, _ in workers)  # both workers took a share
+    assert sum(ing.acked for ing, _ in workers) == 80
+    store = workers[0][1]
+    assert store.counters() == {"accepted": 80}
+    for _, s in workers:
+        s.close()
+
+
+def test_failed_commit_acks_nothing_and_the_broker_redelivers(tmp_path, mosquitto):
+    reg = make_registry(tmp_path / "meters.json")
+    store = open_store(tmp_path / "gw.db")
+    real_write = store.write_batch
+    calls = {"n": 0}
+
+    def failing_write(batch):
+        calls["n"] += 1
+        raise OSError("disk full")
+
+    store.write_batch = failing_write
+    cfg = MqttConfig(port=mosquitto.port, client_id="gw-commitfail", batch_ms=20)
+    ing = MqttIngest(Gateway(store, reg, make_encryptor("djn+packed", PUB, exp_bits=256)), cfg).start()
+    start = int(time.time()) // 900 * 900 - 900
+    try:
+        assert ing.wait_subscribed()
+        _publish(mosquitto.port, [(topic("m0001"), seal(reg, "m0001", 1, start=start))])
+        assert _wait(lambda: ing.error is not None)
+        assert ing.acked == 0 and store.count_readings() == 0
+    finally:
+        ing.stop()
+    store.write_batch = real_write
+    ing2 = MqttIngest(Gateway(store, reg, make_encryptor("djn+packed", PUB, exp_bits=256)), cfg).start()
+    try:
+        assert _wait(lambda: store.count_readings() == 1)
+    finally:
+        ing2.stop()
+    assert calls["n"] >= 1 and store.counters() == {"accepted": 1}
+    store.close()
+
+
+def test_mosquitto_with_passwords_and_acl(tmp_path, mosquitto_factory):
+    acl = "user gateway\ntopic read meterveil/v1/#\n\npattern write meterveil/v1/%u/#\n"
+    broker = mosquitto_factory(passwords={"gateway": "gw-secret", "m0001": "pw1", "m0002": "pw2"}, acl=acl).start()
+    reg = make_registry(tmp_path / "meters.json")
+    store = open_store(tmp_path / "gw.db")
+    cfg = MqttConfig.from_url(broker.url, username="gateway", password="gw-secret", client_id="gw-acl", batch_ms=20)
+    ing = MqttIngest(Gateway(store, reg, make_encryptor("djn+packed", PUB, exp_bits=256)), cfg).start()
+    start = int(time.time()) // 900 * 900 - 900
+    try:
+        assert ing.wait_subscribed()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="m0001", protocol=mqtt.MQTTv5)
+        c.username_pw_set("m0001", "pw1")
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        # m0001 tries to write m0002's topic: the broker drops it (ACL), the gateway never sees it
+        c.publish(topic("m0002"), seal(reg, "m0002", 1, start=start), qos=1).wait_for_publish(10)
+        c.publish(topic("m0001"), seal(reg, "m0001", 1, start=start), qos=1).wait_for_publish(10)
+        c.disconnect()
+        c.loop_stop()
+        assert _wait(lambda: store.count_readings() == 1)
+        time.sleep(0.3)
+    finally:
+        ing.stop()
+    assert [m.meter_id for m in store.meters()] == ["m0001"] and store.counters() == {"accepted": 1}
+    store.close()
+
+
+def test_mosquitto_over_tls_with_ca_check(tmp_path, mosquitto_factory):
+    from meterveil.tools.pki import create_pki
+
+    paths = create_pki(tmp_path / "pki")
+    other = create_pki(tmp_path / "other")
+    broker = mosquitto_factory(tls=paths.tls()).start()
+    assert broker.url.startswith("mqtts://")
+    reg = make_registry(tmp_path / "meters.json")
+    store = open_store(tmp_path / "gw.db")
+    # a gateway trusting another CA never subscribes
+    wrong = MqttIngest(Gateway(store, reg, make_encryptor("djn+packed", PUB, exp_bits=256)),
+                       MqttConfig.from_url(broker.url, tls_ca=str(other.ca_cert), client_id="gw-wrong"))
+    wrong.start()
+    try:
+        assert not wrong.wait_subscribed(1.5)
+    finally:
+        wrong.stop()
+    cfg = MqttConfig.from_url(broker.url, tls_ca=str(paths.ca_cert), client_id="gw-tls", batch_ms=20)
+    ing = MqttIngest(Gateway(store, reg, make_encryptor("djn+packed", PUB, exp_bits=256)), cfg).start()
+    start = int(time.time()) // 900 * 900 - 900
+    try:
+        assert ing.wait_subscribed()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub-tls", protocol=mqtt.MQTTv5)
+        c.tls_set(ca_certs=str(paths.ca_cert))
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        c.publish(topic("m0001"), seal(reg, "m0001", 1, start=start), qos=1).wait_for_publish(10)
+        c.disconnect()
+        c.loop_stop()
+        assert _wait(lambda: store.count_readings() == 1)
+    finally:
+        ing.stop()
+    store.close()
+
+
+@pytest.mark.parametrize("version", [5, 311])
+def test_persistent_session_keeps_frames_published_while_gateway_is_down(tmp_path, mosquitto, version):
+    # brokerutil makes the broker dir 0777 but, as root, mosquitto drops to user `mosquitto`, who
+    # cannot traverse pytest's 0700 tmp parents: without this its persistence save fails (EACCES)
+    _make_readable_by_broker(mosquitto.dir)
+    reg = make_registry(tmp_path / "meters.json")
+    store = open_store(tmp_path / "gw.db")
+    cfg = MqttConfig(port=mosquitto.port, client_id=f"gw-persist-{version}", batch_ms=20, mqtt_version=version)
+
+    def run() -> MqttIngest:
+        return MqttIngest(Gateway(store, reg, make_encryptor("djn+packed", PUB, exp_bits=256)), cfg).start()
+
+    ing = run()
+    assert ing.wait_subscribed()
+    ing.stop()
+    start = int(time.time()) // 900 * 900 - 20 * 900
+    _publish(mosquitto.port, [(topic("m0001"), seal(reg, "m0001", c, start=start + c * 900)) for c in range(1, 11)])
+    mosquitto.restart()  # and the broker restarts meanwhile (persistence on)
+    ing = run()
+    try:
+        assert _wait(lambda: store.count_readings() == 10)
+    finally:
+        ing.stop()
+    assert store.counters() == {"accepted": 10}
+    assert "Error" not in mosquitto.log.read_text()
+    store.close()

@@ -1,0 +1,302 @@
+"""`meterveil provision`: give a meter its identity: master key, registry entry, broker login, config.
+
+Why one command: the four must agree (the gateway opens frames with the registry key, the broker
+admits the meter by its password and ACL, the meter has all of it in config.json); done by hand
+they drift, and keys end up in chat logs. Order: validate everything (incl. the config with the
+firmware's own check) before touching any store; then registry -> broker password + ACL -> config.
+
+Key rotation (--rotate-key) replaces the master key and the broker password, keeps the old key as
+the registry's previous_key (frames still in the meter's outbox open), and appends a line without
+key material to DIR/rotation.log.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from meterveil.host import keys as hostkeys
+
+from . import meter_config, mqtt_auth
+from .device import Step, check_port, mpremote, run_step
+from .fileio import ToolError, write_secret
+from .flash import HASH, PROBE
+from .workspace import Workspace
+
+
+@dataclass(frozen=True)
+class MeterSpec:
+    """What an operator chooses per meter (one CSV row in batch mode)."""
+
+    meter_id: str
+    feeder: str
+    epsilon_milli: int = 1000
+    clamp_wh: int = 1000
+    m: int = 10
+    interval_s: int = 900
+    wifi_ssid: str | None = None
+    wifi_password: str | None = field(default=None, repr=False)
+    volts: float = 230.0
+    rated_amps: float = 30.0
+    sim_profile: str | None = None
+    sim_speed: float = 1.0
+    sim_start: int | None = None
+
+
+SPEC_FIELDS = {f.name: f for f in fields(MeterSpec)}
+INT_FIELDS = {"epsilon_milli", "clamp_wh", "m", "interval_s", "sim_start"}
+FLOAT_FIELDS = {"volts", "rated_amps", "sim_speed"}
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    meter_id: str
+    config: Path
+    rotated: bool
+
+
+def key_id(key: bytes) -> str:
+    """A public fingerprint for logs: never the key, never a prefix of it."""
+    return hashlib.sha256(b"meterveil key id" + key).hexdigest()[:16]
+
+
+def check_spec(spec: MeterSpec) -> None:
+    if not hostkeys.METER_ID_RE.match(spec.meter_id):
+        raise ToolError(f"meter id {spec.meter_id!r}: use 1-16 characters of A-Z a-z 0-9 _ - "
+                        f"(it is also the MQTT user name)")
+    if not spec.feeder:
+        raise ToolError(f"{spec.meter_id}: --feeder is required")
+    if spec.m < 1 or spec.epsilon_milli < 1 or spec.clamp_wh < 1:
+        raise ToolError(f"{spec.meter_id}: --epsilon-milli, --clamp-wh and --m must be positive")
+    if spec.sim_profile is not None and not Path(spec.sim_profile).is_file():
+        raise ToolError(f"{spec.meter_id}: --sim-profile {spec.sim_profile} not found (a seconds,watts CSV)")
+
+
+def _broker_url(ws: Workspace, override: str | None) -> tuple[str, bool]:
+    info = ws.load_broker_info()
+    if override:
+        return override, override.startswith("mqtts://")
+    return f"mqtts://{info['host']}:{info['port']}", True
+
+
+def open_registry(ws: Workspace, registry: Path | None) -> hostkeys.MeterRegistry:
+    path = Path(registry or ws.registry)
+    if path.is_dir():
+        path = path / hostkeys.REGISTRY_NAME
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        return hostkeys.MeterRegistry.load(path)
+    except (hostkeys.KeyFileError, ValueError) as e:
+        raise ToolError(f"cannot read the meter registry: {e}") from None
+
+
+def _sim_section(spec: MeterSpec) -> dict[str, Any] | None:
+    if spec.sim_profile is None:
+        return None
+    sim: dict[str, Any] = {"profile": str(Path(spec.sim_profile).resolve()), "speed": spec.sim_speed,
+                           "mains_hz": 50, "mode": "sparse", "block_s": 60, "seed": 1}
+    if spec.sim_start is not None:
+        sim["start_time"] = spec.sim_start
+    return sim
+
+
+def _write_config(ws: Workspace, spec: MeterSpec, cfg: dict[str, Any]) -> Path:
+    """Validate in a staging dir with the firmware, then move into DIR/meters/<id>/."""
+    final_dir = ws.meter_dir(spec.meter_id)
+    stage = final_dir.with_name(f".{spec.meter_id}.staging")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True, mode=0o700)
+    try:
+        if cfg["broker"]["ca_der_path"]:
+            shutil.copyfile(ws.pki.ca_der, stage / meter_config.CA_NAME)
+        write_secret(stage / "config.json", meter_config.dumps(cfg))
+        meter_config.validate_file(stage / "config.json", board=spec.sim_profile is None,
+                                   label=spec.meter_id)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return stage
+
+
+def _commit_config(ws: Workspace, meter_id: str, stage: Path) -> Path:
+    final_dir = ws.meter_dir(meter_id)
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    stage.rename(final_dir)
+    return final_dir / "config.json"
+
+
+def _log_rotation(ws: Workspace, meter_id: str, old: bytes, new: bytes) -> None:
+    entry = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "meter_id": meter_id,
+             "old_key_id": key_id(old), "new_key_id": key_id(new), "broker_password": "rotated",
+             "by": getpass.getuser()}
+    ws.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(ws.rotation_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as f:
+        f.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def provision_one(workspace: Path, spec: MeterSpec, *, broker_url: str | None = None,
+                  registry: Path | None = None, rotate_key: bool = False) -> Provisioned:
+    """Provision (or with rotate_key: re-key) one meter in `workspace`."""
+    ws = Workspace(Path(workspace))
+    url, tls = _broker_url(ws, broker_url)
+    reg = open_registry(ws, registry)
+    existing = reg.get(spec.meter_id)
+    users = mqtt_auth.read_passwd(ws.passwd)
+    if rotate_key:
+        if existing is None:
+            raise ToolError(f"meter {spec.meter_id} is not provisioned, nothing to rotate: run provision "
+                            f"without --rotate-key")
+        # Keep what was chosen last time (feeder, DP, Wi-Fi, calibration): only the secrets change.
+        spec = replace(spec, feeder=existing.feeder, epsilon_milli=existing.epsilon_milli,
+                       clamp_wh=existing.clamp_wh, m=existing.m)
+        if ws.meter_config(spec.meter_id).exists():
+            spec = _spec_from_config(json.loads(ws.meter_config(spec.meter_id).read_text()), spec)
+    else:
+        where = [what for what, hit in (("the meter registry", existing is not None),
+                                        ("the broker password file", spec.meter_id in users),
+                                        ("the workspace", ws.meter_config(spec.meter_id).exists())) if hit]
+        if where:
+            raise ToolError(f"meter {spec.meter_id} already exists in {', '.join(where)}; use --rotate-key to "
+                            f"replace its key, or choose another id")
+    check_spec(spec)
+    key = os.urandom(hostkeys.MASTER_KEY_BYTES)
+    password = mqtt_auth.new_password()
+    calibration = dict(meter_config.DEFAULT_CALIBRATION, volts=spec.volts, rated_amps=spec.rated_amps)
+    if rotate_key and ws.meter_config(spec.meter_id).exists():
+        calibration = dict(json.loads(ws.meter_config(spec.meter_id).read_text())["calibration"])
+    cfg = meter_config.render(
+        meter_id=spec.meter_id, master_key=key, feeder=spec.feeder,
+        dp={"epsilon_milli": spec.epsilon_milli, "clamp_wh": spec.clamp_wh, "m": spec.m},
+        broker_url=url, username=spec.meter_id, password=password, ca_der=tls,
+        wifi_ssid=spec.wifi_ssid, wifi_password=spec.wifi_password, calibration=calibration,
+        interval_s=spec.interval_s, sim=_sim_section(spec))
+    stage = _write_config(ws, spec, cfg)
+    try:
+        if rotate_key:
+            assert existing is not None
+            reg.rotate(spec.meter_id, key)
+            _log_rotation(ws, spec.meter_id, existing.key, key)
+        else:
+            reg.add(spec.meter_id, feeder=spec.feeder, epsilon_milli=spec.epsilon_milli, clamp_wh=spec.clamp_wh,
+                    m=spec.m, key=key, attributes={"volts": spec.volts, "rated_amps": spec.rated_amps})
+        mqtt_auth.set_password(ws.passwd, spec.meter_id, password)
+        gateway = mqtt_auth.acl_gateway_user(ws.acl) or ws.load_broker_info().get("gateway_user", "gateway")
+        mqtt_auth.write_acl(ws.acl, gateway, [*mqtt_auth.acl_meters(ws.acl), spec.meter_id])
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return Provisioned(spec.meter_id, _commit_config(ws, spec.meter_id, stage), rotate_key)
+
+
+def _spec_from_config(cfg: dict[str, Any], spec: MeterSpec) -> MeterSpec:
+    wifi = cfg.get("wifi") or {}
+    sim = cfg.get("sim")
+    return replace(spec, interval_s=cfg.get("interval_s", 900),
+                   wifi_ssid=wifi.get("ssid"), wifi_password=wifi.get("password"),
+                   sim_profile=sim["profile"] if sim else None,
+                   sim_speed=sim.get("speed", 1.0) if sim else 1.0,
+                   sim_start=sim.get("start_time") if sim else None)
+
+
+def push_to_board(config: Path, port: str, log: Callable[[str], None] = print) -> None:
+    """Copy config.json (+ ca.der) to the board root and verify by hashing them on the device."""
+    port = check_port(port)
+    files = {"/config.json": config}
+    ca = config.parent / meter_config.CA_NAME
+    if ca.exists():
+        files["/" + meter_config.CA_NAME] = ca
+    steps = [Step("probe: is it MicroPython", mpremote(port, "exec", PROBE), probe=True)]
+    steps += [Step(f"copy {dev}", mpremote(port, "fs", "cp", str(local), ":" + dev)) for dev, local in files.items()]
+    steps.append(Step("read back", mpremote(port, "exec", HASH.format(paths=json.dumps(sorted(files))))))
+    out = ""
+    for step in steps:
+        log(f"- {step.what}")
+        out = run_step(step, port)
+    got = {p.split()[1]: p.split()[2] for p in out.splitlines() if p.startswith("MVHASH") and len(p.split()) == 3}
+    for dev, local in files.items():
+        if got.get(dev) != hashlib.sha256(local.read_bytes()).hexdigest():
+            raise ToolError(f"{dev} on the board on {port} differs from {local} after copying; re-run "
+                            f"provision with --rotate-key --port {port}")
+
+
+# ---- CLI --------------------------------------------------------------------------------------
+
+def register(sub) -> None:
+    p = sub.add_parser("provision", help="create a meter's key, registry entry, broker login and config.json",
+                       description=__doc__.splitlines()[0])
+    p.add_argument("meter_id", nargs="?", metavar="METER_ID", help="1-16 chars of A-Za-z0-9_- (omit with --batch)")
+    p.add_argument("--workspace", required=True, type=Path, help="pilot workspace (after broker-config)")
+    p.add_argument("--feeder", default=None, help="feeder / substation group of the meter")
+    p.add_argument("--batch", type=Path, default=None, metavar="CSV", help="provision every row of a CSV")
+    p.add_argument("--rotate-key", action="store_true", help="replace the key and broker password of a meter")
+    p.add_argument("--port", default=None, help="push config.json to the board on this serial port and verify")
+    p.add_argument("--push", action="store_true",
+                   help="only push the existing config of METER_ID to --port (no new keys)")
+    p.add_argument("--registry", type=Path, default=None,
+                   help="gateway meter registry (default WORKSPACE/keys/meters.json)")
+    p.add_argument("--broker-url", default=None, help="override the broker URL from broker-config")
+    p.add_argument("--epsilon-milli", type=int, default=1000, help="DP epsilon per reading x 1000 (default 1000)")
+    p.add_argument("--clamp-wh", type=int, default=1000, help="DP clamp per interval in Wh (default 1000)")
+    p.add_argument("--m", type=int, default=10, help="provisioned minimum contributors of the feeder (default 10)")
+    p.add_argument("--interval-s", type=int, default=900, help="reading interval in seconds (default 900)")
+    p.add_argument("--wifi-ssid", default=None)
+    p.add_argument("--wifi-password", default=os.environ.get("METERVEIL_WIFI_PASSWORD"),
+                   help="default: $METERVEIL_WIFI_PASSWORD (keeps it out of shell history)")
+    p.add_argument("--volts", type=float, default=230.0, help="nominal mains voltage")
+    p.add_argument("--rated-amps", type=float, default=30.0, help="CT clamp rating")
+    p.add_argument("--sim-profile", default=None,
+                   help="unix-port meter: simulated load profile CSV instead of a real CT (no Wi-Fi needed)")
+    p.add_argument("--sim-speed", type=float, default=1.0, help="unix-port meter: simulated seconds per second")
+    p.add_argument("--sim-start", type=int, default=None, help="unix-port meter: simulated start (unix time)")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    defaults = MeterSpec(meter_id=args.meter_id or "", feeder=args.feeder or "", epsilon_milli=args.epsilon_milli,
+                         clamp_wh=args.clamp_wh, m=args.m, interval_s=args.interval_s, wifi_ssid=args.wifi_ssid,
+                         wifi_password=args.wifi_password, volts=args.volts, rated_amps=args.rated_amps,
+                         sim_profile=args.sim_profile, sim_speed=args.sim_speed, sim_start=args.sim_start)
+    ws = Workspace(args.workspace)
+    if args.push:
+        if not args.meter_id or not args.port or args.rotate_key or args.batch:
+            raise ToolError("--push needs METER_ID and --port (and no --rotate-key/--batch)")
+        if not ws.meter_config(args.meter_id).is_file():
+            raise ToolError(f"{ws.meter_config(args.meter_id)} not found: provision {args.meter_id} first")
+        push_to_board(ws.meter_config(args.meter_id), args.port)
+        print(f"config of {args.meter_id} pushed to {args.port} and verified")
+        return 0
+    if args.batch:
+        if args.meter_id or args.port or args.rotate_key:
+            raise ToolError("--batch provisions from the CSV only: drop METER_ID, --port and --rotate-key")
+        from .batch import provision_batch
+
+        done = provision_batch(args.workspace, args.batch, defaults, broker_url=args.broker_url,
+                               registry=args.registry)
+        print(f"provisioned {len(done)} meters; configs in {ws.root / 'meters'}")
+    else:
+        if not args.meter_id:
+            raise ToolError("give a METER_ID (or --batch CSV)")
+        if args.port:
+            check_port(args.port)  # before creating anything
+        res = provision_one(args.workspace, defaults, broker_url=args.broker_url, registry=args.registry,
+                            rotate_key=args.rotate_key)
+        print(f"{'re-keyed' if res.rotated else 'provisioned'} {res.meter_id}: {res.config} (0600)")
+        if args.port:
+            push_to_board(res.config, args.port)
+            print(f"config pushed to {args.port} and verified")
+        elif res.rotated:
+            print("push the new config to the board now (provision --rotate-key --port PORT): until then the "
+                  "broker refuses the meter's old password")
+    print(f"reload the broker so it sees the new login: kill -HUP $(pidof mosquitto)  "
+          f"(files in {ws.broker_dir})")
+    return 0
