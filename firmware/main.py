@@ -73,6 +73,8 @@ def main(argv):
 
     from meter.app import Meter
     meter = Meter(hal, cfg)
+    del cfg  # everything needed has been copied out: free the parsed config before the loop
+    gc.collect()
     ok = asyncio.run(meter.run(intervals, drain))
     return 0 if ok else 3
 

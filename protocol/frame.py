@@ -1,11 +1,13 @@
-# Frame v1: layout, sealing (encrypt-then-MAC) and opening. Byte layout and the security argument
-# are in protocol/SPEC.md; keep the two in step. Pure code for MicroPython and CPython.
+# Frame v1: layout, constants and sealing (encrypt-then-MAC). Opening (parse_header, open_frame)
+# lives in protocol/opener.py: a meter only seals, and the split keeps the opening half and the
+# error classes out of a 64 KB heap. `frame.parse_header` / `frame.open_frame` still resolve
+# (lazily, via the module __getattr__ at the end) for existing callers. Byte layout and the
+# security argument are in protocol/SPEC.md; keep the two in step. MicroPython and CPython.
 import os
 import struct
 
-from . import errors
-from .aes import cbc_decrypt, cbc_encrypt, pkcs7_pad, pkcs7_unpad
-from .hmac_sha256 import ct_equal, hkdf_sha256, hmac_sha256
+from .aes import cbc_encrypt, pkcs7_pad
+from .hmac_sha256 import hkdf_sha256, hmac_sha256
 
 try:
     from micropython import const
@@ -68,16 +70,23 @@ def valid_meter_id(meter_id):
     return True
 
 
+def _fail(cls_name, msg):
+    # The error classes are imported only when a frame is actually bad: sealing valid frames
+    # on a meter never loads them (11 classes, ~4 KB of heap on the unix port).
+    from . import errors
+    raise getattr(errors, cls_name)(msg)
+
+
 def _check_range(name, value, lo, hi):
     # MicroPython's struct.pack silently truncates: range checks must be explicit.
     if not isinstance(value, int) or value < lo or value > hi:
-        raise errors.BadField(name + " out of range: " + repr(value))
+        _fail("BadField", name + " out of range: " + repr(value))
 
 
 def _pack_header(h, body_len):
     meter_id = h["meter_id"]
     if not valid_meter_id(meter_id):
-        raise errors.BadField("meter_id must be 1-16 chars of A-Za-z0-9_-: " + repr(meter_id))
+        _fail("BadField", "meter_id must be 1-16 chars of A-Za-z0-9_-: " + repr(meter_id))
     for name, hi in (("counter", _U32), ("interval_start", _U32), ("interval_len", _U16),
                      ("epsilon_milli", _U16), ("clamp_wh", _U32), ("m", _U16)):
         _check_range(name, h[name], 0, hi)
@@ -104,7 +113,7 @@ def _pack_body(kind, f):
         for part in fw:
             _check_range("fw_version", part, 0, 255)
         return struct.pack(STATUS_FMT, *vals, fw[0], fw[1], fw[2])
-    raise errors.UnsupportedKind("kind " + repr(kind))
+    _fail("UnsupportedKind", "kind " + repr(kind))
 
 
 def seal(keys, header, fields, iv=None):
@@ -123,69 +132,9 @@ def seal(keys, header, fields, iv=None):
     return signed + hmac_sha256(mac_key, signed)[:TAG_LEN]
 
 
-def parse_header(frame):
-    # Structural checks only (no key needed): lets the gateway reject junk cheaply and
-    # look up the sender's keys. Order matters: the cheapest, least ambiguous checks first.
-    n = len(frame)
-    if n > MAX_FRAME:
-        raise errors.Oversize("frame of %d bytes exceeds %d" % (n, MAX_FRAME))
-    if n < MIN_FRAME:
-        raise errors.Truncated("frame of %d bytes is shorter than %d" % (n, MIN_FRAME))
-    magic, version, kind, mid, counter, start, ilen, eps, clamp, m, body_len = struct.unpack(
-        HEADER_FMT, bytes(frame[:HEADER_LEN]))
-    if magic != MAGIC:
-        raise errors.BadMagic("bad magic " + repr(magic))
-    if version != VERSION:
-        raise errors.UnsupportedVersion("version %d, expected %d" % (version, VERSION))
-    if kind not in BODY_LEN:
-        raise errors.UnsupportedKind("kind %d" % kind)
-    end = 0
-    while end < 16 and mid[end] != 0:
-        end += 1
-    for i in range(end, 16):
-        if mid[i] != 0:
-            raise errors.BadField("meter_id padding is not NUL")
-    try:
-        meter_id = mid[:end].decode()
-    except UnicodeError:
-        raise errors.BadField("meter_id is not ASCII")
-    if not valid_meter_id(meter_id):
-        raise errors.BadField("meter_id has characters outside A-Za-z0-9_-")
-    if body_len != BODY_LEN[kind]:
-        raise errors.BadLength("body_len %d, kind %d needs %d" % (body_len, kind, BODY_LEN[kind]))
-    need = MIN_FRAME + body_len
-    if n < need:
-        raise errors.Truncated("frame of %d bytes, header says %d" % (n, need))
-    if n > need:
-        raise errors.BadLength("%d bytes trail the tag" % (n - need))
-    return {"kind": kind, "meter_id": meter_id, "counter": counter, "interval_start": start,
-            "interval_len": ilen, "epsilon_milli": eps, "clamp_wh": clamp, "m": m,
-            "body_len": body_len}
-
-
-def open_frame(keys, frame, topic_meter=None):
-    # Verify, then decrypt: nothing is decrypted before the tag checks out (no padding oracle).
-    header = parse_header(frame)
-    if topic_meter is not None and topic_meter != header["meter_id"]:
-        raise errors.WrongMeter("header meter %s on topic of %s" % (header["meter_id"], topic_meter))
-    enc_key, mac_key = keys
-    split = len(frame) - TAG_LEN
-    signed = bytes(frame[:split])
-    if not ct_equal(hmac_sha256(mac_key, signed)[:TAG_LEN], frame[split:]):
-        raise errors.BadTag("tag does not verify")
-    iv = signed[HEADER_LEN:HEADER_LEN + IV_LEN]
-    body = pkcs7_unpad(cbc_decrypt(enc_key, iv, signed[HEADER_LEN + IV_LEN:]))
-    if body is None:
-        raise errors.BadPadding("bad PKCS#7 padding")
-    kind = header["kind"]
-    if kind == KIND_READING:
-        if len(body) != struct.calcsize(READING_FMT):
-            raise errors.BadLength("reading body of %d bytes" % len(body))
-        fields = dict(zip(READING_KEYS, struct.unpack(READING_FMT, body)))
-    else:
-        if len(body) != struct.calcsize(STATUS_FMT):
-            raise errors.BadLength("status body of %d bytes" % len(body))
-        vals = struct.unpack(STATUS_FMT, body)
-        fields = dict(zip(STATUS_KEYS, vals[:9]))
-        fields["fw_version"] = [vals[9], vals[10], vals[11]]
-    return {"header": header, "fields": fields}
+def __getattr__(name):
+    # Lazy aliases for the opening half (protocol/opener.py), loaded on first use.
+    if name in ("parse_header", "open_frame"):
+        from . import opener
+        return getattr(opener, name)
+    raise AttributeError(name)

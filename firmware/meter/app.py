@@ -30,7 +30,7 @@ def _cap16(v):
 class Meter:
     def __init__(self, hal, cfg, log=None, out=None):
         self.hal = hal
-        self.cfg = cfg
+        self.status_every = cfg["status_every"]  # cfg itself is not kept: it is dropped after boot
         self.log = log or print
         self.out = out or _line   # machine-readable lines (TRUTH/STATUS/HEAP) for the host
         sd = hal.storage_dir
@@ -148,7 +148,7 @@ class Meter:
         stats = self.stats
         nbuf = len(buf)
         iv_ms = self.interval_s * 1000
-        every = self.cfg["status_every"]
+        every = self.status_every
         acc = sensing.EnergyAccumulator()
         now = hal.now_ms()
         start = now - now % iv_ms

@@ -24,14 +24,14 @@
 import array
 import math
 
-_TBITS = 10                    # 1024-entry waveform table per cycle (+ linear interpolation)
+_TBITS = 8                     # 256-entry waveform table per cycle (+ linear interpolation)
 _TLEN = 1 << _TBITS
 _PBITS = 30                    # phase accumulator: one cycle = 2**30
 _PMASK = (1 << _PBITS) - 1
 _PSHIFT = _PBITS - _TBITS
 _FMASK = (1 << _PSHIFT) - 1
 _Q = 8                         # analog values are codes * 2**8 before quantisation
-_NLEN = 2048                   # Gaussian noise table (int16), read at a random offset per chunk
+_NLEN = 1024                   # Gaussian noise table (int16), read at a random offset per chunk
 
 
 class ProfileError(ValueError):

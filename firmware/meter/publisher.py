@@ -4,6 +4,7 @@
 # Timers here are real time (time.ticks_ms): the network is real even when the meter's clock
 # is simulated, so keepalive and backoff must not speed up with the simulation.
 import asyncio
+import gc
 import os
 import time
 
@@ -108,6 +109,14 @@ class Publisher:
                 self.failures += 1
                 self.last_error = "timeout"
                 self._log("mqtt: timeout")
+            except MemoryError:
+                # Heap exhausted mid-session (a 64 KB heap leaves little slack): drop the
+                # session, free what it held and reconnect after the backoff. Never let the
+                # publisher task die: asyncio would not report it and nothing would be sent.
+                self.failures += 1
+                self.last_error = "MemoryError"
+                gc.collect()
+                self._log("mqtt: out of memory, session dropped")
             if self.connected:
                 attempt = 0  # the session ran; the next reconnect starts at the short delay
             self.connected = False
