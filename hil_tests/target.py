@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class Result:
 class Target:
     name = "abstract"
     repo_on_target = ""
+    scratch = ""  # a writable folder on the target's filesystem (flash on a board)
 
     def prelude(self) -> str:
         root = self.repo_on_target
@@ -44,6 +46,10 @@ class Target:
                 f"sys.path.insert(0, REPO + '/firmware')\n")
 
     def run(self, snippet: str, timeout: float = 120) -> Result:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Reboot the target between two runs (files on its flash survive)."""
         raise NotImplementedError
 
 
@@ -54,17 +60,25 @@ class UnixTarget(Target):
         self.repo_on_target = str(REPO)
         self.heap = heap
         self.micropython = _tool("micropython")
+        self._tmp = tempfile.TemporaryDirectory(prefix="hil-unix-")
+        self.scratch = self._tmp.name
 
     def run(self, snippet: str, timeout: float = 120) -> Result:
-        code = self.prelude() + snippet
-        res = subprocess.run([self.micropython, "-X", f"heapsize={self.heap}", "-c", code],
+        # A script file, not `-c`: the pip unix port aborts on very long command-line arguments.
+        script = Path(self.scratch) / "_hil_snippet.py"
+        script.write_text(self.prelude() + snippet)
+        res = subprocess.run([self.micropython, "-X", f"heapsize={self.heap}", str(script)],
                              capture_output=True, text=True, timeout=timeout)
         return Result(res.returncode, res.stdout + res.stderr)
+
+    def reset(self) -> None:
+        """Every run is a fresh process already: nothing in RAM survives, files do."""
 
 
 class SerialTarget(Target):
     name = "serial"
     repo_on_target = "/remote"
+    scratch = "/hil"
 
     def __init__(self, port: str):
         self.port = port
@@ -83,6 +97,10 @@ class SerialTarget(Target):
             if ln.startswith("HIL-EXIT"):
                 rc = int(ln.split()[1] or 0)
         return Result(rc, out)
+
+    def reset(self) -> None:
+        subprocess.run([self.mpremote, "connect", self.port, "soft-reset"], capture_output=True,
+                       text=True, timeout=60, check=True)
 
 
 def make_target(spec: str) -> Target:

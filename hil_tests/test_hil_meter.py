@@ -1,0 +1,151 @@
+"""Boot-time config validation, outbox across a reset, MQTT publishing and sensing, on the target."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = json.loads((REPO / "firmware" / "config.example.json").read_text())
+
+
+def _config_check(target, cfg: dict) -> list[str]:
+    res = target.run(
+        "import json\nfrom meter import config\n"
+        f"cfg = config.with_defaults(json.loads({json.dumps(json.dumps(cfg))}))\n"
+        "for field, msg in config.validate(cfg, board=False):\n    print('BAD', field)\n"
+        "print('CHECKED')\n")
+    assert "CHECKED" in res.output, res.output
+    return res.lines("BAD")
+
+
+def test_example_config_validates_on_target(target):
+    assert _config_check(target, EXAMPLE) == []
+
+
+@pytest.mark.parametrize("path,value,field", [
+    (("dp", "epsilon_milli"), 0, "dp.epsilon_milli"),
+    (("master_key",), "abcd", "master_key"),
+    (("meter_id",), "bad/id", "meter_id"),
+    (("broker", "url"), "http://x", "broker.url"),
+    (("interval_s",), 7, "interval_s"),
+])
+def test_bad_config_field_is_named_on_target(target, path, value, field):
+    cfg = json.loads(json.dumps(EXAMPLE))
+    node = cfg
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    assert field in _config_check(target, cfg)
+
+
+def test_outbox_survives_a_reset(target):
+    box = target.scratch + "/outbox-hil"
+    first = target.run(
+        "import os\nfrom meter import outbox\n"
+        f"b = outbox.Outbox({box!r}, segment_bytes=512, max_bytes=8192)\n"
+        "for i in range(5):\n    b.append(bytes([i]) * (40 + i))\n"
+        "print('DEPTH', b.depth)\n")
+    assert first.returncode == 0, first.output
+    assert first.lines("DEPTH") == ["5"]
+    target.reset()
+    second = target.run(
+        "from meter import outbox\n"
+        f"b = outbox.Outbox({box!r}, segment_bytes=512, max_bytes=8192)\n"
+        "print('DEPTH', b.depth)\n"
+        "pos = b.first()\n"
+        "while pos is not None:\n"
+        "    rec = b.read(pos)\n"
+        "    if rec is None:\n        break\n"
+        "    data, at, nxt = rec\n"
+        "    print('REC', len(data), data[0])\n"
+        "    b.ack(at, nxt)\n"
+        "    pos = nxt\n"
+        "print('LEFT', b.depth)\n")
+    assert second.returncode == 0, second.output
+    assert second.lines("DEPTH") == ["5"]
+    assert second.lines("REC") == [f"{40 + i} {i}" for i in range(5)]
+    assert second.lines("LEFT") == ["0"]
+
+
+@pytest.fixture
+def broker_addr(request, target):
+    if target.name == "unix":
+        return "127.0.0.1", request.getfixturevalue("mosquitto").port
+    spec = request.config.getoption("--broker")
+    if not spec:
+        pytest.fail("serial targets need --broker HOST:PORT reachable from the board's network")
+    host, port = spec.rsplit(":", 1)
+    return host, int(port)
+
+
+def test_sealed_frame_published_with_qos1_reaches_a_subscriber(target, broker_addr):
+    from meterveil.protocol import frame
+
+    host, port = broker_addr
+    got: list[bytes] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: got.append(m.payload)
+    sub.connect(host, port)
+    sub.subscribe("meterveil/v1/hil-pub/#", qos=1)
+    sub.loop_start()
+    time.sleep(0.3)
+    res = target.run(
+        "import asyncio\nfrom meter import mqtt\nfrom protocol import frame\n"
+        "k = frame.derive_keys(bytes(range(32)))\n"
+        "h = {'kind': 1, 'meter_id': 'hil-pub', 'counter': 9, 'interval_start': 1763856000,"
+        " 'interval_len': 900, 'epsilon_milli': 1000, 'clamp_wh': 1000, 'm': 10}\n"
+        "f = {'billing_wh': 77, 'analytics_wh': 70, 'flags': 0, 'samples': 10, 'clipped': 0, 'missing_s': 0}\n"
+        "async def go():\n"
+        f"    r, w = await asyncio.open_connection({host!r}, {port})\n"
+        "    s = mqtt.Session(r, w)\n"
+        "    await s.connect('hil-pub', 30)\n"
+        "    await s.publish(frame.topic('hil-pub', 'reading'), frame.seal(k, h, f), 17)\n"
+        "    t, _, body = await s.read_packet()\n"
+        "    print('ACK', t == mqtt.PUBACK, body[0] * 256 + body[1])\n"
+        "    await s.disconnect()\n"
+        "    s.close()\n"
+        "asyncio.run(go())\n")
+    assert res.returncode == 0, res.output
+    assert res.lines("ACK") == ["True 17"]
+    for _ in range(100):
+        if got:
+            break
+        time.sleep(0.05)
+    sub.loop_stop()
+    assert len(got) == 1
+    msg = frame.open_frame(frame.derive_keys(bytes(range(32))), got[0], topic_meter="hil-pub")
+    assert msg["fields"]["billing_wh"] == 77
+
+
+def test_sensing_reads_a_known_load(target, request, tmp_path):
+    watts = request.config.getoption("--reference-watts")
+    tol = request.config.getoption("--tolerance-pct")
+    cal = EXAMPLE["calibration"]
+    if target.name == "unix":
+        profile = Path(target.scratch) / "reference.csv"
+        profile.write_text(f"seconds,watts\n0,{watts}\n")
+        source = (f"from meter import ctsim\nsim = ctsim.SimADC({str(profile)!r}, 50, sensing.Calibration(cal), seed=3)\n"
+                  "def block(buf, n, t):\n    sim.read_block(buf, t, n, 2000)\n    return 2000\n")
+    else:  # the board's own ADC, its /config.json calibration, a documented resistive load
+        source = ("from meter import hal_board\nimport json\ncal = json.load(open('/config.json'))['calibration']\n"
+                  "hal = hal_board.BoardHAL(json.load(open('/config.json')))\n"
+                  "def block(buf, n, t):\n    return hal.read_block(buf, n)[1]\n")
+    res = target.run(
+        "import array\nfrom meter import sensing\n"
+        f"cal = {json.dumps(cal)}\n" + source +
+        "c = sensing.Calibration(cal)\nbuf = array.array('H', bytes(2 * 400))\n"
+        "acc = sensing.EnergyAccumulator()\nt = 0\n"
+        "for i in range(50):\n"
+        "    fs = block(buf, 400, t)\n"
+        "    ms = 400 * 1000 // fs\n"
+        "    acc.add(sensing.block_power_mw(buf, 400, c), ms)\n"
+        "    t += ms\n"
+        "print('MEAN_MW', acc.peek_mwh() * 3600000 // t)\n", timeout=300)
+    assert res.returncode == 0, res.output
+    mean_w = int(res.lines("MEAN_MW")[0]) / 1000
+    assert abs(mean_w - watts) <= watts * tol / 100, f"read {mean_w:.1f} W for a {watts} W load"
