@@ -149,3 +149,13 @@ def test_sensing_reads_a_known_load(target, request, tmp_path):
     assert res.returncode == 0, res.output
     mean_w = int(res.lines("MEAN_MW")[0]) / 1000
     assert abs(mean_w - watts) <= watts * tol / 100, f"read {mean_w:.1f} W for a {watts} W load"
+
+
+def test_typed_firmware_errors_raise_on_target(target):
+    """Error classes must construct on MicroPython (no ValueError.__init__ there)."""
+    res = target.run(
+        "from meter import privacy, sensing\n"
+        "for f in (lambda: privacy.noise_share(0, 10, 5), lambda: sensing.Calibration({'ct_turns': -1})):\n"
+        "    try:\n        f()\n    except ValueError as e:\n        print('ERR', e.reason, e.field)\n")
+    assert res.returncode == 0, res.output
+    assert res.lines("ERR") == ["bad_dp_params epsilon_milli", "bad_calibration ct_turns"]

@@ -31,7 +31,7 @@ class PrivacyParamError(ValueError):
     reason = "bad_dp_params"
 
     def __init__(self, field, msg):
-        ValueError.__init__(self, field + ": " + msg)
+        super().__init__(field + ": " + msg)
         self.field = field
 
 

@@ -33,7 +33,7 @@ class CalibrationError(ValueError):
     reason = "bad_calibration"
 
     def __init__(self, field, msg):
-        ValueError.__init__(self, "calibration." + field + ": " + msg)
+        super().__init__("calibration." + field + ": " + msg)
         self.field = field
 
 
