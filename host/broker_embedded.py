@@ -13,6 +13,13 @@ Limits of amqtt 0.12.1, checked against its source (see tests/test_broker_embedd
   marks sessions that present a username as non-anonymous (and checks passwords when given).
 - ACLs are per-user topic lists (no mosquitto `%u` pattern): `meter_acls()` expands them.
 - A publish to a topic outside the publisher's ACL is acknowledged and silently dropped (as mosquitto).
+- Loses acknowledged messages: amqtt PUBACKs an incoming QoS 1 publish when it enters the session's
+  delivery queue, but routes the queue one message per loop turn and stops at the client's
+  DISCONNECT, dropping what is still queued. Meters that drain their outbox in a burst and then
+  disconnect lost the tail (measured: 120 meters, 1 day: 5,790 of 11,520 readings arrived).
+  `_DrainingBroker` routes the leftover queue after the client loop ends.
+- Waits only 5 s for a subscriber's PUBACK, then logs an error and never redelivers (the demo's
+  gateway therefore acks on receipt: see demo_gateway.py).
 """
 
 from __future__ import annotations
@@ -58,6 +65,19 @@ def meter_acls(meter_ids: list[str], gateway_user: str, topic_root: str = "meter
     pub[gateway_user] = []
     sub = {gateway_user: [f"{topic_root}/#"]}
     return {"publish_acl": pub, "acl": sub}
+
+
+class _DrainingBroker(Broker):
+    """amqtt Broker that routes messages a client had published (and got PUBACKs for) before it
+    disconnected; upstream 0.12.1 drops them (see the module docstring)."""
+
+    async def _client_message_loop(self, client_session: Session, handler: Any) -> None:
+        await super()._client_message_loop(client_session, handler)
+        queue = client_session.delivered_message_queue
+        while not queue.empty():
+            done: asyncio.Future = asyncio.get_running_loop().create_future()
+            done.set_result(queue.get_nowait())
+            await self._handle_message_delivery(client_session, handler, done)
 
 
 def _quiet_cancel(loop: asyncio.AbstractEventLoop, ctx: dict) -> None:
@@ -108,7 +128,7 @@ class EmbeddedBroker:
             with warnings.catch_warnings():
                 # 0.12.1's ACL plugin only accepts `acl` for subscriptions yet warns it is deprecated.
                 warnings.filterwarnings("ignore", message=".*'acl' option is deprecated")
-                self._broker = Broker(self._config(), loop=loop)
+                self._broker = _DrainingBroker(self._config(), loop=loop)
             await self._broker.start()
             server = self._broker._servers["default"].instance
             self.port = server.sockets[0].getsockname()[1]

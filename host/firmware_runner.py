@@ -30,9 +30,11 @@ REPO = Path(os.environ.get("METERVEIL_REPO", Path(__file__).resolve().parent.par
 FIRMWARE = REPO / "firmware"
 MAIN = FIRMWARE / "main.py"
 EXIT_OK, EXIT_CRASH, EXIT_BAD_CONFIG, EXIT_NOT_DRAINED = 0, 1, 2, 3
-# Heap for the meter process. The 64-bit unix port needs about twice the 64 KB target: bytecode
-# loaded from .mpy lives in the heap here (frozen into flash on a board) and every object
-# pointer is 8 bytes. docs/FIRMWARE.md has the breakdown.
+# Heap for the meter process. The 64-bit unix port needs more than the 64 KB board target:
+# bytecode loaded from .mpy lives in the heap here (frozen into flash on a board) and every object
+# pointer is 8 bytes. Measured: ~84 KB live at the low point; reliable from 104k (~21 KB free),
+# 96k can die of fragmentation (docs/FIRMWARE.md "Memory"; tests/test_fw_heap.py guards 104k).
+# 128k leaves room for TLS sessions, dense sampling and long outages.
 DEFAULT_HEAPSIZE = "128k"
 
 

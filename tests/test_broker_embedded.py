@@ -149,3 +149,47 @@ def test_stop_releases_port_and_thread():
         import socket
 
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def _packet(ptype: int, body: bytes) -> bytes:
+    n, rem = len(body), b""
+    while True:
+        d, n = n % 128, n // 128
+        rem += bytes([d | (0x80 if n else 0)])
+        if not n:
+            return bytes([ptype]) + rem + body
+
+
+def _s(b: bytes) -> bytes:
+    return len(b).to_bytes(2, "big") + b
+
+
+def test_burst_then_disconnect_loses_nothing(broker):
+    """A meter draining its outbox publishes a burst and disconnects at once; every PUBACKed
+    message must still reach the subscriber (upstream amqtt 0.12.1 drops the unrouted tail)."""
+    import socket
+
+    sink = _Sink()
+    gw = _client("gw", "gw", "gwpass")
+    gw.on_message = sink.on_message
+    _connect(gw, broker.port)
+    _subscribe(gw, "meterveil/v1/+/reading")
+    n = 300
+    connect = _packet(0x10, _s(b"MQTT") + bytes([4, 0xC2]) + (60).to_bytes(2, "big")
+                      + _s(b"m1") + _s(b"m1") + _s(b"p1"))
+    pubs = b"".join(_packet(0x32, _s(b"meterveil/v1/m1/reading") + (i + 1).to_bytes(2, "big") + b"r%d" % i)
+                    for i in range(n))
+    with socket.create_connection(("127.0.0.1", broker.port)) as s:
+        s.sendall(connect + pubs + _packet(0xE0, b""))
+        got = b""
+        s.settimeout(10)
+        while len(got) < 4 + 4 * n:  # CONNACK + one PUBACK per message
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    assert got[:4] == b"\x20\x02\x00\x00" and len(got) == 4 + 4 * n  # all acknowledged
+    msgs = sink.wait_for(n)
+    assert sorted(p for _, p in msgs) == sorted(b"r%d" % i for i in range(n))
+    gw.disconnect()
+    gw.loop_stop()

@@ -56,7 +56,8 @@ class Meter:
         self.readings = 0          # sealed by this boot
         self.statuses = 0
         self.boot_ms = hal.now_ms()
-        self.min_free = hal.free_heap()
+        gc.collect()
+        self.min_free = hal.free_heap()  # lowest free heap after a collection (HEAP line)
         self.log("meter %s boot %d: outbox depth %d, overflow %d, torn %d, next counter %d"
                  % (self.meter_id, self.boot_count, self.outbox.depth, self.outbox.overflow,
                     self.outbox.torn, self.counter.peek()))
