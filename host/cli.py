@@ -13,13 +13,13 @@ import sys
 
 # Each module exposes register(subparsers) and sets `func` on the parsers it adds.
 COMMAND_MODULES = (
-    "meterveil.host.cmd_frame",
-    "meterveil.host.cmd_tools",
-    "meterveil.host.cmd_backoffice",
-    "meterveil.host.cmd_privacy",
-    "meterveil.host.cmd_keys",
-    "meterveil.host.cmd_gateway",
-    "meterveil.host.cmd_demo",
+    "meterveil.host.cmd_demo",        # demo: the whole system on one machine
+    "meterveil.host.cmd_keys",        # keys: utility Paillier keys, meter registry
+    "meterveil.host.cmd_tools",       # provision, broker-config, build, flash, calibrate
+    "meterveil.host.cmd_gateway",     # gateway, stats
+    "meterveil.host.cmd_backoffice",  # bill, feeder-load, audit (the decryption role)
+    "meterveil.host.cmd_privacy",     # privacy-report, export
+    "meterveil.host.cmd_frame",       # frame open (debugging)
 )
 
 
