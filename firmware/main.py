@@ -8,56 +8,24 @@ import sys
 BOARD = sys.platform not in ("linux", "darwin")
 
 
-def _opts(argv):
-    o = {"config": "config.json", "storage": None, "intervals": None, "drain": None,
-         "check": False, "board": BOARD}
-    i = 1
-    while i < len(argv):
-        a = argv[i]
-        if a in ("--storage", "--intervals", "--drain-timeout") and i + 1 < len(argv):
-            key = {"--storage": "storage", "--intervals": "intervals", "--drain-timeout": "drain"}[a]
-            o[key] = argv[i + 1] if key == "storage" else float(argv[i + 1])
-            i += 2
-            continue
-        if a == "--check":
-            o["check"] = True
-        elif a == "--board":
-            o["board"] = True
-        elif a.startswith("--"):
-            raise ValueError("unknown option " + a)
-        else:
-            o["config"] = a
-        i += 1
-    return o
-
-
-def _report_config_error(path, e):
-    print("CONFIG ERROR: %d bad field(s) in %s" % (len(e.errors), path))
-    for field, msg in e.errors:
-        print("  " + field + ": " + msg)
-
-
 def main(argv):
-    try:
-        o = _opts(argv)
-    except ValueError as e:
-        print("usage error:", e)
-        return 2
-    from meter import config
-    try:
-        cfg = config.load(o["config"], board=o["board"])
-    except config.ConfigError as e:
-        _report_config_error(o["config"], e)
-        return 2
-    if o["check"]:
-        print("CONFIG OK " + cfg["meter_id"])
-        return 0
-    # The validator is big and needed once: drop it before the meter allocates (64 KB heap).
-    del config
-    sys.modules.pop("meter.config", None)
+    # asyncio and the parts of it the meter uses (streams, wait_for) first, while the heap is
+    # empty: their module dicts are the largest blocks the meter ever needs, and after boot the
+    # heap is too fragmented to guarantee them (a lazy import mid-run failed on 592 bytes).
+    import asyncio
+    asyncio.open_connection, asyncio.wait_for_ms  # noqa: B018 - loads asyncio.stream, .funcs
+    # The meter's long-lived buffers, for the same reason: outbox record (1 KB), MQTT packets.
+    bufs = (bytearray(1024), bytearray(384))
+    # Options and config validation (startup.py, config.py) are boot-only: unloaded before the
+    # meter allocates, since on the unix port module code shares the 64 KB heap.
+    from meter import startup
+    rc, o, cfg = startup.from_argv(argv, BOARD)
+    del startup
     import meter
-    if hasattr(meter, "config"):
-        delattr(meter, "config")
+    meter.drop("meter.startup")
+    meter.drop("meter.config")
+    if rc is not None:
+        return rc
     import gc
     gc.collect()
     intervals = int(o["intervals"]) if o["intervals"] is not None else cfg["run"]["intervals"]
@@ -69,11 +37,9 @@ def main(argv):
         from meter.hal_unix import UnixHAL
         base = o["config"].rsplit("/", 1)[0] if "/" in o["config"] else "."
         hal = UnixHAL(cfg, o["storage"] or base + "/state")
-    import asyncio
-
     from meter.app import Meter
-    meter = Meter(hal, cfg)
-    del cfg  # everything needed has been copied out: free the parsed config before the loop
+    meter = Meter(hal, cfg, bufs=bufs)
+    del cfg, o, bufs  # everything needed has been copied out: free the parsed config before the loop
     gc.collect()
     ok = asyncio.run(meter.run(intervals, drain))
     return 0 if ok else 3

@@ -3,11 +3,17 @@
 # error classes out of a 64 KB heap. `frame.parse_header` / `frame.open_frame` still resolve
 # (lazily, via the module __getattr__ at the end) for existing callers. Byte layout and the
 # security argument are in protocol/SPEC.md; keep the two in step. MicroPython and CPython.
+# On MicroPython sealing needs only cryptolib and hashlib: AES-CBC runs over one reused ECB
+# context and HMAC is inlined, so neither aes.py nor hmac_sha256.py stays loaded (derive_keys
+# imports the HKDF once, at boot).
+import hashlib
 import os
 import struct
 
-from .aes import cbc_encrypt, pkcs7_pad
-from .hmac_sha256 import hkdf_sha256, hmac_sha256
+try:
+    import cryptolib
+except ImportError:  # CPython: AES from `cryptography`, through protocol/aes.py
+    cryptolib = None
 
 try:
     from micropython import const
@@ -20,7 +26,6 @@ VERSION = const(1)
 KIND_READING = const(1)
 KIND_STATUS = const(2)
 KIND_READING_PAILLIER = const(3)  # reserved for end-to-end mode (SPEC.md); rejected in v1
-KIND_NAMES = {KIND_READING: "reading", KIND_STATUS: "status"}
 
 HEADER_FMT = ">2sBB16sIIHHIHH"
 HEADER_LEN = const(40)
@@ -31,12 +36,9 @@ MAX_FRAME = const(1024)
 MAX_BODY = const(952)   # MAX_FRAME - MIN_FRAME, a multiple of 16
 
 READING_FMT = ">IiHIHH"
-READING_KEYS = ("billing_wh", "analytics_wh", "flags", "samples", "clipped", "missing_s")
 STATUS_FMT = ">IIIIIIIHHBBB"
 STATUS_KEYS = ("uptime_s", "free_heap", "outbox_depth", "outbox_overflow", "reconnects",
                "publish_retries", "dp_spend_milli", "readings_today", "boot_count")
-# padded body lengths (PKCS#7 always adds 1..16 bytes)
-BODY_LEN = {KIND_READING: 32, KIND_STATUS: 48}
 
 FLAG_CLOCK_UNSYNCED = const(1)
 FLAG_PARTIAL_INTERVAL = const(2)
@@ -52,6 +54,7 @@ def derive_keys(master_key):
     # Distinct labels give independent AES and MAC keys from one provisioned secret.
     if len(master_key) != 32:
         raise ValueError("master key must be 32 bytes")
+    from .hmac_sha256 import hkdf_sha256  # a meter derives once at boot, then unloads it
     enc = hkdf_sha256(master_key, HKDF_SALT, b"meterveil/v1/aes-128-cbc", 16)
     mac = hkdf_sha256(master_key, HKDF_SALT, b"meterveil/v1/hmac-sha256", 32)
     return enc, mac
@@ -116,25 +119,69 @@ def _pack_body(kind, f):
     _fail("UnsupportedKind", "kind " + repr(kind))
 
 
+_ecb = [None, None]  # [key, cryptolib ECB context]: one AES key schedule for every seal
+
+
+def _cbc(key, iv, body):
+    # AES-128-CBC. On MicroPython by hand over one reused ECB context: cryptolib's CBC context
+    # is single-use (it consumes its IV), and a fresh 320-byte context per seal fragments a
+    # 64 KB heap. Same bytes as aes.cbc_encrypt (checked by the vectors on both runtimes).
+    if cryptolib is None:
+        from .aes import cbc_encrypt
+        return cbc_encrypt(key, iv, body)
+    if _ecb[0] != key:
+        _ecb[0] = bytes(key)
+        _ecb[1] = cryptolib.aes(key, 1)
+    ecb = _ecb[1]
+    out = bytearray(len(body))
+    mv = memoryview(out)
+    blk = bytearray(16)
+    prev = iv
+    for o in range(0, len(body), 16):
+        for i in range(16):
+            blk[i] = body[o + i] ^ prev[i]
+        prev = mv[o:o + 16]
+        ecb.encrypt(blk, prev)
+    return out
+
+
+def _hmac(key, msg):
+    # HMAC-SHA256 (RFC 2104) core for keys of at most 64 bytes (the MAC key is 32).
+    # hmac_sha256.hmac_sha256 wraps it for longer keys; RFC 4231 vectors check it on both runtimes.
+    k = bytearray(64)
+    k[:len(key)] = key
+    for i in range(64):
+        k[i] ^= 0x36
+    h = hashlib.sha256(k)
+    h.update(msg)
+    d = h.digest()
+    for i in range(64):
+        k[i] ^= 0x6A  # 0x36 ^ 0x5C: inner pad -> outer pad
+    h = hashlib.sha256(k)
+    h.update(d)
+    return h.digest()
+
+
 def seal(keys, header, fields, iv=None):
     # Encrypt-then-MAC: AES-128-CBC over the body, HMAC-SHA256 (first 16 bytes) over
     # header + IV + ciphertext. The header stays readable so the gateway can route and pick keys.
     enc_key, mac_key = keys
     kind = header["kind"]
-    body = pkcs7_pad(_pack_body(kind, fields))
+    body = _pack_body(kind, fields)
+    n = 16 - len(body) % 16
+    body += bytes((n,)) * n  # PKCS#7
     head = _pack_header(header, len(body))
     if iv is None:
         iv = os.urandom(IV_LEN)
     elif len(iv) != IV_LEN:
         raise ValueError("iv must be 16 bytes")
-    ct = cbc_encrypt(enc_key, iv, body)
-    signed = head + iv + ct
-    return signed + hmac_sha256(mac_key, signed)[:TAG_LEN]
+    signed = head + iv + _cbc(enc_key, iv, body)
+    return signed + _hmac(mac_key, signed)[:TAG_LEN]
 
 
 def __getattr__(name):
     # Lazy aliases for the opening half (protocol/opener.py), loaded on first use.
-    if name in ("parse_header", "open_frame"):
+    if name in ("parse_header", "open_frame", "KIND_NAMES", "READING_KEYS", "BODY_LEN"):
         from . import opener
         return getattr(opener, name)
     raise AttributeError(name)

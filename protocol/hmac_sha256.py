@@ -4,26 +4,15 @@
 import hashlib
 
 _BLOCK = 64
-_IPAD = bytes(0x36 for _ in range(_BLOCK))
-_OPAD = bytes(0x5C for _ in range(_BLOCK))
-
-
-def _xor(a, b):
-    out = bytearray(len(a))
-    for i in range(len(a)):
-        out[i] = a[i] ^ b[i]
-    return out
 
 
 def hmac_sha256(key, msg):
+    # Keys longer than a block are hashed first (RFC 2104); the core lives in frame.py so a
+    # meter can seal without loading this module. One implementation for both runtimes.
+    from .frame import _hmac
     if len(key) > _BLOCK:
         key = hashlib.sha256(key).digest()
-    key = bytes(key) + bytes(_BLOCK - len(key))
-    inner = hashlib.sha256(_xor(key, _IPAD))
-    inner.update(msg)
-    outer = hashlib.sha256(_xor(key, _OPAD))
-    outer.update(inner.digest())
-    return outer.digest()
+    return _hmac(key, msg)
 
 
 def hkdf_sha256(ikm, salt, info, length):

@@ -6,16 +6,15 @@ import struct
 from . import errors
 from .aes import cbc_decrypt, pkcs7_unpad
 from .frame import (
-    BODY_LEN,
     HEADER_FMT,
     HEADER_LEN,
     IV_LEN,
     KIND_READING,
+    KIND_STATUS,
     MAGIC,
     MAX_FRAME,
     MIN_FRAME,
     READING_FMT,
-    READING_KEYS,
     STATUS_FMT,
     STATUS_KEYS,
     TAG_LEN,
@@ -23,6 +22,11 @@ from .frame import (
     valid_meter_id,
 )
 from .hmac_sha256 import ct_equal, hmac_sha256
+
+KIND_NAMES = {KIND_READING: "reading", KIND_STATUS: "status"}
+READING_KEYS = ("billing_wh", "analytics_wh", "flags", "samples", "clipped", "missing_s")
+# padded body lengths (PKCS#7 always adds 1..16 bytes)
+BODY_LEN = {KIND_READING: 32, KIND_STATUS: 48}
 
 
 def parse_header(frame):

@@ -9,6 +9,7 @@ import gc
 import json
 import sys
 
+import meter
 from meter import persist, privacy, sensing
 from meter.outbox import Outbox
 from meter.publisher import Publisher
@@ -28,7 +29,9 @@ def _cap16(v):
 
 
 class Meter:
-    def __init__(self, hal, cfg, log=None, out=None):
+    def __init__(self, hal, cfg, log=None, out=None, bufs=(None, None)):
+        # bufs: (outbox record buffer 1 KB, MQTT packet buffer 384 B), allocated by main.py
+        # while the heap was empty (a fragmented heap may not have 1 KB in one piece later).
         self.hal = hal
         self.status_every = cfg["status_every"]  # cfg itself is not kept: it is dropped after boot
         self.log = log or print
@@ -39,17 +42,18 @@ class Meter:
         dp = cfg["dp"]
         self.eps, self.clamp, self.m = dp["epsilon_milli"], dp["clamp_wh"], dp["m"]
         self.keys = frame.derive_keys(binascii.unhexlify(cfg["master_key"]))
-        self.cal = sensing.Calibration(cfg["calibration"])
+        meter.drop("protocol.hmac_sha256")  # HKDF is needed once; sealing inlines its HMAC
+        self.cal = getattr(hal, "cal", None) or sensing.Calibration(cfg["calibration"])
         self.boot_count = persist.bump_boot_count(sd + "/boots")
         self.counter = persist.FrameCounter(sd + "/counter")
         ob = cfg["outbox"]
-        self.outbox = Outbox(sd + "/outbox", ob["segment_bytes"], ob["max_bytes"], self.log)
+        self.outbox = Outbox(sd + "/outbox", ob["segment_bytes"], ob["max_bytes"], self.log, bufs[0])
         # state: UTC day, dp spend today, readings today, last sealed interval start
         st = persist.read_ints(sd + "/state", 4) or [-1, 0, 0, 0]
         self.state_path = sd + "/state"
         self.spend = privacy.DailySpend(st[0], st[1], st[2])
         self.last_interval = st[3]
-        self.pub = Publisher(hal, cfg, self.outbox, will=self._will_frame, log=self.log)
+        self.pub = Publisher(hal, cfg, self.outbox, self._will_frame, self.log, bufs[1])
         self.buf = array.array("H", bytes(2 * hal.block_samples))
         self.stats = [0]
         self.truth = cfg["run"]["truth"] and hasattr(hal, "true_energy_mwh")

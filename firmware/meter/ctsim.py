@@ -21,146 +21,44 @@
 # (fundamental and harmonics) is P / (volts * pf_load). With pf_load == cal.power_factor the meter
 # model is exact and what remains is the sensing chain: sampling, offset removal, noise,
 # quantisation, clipping. A board with a voltage channel would measure real power instead.
-import array
 import math
 
-_TBITS = 8                     # 256-entry waveform table per cycle (+ linear interpolation)
-_TLEN = 1 << _TBITS
-_PBITS = 30                    # phase accumulator: one cycle = 2**30
-_PMASK = (1 << _PBITS) - 1
-_PSHIFT = _PBITS - _TBITS
-_FMASK = (1 << _PSHIFT) - 1
-_Q = 8                         # analog values are codes * 2**8 before quantisation
-_NLEN = 1024                   # Gaussian noise table (int16), read at a random offset per chunk
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+# Boot-only parts (profile parsing, parameter checks, noise table) live in simboot.py, unloaded
+# once the simulator is set up: the meter's heap keeps only the sampling path.
+_TBITS = const(8)              # 256-entry waveform table per cycle (+ linear interpolation)
+_TLEN = const(256)
+_PBITS = const(30)             # phase accumulator: one cycle = 2**30
+_PMASK = const(0x3FFFFFFF)
+_PSHIFT = const(22)            # _PBITS - _TBITS
+_FMASK = const(0x3FFFFF)
+_Q = const(8)                  # analog values are codes * 2**8 before quantisation
+_NLEN = const(1024)            # Gaussian noise table (int16), read at a random offset per chunk
 
 
-class ProfileError(ValueError):
-    reason = "bad_profile"
-
-
-def _parse_decimal_milli(s):
-    # "12.345" -> 12345 exactly, without floats (watts -> mW, seconds -> ms).
-    s = s.strip()
-    neg = s.startswith("-")
-    if neg or s.startswith("+"):
-        s = s[1:]
-    if "." in s:
-        ip, fp = s.split(".", 1)
-    else:
-        ip, fp = s, ""
-    fp = (fp + "000")[:3]
-    if not ip:
-        ip = "0"
-    if not (ip.isdigit() and fp.isdigit()):
-        raise ValueError(s)
-    v = int(ip) * 1000 + int(fp)
-    return -v if neg else v
-
-
-def load_profile(path):
-    # -> (array of ms, array of mW). Rows must be strictly increasing in time, watts >= 0.
-    ts = array.array("i")
-    ws = array.array("i")
-    with open(path) as f:
-        lineno = 0
-        header_ok = True
-        for line in f:
-            lineno += 1
-            line = line.strip()
-            if not line or line[0] == "#":
-                continue
-            parts = line.split(",")
-            try:
-                t = _parse_decimal_milli(parts[0])
-                w = _parse_decimal_milli(parts[1])
-            except (ValueError, IndexError):
-                if header_ok:
-                    header_ok = False
-                    continue  # first non-comment line may be a header
-                raise ProfileError("%s:%d: expected 'seconds,watts'" % (path, lineno))
-            header_ok = False
-            if w < 0:
-                raise ProfileError("%s:%d: negative watts" % (path, lineno))
-            if len(ts) and t <= ts[-1]:
-                raise ProfileError("%s:%d: time not increasing" % (path, lineno))
-            if t > 0x7FFFFFFF:
-                raise ProfileError("%s:%d: profile longer than 24 days" % (path, lineno))
-            ts.append(t)
-            ws.append(w)
-    if not len(ts):
-        raise ProfileError("%s: empty profile" % path)
-    return ts, ws
-
-
-class _Rng:
-    # xorshift32: identical streams on MicroPython and CPython for a given seed.
-    def __init__(self, seed):
-        self.s = (seed * 2654435761 + 1) & 0xFFFFFFFF or 1
-
-    def next(self):
-        s = self.s
-        s ^= (s << 13) & 0xFFFFFFFF
-        s ^= s >> 17
-        s ^= (s << 5) & 0xFFFFFFFF
-        self.s = s
-        return s
-
-    def below(self, n):
-        return self.next() % n
+def __getattr__(name):
+    # ctsim.load_profile / ctsim.ProfileError (tests, tools) resolve to the boot module.
+    if name in ("load_profile", "ProfileError"):
+        from meter import simboot
+        return getattr(simboot, name)
+    raise AttributeError(name)
 
 
 class SimADC:
     def __init__(self, profile_path, mains_hz, cal, seed=1, harmonics=(), power_factor=None,
                  noise_rms_codes=0.8, bias_offset_codes=0.0, drift_codes=0.0, drift_period_s=3600,
                  epoch_ms=0, period_s=0, gain=1.0):
-        if not (40 <= mains_hz <= 70):
-            raise ValueError("mains_hz out of range")
-        if not (0 <= noise_rms_codes <= 20):
-            raise ValueError("noise_rms_codes out of range [0, 20]")
-        self.ts, self.ws = load_profile(profile_path)
-        self.cal = cal
-        self.mains_mhz = int(mains_hz * 1000 + 0.5)
-        self.pf = cal.power_factor if power_factor is None else power_factor
-        self.epoch_ms = epoch_ms
-        self.period_ms = int(period_s * 1000)
-        self.top = cal.full_scale
-        self.bias_q = int((cal.mid + bias_offset_codes) * (1 << _Q))
-        self.drift_q = drift_codes * (1 << _Q)
-        self.drift_period_ms = drift_period_s * 1000
-        self.rng = _Rng(seed)
-        # amps rms -> codes rms (Q8); gain models a CT ratio / burden tolerance the meter does
-        # not know about (calibration error), 1.0 = ideal parts.
-        self.q_per_watt = gain * (1 << _Q) / (cal.volts * self.pf * cal.amps_per_code)
-        self._harm, self._norm = self._check_harmonics(harmonics)
-        self._noise = self._make_noise(noise_rms_codes)
-        self._lvl_mw = -1
-        self._tab = array.array("i", bytes(4 * (_TLEN + 1)))  # + wrap entry for interpolation
-        self._cur = 0  # profile row cursor (blocks arrive in time order)
-
-    @staticmethod
-    def _check_harmonics(harmonics):
-        # -> (harmonics as a tuple, 1/rms of sin(th) + sum h_k sin(k th + phi_k)): the current
-        # shape is scaled so that its rms, fundamental and harmonics together, is exactly 1.
-        ms = 1.0
-        for order, amp, _ph in harmonics:
-            if not (2 <= order < _TLEN // 2):
-                raise ValueError("harmonic order out of range")
-            ms += amp * amp
-        return tuple((o, a, p * math.pi / 180.0) for o, a, p in harmonics), math.sqrt(2.0 / ms)
-
-    def _make_noise(self, sigma_codes):
-        # Gaussian-ish (Irwin-Hall, 12 uniforms) noise in codes * 2**8, int16 to spare the heap
-        # (the whole app runs under -X heapsize=64k with this simulator inside).
-        tab = array.array("h", bytes(2 * _NLEN))
-        sig = sigma_codes * (1 << _Q)
-        rng = self.rng
-        for i in range(_NLEN):
-            acc = 0
-            for _ in range(12):
-                acc += rng.next() & 0xFFFF
-            v = int((acc / 65536.0 - 6.0) * sig)
-            tab[i] = -32767 if v < -32767 else (32767 if v > 32767 else v)
-        return tab
+        import meter
+        from meter import simboot
+        simboot.setup(self, profile_path, mains_hz, cal, seed, harmonics, power_factor,
+                      noise_rms_codes, bias_offset_codes, drift_codes, drift_period_s, epoch_ms,
+                      period_s, gain)
+        meter.drop("meter.simboot")
 
     def _level(self, t_ms):
         # -> (mW at t_ms, absolute time in ms of the next change, or None).
@@ -208,19 +106,16 @@ class SimADC:
         tab[_TLEN] = tab[0]
         self._lvl_mw = mw
 
-    def _bias_q(self, t_ms):
-        # Mid-rail bias + fixed offset + slow (thermal) drift, held constant within a block.
-        b = self.bias_q + (1 << (_Q - 1))  # + half a code: round-to-nearest quantisation
-        if self.drift_q:
-            b += int(self.drift_q * math.sin(2.0 * math.pi * (t_ms % self.drift_period_ms)
-                                             / self.drift_period_ms))
-        return b
-
     def read_block(self, buf, t_ms, n, fs_hz):
         # Fill buf[0:n] with the codes sampled at t_ms + k*1000/fs_hz, k = 0..n-1.
         ph = ((t_ms * self.mains_mhz) % 1000000) * (1 << _PBITS) // 1000000
         dph = self.mains_mhz * (1 << _PBITS) // (fs_hz * 1000)
-        b = self._bias_q(t_ms)
+        # Mid-rail bias + fixed offset + slow (thermal) drift, held constant within a block;
+        # + half a code: round-to-nearest quantisation.
+        b = self.bias_q + 128  # 1 << (_Q - 1)
+        if self.drift_q:
+            b += int(self.drift_q * math.sin(2.0 * math.pi * (t_ms % self.drift_period_ms)
+                                             / self.drift_period_ms))
         top = self.top
         noise = self._noise
         tab = self._tab
@@ -236,7 +131,12 @@ class SimADC:
                     k_end = ke
             if k_end <= k:
                 k_end = k + 1
-            j = self.rng.below(_NLEN - 1)
+            r = self._rng  # xorshift32 (same stream on MicroPython and CPython)
+            r ^= (r << 13) & 0xFFFFFFFF
+            r ^= r >> 17
+            r ^= (r << 5) & 0xFFFFFFFF
+            self._rng = r
+            j = r % (_NLEN - 1)
             stop = k_end if k_end - k <= _NLEN - j else k + _NLEN - j
             for kk in range(k, stop):
                 # Linear interpolation in the cycle table: plain nearest-entry lookup biases

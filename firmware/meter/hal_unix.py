@@ -51,7 +51,7 @@ class UnixHAL:
         self.block_samples = (2 * cycles * self.fs_hz + mains) // (2 * mains)
         self._anchor(sim)
         from meter import ctsim, sensing
-        cal = sensing.Calibration(cfg["calibration"])
+        cal = self.cal = sensing.Calibration(cfg["calibration"])  # shared with app.Meter
         period = sim.get("period_s") or 0
         kw = sim.get("adc") or {}
         # Daily profiles (period_s > 0) line up with UTC time of day; one-off profiles start

@@ -185,10 +185,11 @@ def check_connack(body):
 
 class Session:
     # One connected MQTT session over an asyncio (reader, writer) pair. Raises OSError.
-    def __init__(self, reader, writer, bufsize=384):
+    def __init__(self, reader, writer, buf=None):
+        # buf: packet buffer (the publisher passes one it keeps across sessions)
         self.r = reader
         self.w = writer
-        self.buf = bytearray(bufsize)
+        self.buf = buf or bytearray(384)
         self.mv = memoryview(self.buf)
 
     async def _send(self, n, payload=None):

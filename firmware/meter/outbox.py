@@ -11,7 +11,6 @@
 # readings are the ones a bill and the grid operator still need, and the counter gap plus the
 # overflow count tell the gateway exactly what was lost.
 import binascii
-import os
 import struct
 
 from meter import persist
@@ -35,52 +34,21 @@ class OutboxError(ValueError):
 
 
 class Outbox:
-    def __init__(self, path, segment_bytes=16384, max_bytes=524288, log=None):
+    def __init__(self, path, segment_bytes=16384, max_bytes=524288, log=None, buf=None):
         self.dir = path
         self.segment_bytes = segment_bytes
         self.max_bytes = max_bytes
         self._log = log
         self._hdr = bytearray(_HDR)
-        self._buf = bytearray(MAX_RECORD)
-        self._mv = memoryview(self._buf)
+        self._mv = memoryview(buf or bytearray(MAX_RECORD))  # record buffer (MAX_RECORD bytes)
         self.torn = 0      # torn tails dropped at boot (power cut mid-append)
         self.corrupt = 0   # segments cut short by a bad record that was not at the tail
-        persist.makedirs(path)
-        ack = persist.read_ints(self._p("ack"), 3) or [0, 0, 0]
-        self._ack_seg, self._ack_off, self.overflow = ack
-        segs = []
-        for name in os.listdir(path):
-            if name[0] == "s" and name.endswith(".log"):
-                try:
-                    segs.append(int(name[1:-4]))
-                except ValueError:
-                    pass
-        segs.sort()
-        self._segs = []     # live segment numbers, oldest first
-        self._ends = {}     # seg -> end of its valid records
-        self._counts = {}   # seg -> unacknowledged records
-        self._sizes = {}    # seg -> bytes on flash (torn tails included)
-        self._bytes = 0     # flash used by live segments
-        for s in segs:
-            if s < self._ack_seg:
-                persist.remove(self._seg_path(s))  # fully acknowledged before the last boot
-                continue
-            start = self._ack_off if s == self._ack_seg else 0
-            n, end, size = self._scan(s, start)
-            if n == 0:
-                persist.remove(self._seg_path(s))
-                continue
-            self._segs.append(s)
-            self._ends[s] = end
-            self._counts[s] = n
-            self._sizes[s] = size
-            self._bytes += size
-        self._head = (segs[-1] + 1) if segs else max(self._ack_seg, 1)
-        if self._head <= self._ack_seg:
-            self._head = self._ack_seg + 1
-        self._head_size = 0
-        self._normalise_ack()
-        self._save_ack()
+        # Recovery (scan the segments, drop torn tails) runs once: its code lives in obscan.py,
+        # unloaded afterwards to spare the 64 KB heap.
+        import meter
+        from meter import obscan
+        obscan.recover(self)
+        meter.drop("meter.obscan")
 
     # -- paths and scanning --------------------------------------------------------------
     def _p(self, name):
@@ -105,38 +73,6 @@ class Outbox:
         if _crc(self._hdr[:2], mv) != crc:
             return -1
         return n
-
-    def _scan(self, s, start):
-        # Count valid records from `start`; returns (count, end of valid data, file size).
-        path = self._seg_path(s)
-        try:
-            size = os.stat(path)[6]
-        except OSError:
-            return 0, 0, 0
-        count = 0
-        off = start
-        with open(path, "rb") as f:
-            while off < size:
-                n = self._read_at(f, off, size)
-                if n < 0:
-                    if self._tail_is_torn(f, off, size):
-                        self.torn += 1
-                    else:
-                        self.corrupt += 1
-                    self._say("outbox: seg %d cut at %d of %d bytes" % (s, off, size))
-                    break
-                off += _HDR + n
-                count += 1
-        return count, off, size
-
-    def _tail_is_torn(self, f, off, size):
-        # A torn append is the last thing in its file: its declared length runs past the end.
-        if off + _HDR > size:
-            return True
-        f.seek(off)
-        f.readinto(self._hdr)
-        n = self._hdr[0] | (self._hdr[1] << 8)
-        return off + _HDR + n >= size
 
     def _say(self, msg):
         if self._log:

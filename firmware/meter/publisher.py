@@ -19,10 +19,7 @@ except ImportError:  # CPython
 _KIND_STATUS = const(2)   # protocol.frame.KIND_STATUS; byte 3 of a frame
 _TICK_MS = const(250)     # housekeeping period while idle
 _CONNECT_TIMEOUT_MS = const(10000)
-
-
-def _ticks():
-    return time.ticks_ms()
+_POLL_MS = const(10)      # idle wait polls the kick flag (no asyncio.Event: heap)
 
 
 def _since(t):
@@ -42,7 +39,7 @@ def backoff_ms(attempt, lo, hi, rnd16):
 
 
 class Publisher:
-    def __init__(self, hal, cfg, outbox, will=None, log=None):
+    def __init__(self, hal, cfg, outbox, will=None, log=None, buf=None):
         br = cfg["broker"]
         self.host, self.port, self.tls = mqtt.parse_url(br["url"])
         self.hal = hal
@@ -67,7 +64,7 @@ class Publisher:
         self.retries = 0       # PUBLISH retransmissions (DUP) within a session
         self.failures = 0      # failed connection attempts
         self.last_error = None
-        self._ev = asyncio.Event()
+        self._kick = False      # set by kick(), PUBACK, a lost link: wakes the pump
         self._inflight = []    # [pid, pos, next_pos, sent_ms, acked], in send order
         self._sent_hi = (0, 0)  # everything before was sent in an earlier session: DUP on resend
         self._pid = 0
@@ -75,23 +72,14 @@ class Publisher:
         self._stop = False
         self._stop_when_idle = False
         self._ctx = None
+        self._buf = buf or bytearray(384)  # MQTT packet buffer, kept across sessions
 
     def kick(self):
         # A new record is in the outbox.
-        self._ev.set()
+        self._kick = True
 
     def idle(self):
         return self.outbox.depth == 0 and not self._inflight
-
-    def inflight(self):
-        return len(self._inflight)
-
-    def _next_pid(self):
-        self._pid = self._pid % 65535 + 1
-        return self._pid
-
-    def _topic(self, data):
-        return self.t_status if data[3] == _KIND_STATUS else self.t_reading
 
     async def run(self):
         attempt = 0
@@ -109,14 +97,14 @@ class Publisher:
                 self.failures += 1
                 self.last_error = "timeout"
                 self._log("mqtt: timeout")
-            except MemoryError:
+            except MemoryError as e:
                 # Heap exhausted mid-session (a 64 KB heap leaves little slack): drop the
                 # session, free what it held and reconnect after the backoff. Never let the
                 # publisher task die: asyncio would not report it and nothing would be sent.
                 self.failures += 1
                 self.last_error = "MemoryError"
                 gc.collect()
-                self._log("mqtt: out of memory, session dropped")
+                self._log("mqtt: out of memory, session dropped: %s" % e)
             if self.connected:
                 attempt = 0  # the session ran; the next reconnect starts at the short delay
             self.connected = False
@@ -130,33 +118,29 @@ class Publisher:
     async def stop_when_drained(self, timeout_ms=0):
         # Finish sending what the outbox holds, then DISCONNECT (no will). True if drained.
         self._stop_when_idle = True
-        self._ev.set()
-        t0 = _ticks()
+        self._kick = True
+        t0 = time.ticks_ms()
         while not (self.idle() and not self.connected):
             if timeout_ms and _since(t0) > timeout_ms:
                 self._stop = True
-                self._ev.set()
+                self._kick = True
                 return False
             await asyncio.sleep_ms(20)
         return True
 
-    async def _open(self):
-        ctx = None
-        if self.tls:
-            if self._ctx is None:
-                der = None
-                if self.ca_path:
-                    with open(self.ca_path, "rb") as f:
-                        der = f.read()
-                self._ctx = mqtt.tls_context(der)
-            ctx = self._ctx
-        r, w = await self.hal.open_connection(self.host, self.port, ctx)
-        return mqtt.Session(r, w)
-
     async def _session(self):
         if self._will_msg is None and self._will is not None:
             self._will_msg = self._will()
-        sess = await asyncio.wait_for_ms(self._open(), _CONNECT_TIMEOUT_MS)
+        if self.tls and self._ctx is None:
+            der = None
+            if self.ca_path:
+                with open(self.ca_path, "rb") as f:
+                    der = f.read()
+            self._ctx = mqtt.tls_context(der)
+        r, w = await asyncio.wait_for_ms(
+            self.hal.open_connection(self.host, self.port, self._ctx if self.tls else None),
+            _CONNECT_TIMEOUT_MS)
+        sess = mqtt.Session(r, w, self._buf)
         rx = None
         try:
             await asyncio.wait_for_ms(
@@ -179,15 +163,17 @@ class Publisher:
             self._inflight = []
 
     async def _publish(self, sess, data, pid, dup):
-        await asyncio.wait_for_ms(sess.publish(self._topic(data), data, pid, dup),
-                                  self.ack_timeout)
+        # byte 3 of a frame is its kind: status frames go to the status topic
+        await asyncio.wait_for_ms(
+            sess.publish(self.t_status if data[3] == _KIND_STATUS else self.t_reading, data,
+                         pid, dup), self.ack_timeout)
 
     async def _pump(self, sess, rx):
         cursor = self.outbox.first()
-        last_tx = _ticks()
+        last_tx = time.ticks_ms()
         ka_ms = self.keepalive_s * 1000
         while True:
-            self._ev.clear()
+            self._kick = False
             if rx.done():
                 raise OSError("connection lost")
             # Fill the window, oldest first.
@@ -196,13 +182,13 @@ class Publisher:
                 if rec is None:
                     break
                 data, at, nxt = rec
-                pid = self._next_pid()
+                pid = self._pid = self._pid % 65535 + 1
                 await self._publish(sess, data, pid, at < self._sent_hi)
-                self._inflight.append([pid, at, nxt, _ticks(), False])
+                last_tx = time.ticks_ms()
+                self._inflight.append([pid, at, nxt, last_tx, False])
                 cursor = nxt
                 if nxt > self._sent_hi:
                     self._sent_hi = nxt
-                last_tx = _ticks()
             # Retransmit what the broker has not acknowledged in time.
             for e in self._inflight:
                 if not e[4] and _since(e[3]) > self.ack_timeout:
@@ -212,23 +198,22 @@ class Publisher:
                         continue
                     self.retries += 1
                     await self._publish(sess, rec[0], e[0], True)
-                    e[3] = _ticks()
-                    last_tx = e[3]
+                    e[3] = last_tx = time.ticks_ms()
             self._advance()
             # Keepalive: ping at half the interval; a missing PINGRESP means a dead link.
             if self._ping_at is not None and _since(self._ping_at) > ka_ms:
                 raise OSError("no PINGRESP")
             if self._ping_at is None and _since(last_tx) >= ka_ms // 2:
                 await asyncio.wait_for_ms(sess.ping(), self.ack_timeout)
-                self._ping_at = _ticks()
-                last_tx = self._ping_at
+                self._ping_at = last_tx = time.ticks_ms()
             if (self._stop_when_idle and self.idle()) or self._stop:
                 await sess.disconnect()
                 return
-            try:
-                await asyncio.wait_for_ms(self._ev.wait(), _TICK_MS)
-            except asyncio.TimeoutError:
-                pass
+            # Idle until kicked or the housekeeping tick, polling a flag: no Event, no task
+            # per wait (asyncio.Event + wait_for cost heap on a 64 KB meter).
+            t = time.ticks_ms()
+            while not self._kick and _since(t) < _TICK_MS:
+                await asyncio.sleep_ms(_POLL_MS)
 
     def _advance(self):
         # Acknowledge the contiguous acked prefix in the outbox, in send order.
@@ -252,8 +237,8 @@ class Publisher:
                     self._advance()
                 elif t == mqtt.PINGRESP:
                     self._ping_at = None
-                self._ev.set()
+                self._kick = True
         except (OSError, EOFError) as e:  # EOFError: the broker closed the stream
             self.last_error = repr(e)
         finally:
-            self._ev.set()  # wake the pump so it sees the lost connection
+            self._kick = True  # wake the pump so it sees the lost connection

@@ -28,58 +28,23 @@ _KBITS = const(24)          # power scale factor: mW per code * 2**(_KBITS - _FR
 _MAX_BLOCK = const(65535)   # keeps the plain sum below 2**30 on 32-bit boards
 
 
-class CalibrationError(ValueError):
-    # Typed error so config validation can name the bad field; reason is the counted code.
-    reason = "bad_calibration"
-
-    def __init__(self, field, msg):
-        super().__init__("calibration." + field + ": " + msg)
-        self.field = field
-
-
-def _num(cfg, key, lo, hi, default=None):
-    v = cfg.get(key, default)
-    if v is None:
-        raise CalibrationError(key, "missing")
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise CalibrationError(key, "not a number")
-    if not (lo <= v <= hi):
-        raise CalibrationError(key, "out of range [%s, %s]" % (lo, hi))
-    return v
+def __getattr__(name):
+    # sensing.CalibrationError resolves to the boot module (calboot.py), loaded on demand.
+    if name == "CalibrationError":
+        from meter import calboot
+        return calboot.CalibrationError
+    raise AttributeError(name)
 
 
 class Calibration:
     # Converts ADC codes to amps and watts. All derived constants are integers so that the
-    # per-block maths is identical on every runtime.
+    # per-block maths is identical on every runtime. Validation and the derivation run once, in
+    # calboot.py (unloaded afterwards: the 64 KB heap keeps only the numbers).
     def __init__(self, cfg):
-        if not isinstance(cfg, dict):
-            raise CalibrationError("*", "calibration section must be an object")
-        self.ct_turns = _num(cfg, "ct_turns", 1, 100000)
-        self.burden_ohm = _num(cfg, "burden_ohm", 0.1, 100000)
-        bits = _num(cfg, "adc_bits", 8, 16)
-        if not isinstance(bits, int):
-            raise CalibrationError("adc_bits", "not an integer")
-        self.adc_bits = bits
-        self.vref_mv = _num(cfg, "vref_mv", 500, 10000)
-        self.volts = _num(cfg, "volts", 50, 500)
-        self.power_factor = _num(cfg, "power_factor", 0.05, 1.0)
-        self.rated_amps = _num(cfg, "rated_amps", 0.1, 1000)
-        self.noise_rms_codes = _num(cfg, "noise_rms_codes", 0, 64, 0)
-        self.creep_ma = _num(cfg, "creep_ma", 0, 10000, 0)
-        self.gain = _num(cfg, "gain", 0.5, 2.0, 1.0)
-        self.full_scale = (1 << bits) - 1
-        self.mid = 1 << (bits - 1)
-        # A sample at either rail is "clipped": with x = code - mid, x*(x+1) reaches mid*(mid-1)
-        # exactly at code 0 and at full scale (symmetric test, one add and one compare).
-        self.clip_thr = self.mid * (self.mid - 1)
-        # amps at the primary per ADC code: code -> mV at the pin -> secondary A -> primary A.
-        self.amps_per_code = self.vref_mv / 1000.0 / (1 << bits) / self.burden_ohm * self.ct_turns * self.gain
-        mw_per_code = self.volts * self.power_factor * self.amps_per_code * 1000.0
-        self.k_mw = int(mw_per_code * (1 << (_KBITS - _FRAC)) + 0.5)
-        self.noise_q = int(self.noise_rms_codes * self.noise_rms_codes * (1 << (2 * _FRAC)) + 0.5)
-        self.creep_q = int(self.creep_ma / 1000.0 / self.amps_per_code * (1 << _FRAC) + 0.5)
-        # Peak code swing at rated current for a pure sine; ctsim and tools check headroom with it.
-        self.rated_rms_codes = self.rated_amps / self.amps_per_code
+        import meter
+        from meter import calboot
+        calboot.setup(self, cfg)
+        meter.drop("meter.calboot")
 
     def rated_mw(self):
         return int(self.volts * self.power_factor * self.rated_amps * 1000.0)
