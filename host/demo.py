@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import threading
@@ -58,6 +57,7 @@ class DemoResult:
     readings: int
     expected: int
     rejected: int
+    rejected_by_reason: dict[str, int]
     duplicates: int
     bills_total_minor: int
     currency: str
@@ -72,7 +72,8 @@ class DemoResult:
         d = self.dp
         return [
             f"meters {self.meters}, readings stored {self.readings}/{self.expected}, "
-            f"rejected {self.rejected}, duplicates {self.duplicates}",
+            f"rejected {self.rejected}{' ' + str(self.rejected_by_reason) if self.rejected else ''}, "
+            f"duplicates {self.duplicates} (acknowledged, stored once)",
             f"bills total {self.bills_total_minor} {self.minor_unit} ({self.currency})",
             f"DP error of feeder sums over {d.intervals} intervals: MAE {d.mae_wh:.0f} Wh, "
             f"RMSE {d.rmse_wh:.0f} Wh, relative {100 * d.rel_error:.1f}% (noise alone RMSE {d.noise_rmse_wh:.0f} Wh)",
@@ -222,6 +223,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         run_s = time.monotonic() - t_run
         gw.stop()
         truth_full = fleet.truth()
+        broker_info = {"kind": "embedded amqtt" if broker else "external", "url": url,
+                       "late_pubacks_over_5s": broker.puback_timeouts if broker else None}
     finally:
         if fleet is not None:
             fleet.stop()
@@ -232,11 +235,11 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             broker.stop()
         for sig, h in old_handlers.items():
             signal.signal(sig, h)
-    return _finish(cfg, ws, out, truth_full, expected_k, block_s, t_start, run_s)
+    return _finish(cfg, ws, out, truth_full, expected_k, block_s, t_start, run_s, broker_info)
 
 
 def _finish(cfg: DemoConfig, ws: Workspace, out: Path, truth_full: dict, expected_k: int, block_s: int,
-            t_start: float, run_s: float) -> DemoResult:
+            t_start: float, run_s: float, broker_info: dict[str, Any]) -> DemoResult:
     stored = _stored_keys(ws.db)
     dupes = [k for k, n in stored.items() if n > 1]
     if dupes or len(stored) != cfg.meters * expected_k:
@@ -260,15 +263,16 @@ def _finish(cfg: DemoConfig, ws: Workspace, out: Path, truth_full: dict, expecte
     wall = time.monotonic() - t_start
     result = DemoResult(
         out=out, workspace=ws.root, meters=cfg.meters, readings=stats["readings"],
-        expected=cfg.meters * expected_k, rejected=stats["rejected_total"], duplicates=stats["duplicate"],
+        expected=cfg.meters * expected_k, rejected=stats["rejected_total"],
+        rejected_by_reason=dict(stats["rejected"]), duplicates=stats["duplicate"],
         bills_total_minor=sum(b.total_minor for b in bills),
         currency=ws.tariff.currency, minor_unit=ws.tariff.minor_unit, dp=err, wall_s=wall, run_s=run_s,
         readings_per_s=stats["readings"] / run_s if run_s > 0 else math.nan, block_s=block_s,
     )
-    write_json(out / "run.json", _run_json(cfg, ws, result))
+    write_json(out / "run.json", {**_run_json(cfg, ws, result), "broker": broker_info})
     report.build_report(out)
     result.wall_s = time.monotonic() - t_start
-    write_json(out / "run.json", _run_json(cfg, ws, result))
+    write_json(out / "run.json", {**_run_json(cfg, ws, result), "broker": broker_info})
     return result
 
 
@@ -291,7 +295,6 @@ def _run_json(cfg: DemoConfig, ws: Workspace, r: DemoResult) -> dict[str, Any]:
             "wall time": f"{r.wall_s:.1f} s", "readings/s": f"{r.readings_per_s:.0f}",
         },
         "result": {k: (v if not isinstance(v, Path) else str(v)) for k, v in asdict(r).items()},
-        "pid": os.getpid(),
     }
 
 

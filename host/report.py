@@ -83,6 +83,8 @@ def bill_table(bills: pd.DataFrame) -> pd.DataFrame:
     per_band.columns = [f"kWh {c}" for c in per_band.columns]
     out = per_band.join(total[["kwh", "amount_minor", "currency", "missing_intervals"]], how="right")
     out = out.rename(columns={"kwh": "kWh total", "amount_minor": "amount (minor units)"})
+    for col in ("amount (minor units)", "missing_intervals"):
+        out[col] = pd.to_numeric(out[col], errors="coerce").astype("Int64")
     return out.reset_index()
 
 
@@ -96,13 +98,16 @@ def scaling_html(load: pd.DataFrame, sd: float) -> str:
     if ok.empty:
         return ""
     per_home = float((ok["true_sum_wh"] / ok["contributors"]).mean())
+    lost = 1 - ok["true_clamped_sum_wh"].sum() / max(1, ok["true_sum_wh"].sum())
     rows = "".join(
         f"<tr><td>{n:,}</td><td>{n * per_home / 1000:,.1f} kWh</td><td>{100 * sd / (n * per_home):.2f}%</td></tr>"
         for n in (int(ok["contributors"].median()), 100, 1000, 10000))
     return ("<p>The noise on a feeder sum has the same size whatever the number of homes, so its relative "
             f"error falls as 1/N. With this run's average of {per_home:.0f} Wh per home per interval:</p>"
             "<table class='t'><tr><th>homes on the feeder</th><th>mean feeder energy per interval</th>"
-            f"<th>typical error (noise std / mean)</th></tr>{rows}</table>")
+            f"<th>typical error (noise std / mean)</th></tr>{rows}</table>"
+            f"<p>Clamping the analytics copy at clamp_wh removed {100 * lost:.1f}% of the feeder energy in this run "
+            "(intervals above the clamp: EV charging, stacked cooking and heating); bills are not affected.</p>")
 
 
 def privacy_html(run: dict[str, Any]) -> str:
