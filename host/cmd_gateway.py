@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from . import keys
-from .gateway import Gateway, IngestConfig
+from .gateway import Gateway, IngestConfig, stats_summary
 from .mqtt_ingest import MqttConfig, MqttIngest
 from .paillier_fast import PACKED_STRATEGIES, make_encryptor
 from .store import open_store
@@ -55,11 +55,7 @@ def _gateway(args: argparse.Namespace) -> int:
 def _stats(args: argparse.Namespace) -> int:
     store = open_store(args.db)
     try:
-        counters = store.counters()
-        rejected = {k: v for k, v in counters.items() if k not in ("accepted", "duplicate", "status")}
-        out = {"accepted": counters.get("accepted", 0), "duplicate": counters.get("duplicate", 0),
-               "status": counters.get("status", 0), "rejected_total": sum(rejected.values()),
-               "rejected": rejected, "readings": store.count_readings(), "meters": len(store.meters())}
+        out = stats_summary(store)
         if args.per_meter:
             out["per_meter"] = store.meter_counters()
     finally:

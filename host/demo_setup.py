@@ -24,16 +24,15 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from . import keys, profiles
+from . import firmware_runner, keys, profiles
 from .tariff import Tariff, load_tariff
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TARIFF = REPO / "tariffs" / "tou3.toml"
 MARKER = ".meterveil-demo"  # only directories carrying it are ever wiped
 GATEWAY_USER = "gateway"
-# The firmware's target is 64 KB (issue 3); the unix-port build does not fit it yet (ctsim's
-# waveform/noise tables fail to allocate), so the demo gives each meter 256 KB until it does.
-DEFAULT_HEAPSIZE = "256k"
+# The same heap the firmware tests use (docs/FIRMWARE.md, Memory): one number for both.
+DEFAULT_HEAPSIZE = firmware_runner.DEFAULT_HEAPSIZE
 
 # A 100 A single-phase supply on a 2000:1 CT into 15 ohm: 1.06 V peak at rated current, inside
 # the 12-bit ADC's +-1.65 V around mid-rail with headroom for harmonics.

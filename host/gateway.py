@@ -29,7 +29,10 @@ meter too, and logged once per (meter, reason) per ``log_interval_s``):
 9. encrypt (packed plaintext, one ciphertext) and add to the batch. Plaintext values exist only in
    this function's locals.
 
-Status frames pass steps 1-5 and are kept as the latest status per meter (older ones: ``status_stale``).
+Status frames pass steps 1-5 and are kept as the latest status per meter. A resend of the stored
+latest one counts as ``duplicate``; an older one arriving late (the meter's last will, sealed at
+connect time, is the usual case) is counted as ``status_superseded`` and not stored: neither is a
+rejection.
 Anything unexpected is ``internal_error``: counted and logged, never raised to the transport.
 """
 
@@ -57,7 +60,9 @@ KIND_BY_LEAF = {"reading": frame.KIND_READING, "status": frame.KIND_STATUS}
 STORED_FLAGS = frame.FLAG_CLOCK_UNSYNCED | frame.FLAG_PARTIAL_INTERVAL
 REASONS = ("oversize", "bad_topic", *frame_errors.REASONS, "wrong_kind", "unknown_meter", "duplicate",
            "replay", "counter_reuse", "clock_unsynced", "bad_interval", "future", "stale", "out_of_range",
-           "dp_mismatch", "status_stale", "internal_error")
+           "dp_mismatch", "internal_error")
+# Counters that are outcomes, not rejections (everything else in the counters table is a rejection).
+NOT_REJECTIONS = ("accepted", "duplicate", "status", "status_superseded")
 
 
 @dataclass(frozen=True)
@@ -296,8 +301,21 @@ class Gateway:
             stored = self.store.latest_status(rec.meter_id)
             latest = stored.counter if stored else None
         if latest is not None and h["counter"] <= latest:
-            raise Rejected("status_stale", f"status counter {h['counter']} <= {latest}")
+            # Counters never repeat on a meter and the MAC verified: an equal counter is a resend.
+            reason = "duplicate" if h["counter"] == latest else "status_superseded"
+            self.batch.count(reason, rec.meter_id)
+            return Outcome("duplicate" if reason == "duplicate" else "status", reason, rec.meter_id, h["counter"])
         self._status_pending[rec.meter_id] = h["counter"]
         self.batch.statuses.append(StatusRecord(rec.meter_id, h["counter"], int(now), dict(f)))
         self.batch.count("status", rec.meter_id)
         return Outcome("status", "status", rec.meter_id, h["counter"])
+
+
+def stats_summary(store: Store) -> dict:
+    """What `meterveil stats` prints: outcomes, each rejection reason, and the rejection total."""
+    counters = store.counters()
+    rejected = {k: v for k, v in counters.items() if k not in NOT_REJECTIONS}
+    return {"accepted": counters.get("accepted", 0), "duplicate": counters.get("duplicate", 0),
+            "status": counters.get("status", 0), "status_superseded": counters.get("status_superseded", 0),
+            "rejected_total": sum(rejected.values()), "rejected": rejected,
+            "readings": store.count_readings(), "meters": len(store.meters())}

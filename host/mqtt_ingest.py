@@ -53,6 +53,10 @@ class MqttConfig:
     batch_size: int = 256
     batch_ms: int = 100
     mqtt_version: int = 5   # 5, or 311 for brokers without v5 (clean_session=False; no shared subs)
+    # Acknowledge on receipt instead of after the SQLite commit. Only for a broker living in the
+    # gateway's own process (the demo's amqtt, which gives up on a PUBACK after 5 s): a crash then
+    # loses the broker's queue anyway, so the later ack protects nothing. Never with a real broker.
+    ack_on_receipt: bool = False
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> MqttConfig:
@@ -154,6 +158,9 @@ class MqttIngest:
             log.warning("disconnected from broker (%s); paho reconnects", reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if self.config.ack_on_receipt and msg.qos > 0:
+            client.ack(msg.mid, msg.qos)
+            self.acked += 1
         self._q.put((self._generation, msg.mid, msg.qos, Message(msg.topic, bytes(msg.payload), bool(msg.dup))))
 
     # -- worker ---------------------------------------------------------------------------------
@@ -195,6 +202,9 @@ class MqttIngest:
 
     def _flush(self, to_ack: list[tuple[int, int, int]]) -> None:
         self.gateway.commit()
+        if self.config.ack_on_receipt:
+            to_ack.clear()
+            return
         gen_now = self._generation
         for gen, mid, qos in to_ack:
             if gen == gen_now:

@@ -152,7 +152,10 @@ def test_status_frames_keep_latest_and_refuse_older(gw):
     reg = gw.registry
     assert gw.process(Message(topic("m0002", "status"), seal(reg, "m0002", 20, kind=frame.KIND_STATUS))).status == "status"
     gw.commit()
-    assert gw.process(Message(topic("m0002", "status"), seal(reg, "m0002", 19, kind=frame.KIND_STATUS))).reason == "status_stale"
+    older = gw.process(Message(topic("m0002", "status"), seal(reg, "m0002", 19, kind=frame.KIND_STATUS)))
+    assert (older.status, older.reason) == ("status", "status_superseded")
+    again = gw.process(Message(topic("m0002", "status"), seal(reg, "m0002", 20, kind=frame.KIND_STATUS)))
+    assert (again.status, again.reason) == ("duplicate", "duplicate")
     assert gw.process(Message(topic("m0002"), seal(reg, "m0002", 18, kind=frame.KIND_STATUS))).reason == "wrong_kind"
     gw.commit()
     st = gw.store.latest_status("m0002")
