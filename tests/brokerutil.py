@@ -18,7 +18,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _make_readable_by_broker(path: Path) -> None:
+def make_readable_by_broker(path: Path) -> None:
     """mosquitto started as root drops privileges to user `mosquitto`: it must read our files."""
     if os.geteuid() != 0:
         return
@@ -45,7 +45,7 @@ class Mosquitto:
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o777)
-        _make_readable_by_broker(self.dir)  # persistence file is written by user mosquitto
+        make_readable_by_broker(self.dir)  # persistence file is written by user mosquitto
         self.port = port or free_port()
         self.tls = tls
         self.proc: subprocess.Popen | None = None
@@ -61,7 +61,7 @@ class Mosquitto:
                 subprocess.run(["mosquitto_passwd", "-b", str(pwfile), user, pw], check=True,
                                capture_output=True)
             os.chmod(pwfile, 0o600)
-            _make_readable_by_broker(pwfile)
+            make_readable_by_broker(pwfile)
             lines += ["allow_anonymous false", f"password_file {pwfile}"]
         else:
             lines += ["allow_anonymous true"]
@@ -69,11 +69,11 @@ class Mosquitto:
             aclfile = self.dir / "acl"
             aclfile.write_text(acl)
             os.chmod(aclfile, 0o600)
-            _make_readable_by_broker(aclfile)
+            make_readable_by_broker(aclfile)
             lines += [f"acl_file {aclfile}"]
         if tls:
             for p in tls.values():
-                _make_readable_by_broker(Path(p))
+                make_readable_by_broker(Path(p))
             lines += [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}"]
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text("\n".join(lines) + "\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from brokerutil import MOSQUITTO, free_port
+from brokerutil import MOSQUITTO, free_port, make_readable_by_broker
 
 from meterveil.host.cli import main as cli_main
 from meterveil.tools import mqtt_auth
@@ -23,22 +23,10 @@ from meterveil.tools.workspace import Workspace
 
 def hand_to_broker_user(ws: Workspace) -> None:
     """What the printed chown note tells a root operator to do (mosquitto drops to user mosquitto)."""
-    if os.geteuid() != 0:
-        return
-    import pwd
-
-    try:
-        pw = pwd.getpwnam("mosquitto")
-    except KeyError:
-        return
-    for p in [ws.broker_dir.resolve(), *ws.broker_dir.resolve().parents]:
-        if str(p) in ("/", "/tmp"):
-            break
-        os.chmod(p, os.stat(p).st_mode | 0o011)
-    for dirpath, _dirs, files in os.walk(ws.broker_dir):
-        os.chown(dirpath, pw.pw_uid, pw.pw_gid)
+    for dirpath, _dirs, files in os.walk(ws.broker_dir.resolve()):
+        make_readable_by_broker(Path(dirpath))
         for f in files:
-            os.chown(os.path.join(dirpath, f), pw.pw_uid, pw.pw_gid)
+            make_readable_by_broker(Path(dirpath) / f)
 
 
 class Broker:

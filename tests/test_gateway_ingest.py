@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 import pytest
-from brokerutil import _make_readable_by_broker
 from phe import paillier
 
 from meterveil.host import cli, packing
@@ -406,9 +405,6 @@ def test_mosquitto_over_tls_with_ca_check(tmp_path, mosquitto_factory):
 
 @pytest.mark.parametrize("version", [5, 311])
 def test_persistent_session_keeps_frames_published_while_gateway_is_down(tmp_path, mosquitto, version):
-    # brokerutil makes the broker dir 0777 but, as root, mosquitto drops to user `mosquitto`, who
-    # cannot traverse pytest's 0700 tmp parents: without this its persistence save fails (EACCES)
-    _make_readable_by_broker(mosquitto.dir)
     reg = make_registry(tmp_path / "meters.json")
     store = open_store(tmp_path / "gw.db")
     cfg = MqttConfig(port=mosquitto.port, client_id=f"gw-persist-{version}", batch_ms=20, mqtt_version=version)

@@ -96,12 +96,9 @@ def _opt_str(errs, sec, key, name):
 
 
 def valid_meter_id(s):
-    if not isinstance(s, str) or not 1 <= len(s) <= 16:
-        return False
-    for c in s:
-        if not (("a" <= c <= "z") or ("A" <= c <= "Z") or ("0" <= c <= "9") or c in "-_"):
-            return False
-    return True
+    # The protocol's rule (the id is also the MQTT username and topic segment).
+    from protocol.frame import valid_meter_id as valid
+    return isinstance(s, str) and valid(s)
 
 
 def _unknown(errs, cfg):
