@@ -97,7 +97,10 @@ def _opt_str(errs, sec, key, name):
 
 def valid_meter_id(s):
     # The protocol's rule (the id is also the MQTT username and topic segment).
-    from protocol.frame import valid_meter_id as valid
+    try:
+        from protocol.frame import valid_meter_id as valid
+    except ImportError:  # CPython tools and tests import this module with only firmware/ on the path
+        from meterveil.protocol.frame import valid_meter_id as valid
     return isinstance(s, str) and valid(s)
 
 
