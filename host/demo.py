@@ -29,9 +29,12 @@ from .demo_meters import Fleet
 from .demo_outputs import (
     FEEDER_COLUMNS,
     DpError,
+    bill_mismatches,
+    bills_from_truth,
     decrypt_all,
     dp_error,
     feeder_rows,
+    periods_between,
     write_bills,
     write_json,
     write_rows,
@@ -74,7 +77,8 @@ class DemoResult:
             f"meters {self.meters}, readings stored {self.readings}/{self.expected}, "
             f"rejected {self.rejected}{' ' + str(self.rejected_by_reason) if self.rejected else ''}, "
             f"duplicates {self.duplicates} (acknowledged, stored once)",
-            f"bills total {self.bills_total_minor} {self.minor_unit} ({self.currency})",
+            f"bills total {self.bills_total_minor} {self.minor_unit} ({self.currency}); "
+            f"every bill equals the bill computed from truth.csv to the minor unit",
             f"DP error of feeder sums over {d.intervals} intervals: MAE {d.mae_wh:.0f} Wh, "
             f"RMSE {d.rmse_wh:.0f} Wh, relative {100 * d.rel_error:.1f}% (noise alone RMSE {d.noise_rmse_wh:.0f} Wh)",
             f"wall time {self.wall_s:.1f} s (meters+ingest {self.run_s:.1f} s), "
@@ -256,6 +260,9 @@ def _finish(cfg: DemoConfig, ws: Workspace, out: Path, truth_full: dict, expecte
     finally:
         store.close()
     write_bills(out / "bills.csv", bills)
+    mismatched = bill_mismatches(bills, bills_from_truth(ws.tariff, truth, periods_between(ws.tariff, t0, t1)))
+    if mismatched:
+        raise DemoError(f"bills differ from the bills computed from truth.csv for: {', '.join(mismatched[:10])}")
     rows = feeder_rows(loads, truth, {p.meter_id: p.feeder for p in ws.meters}, ws.dp.clamp_wh)
     write_rows(out / "feeder_load.csv", FEEDER_COLUMNS, rows)
     write_json(out / "stats.json", stats)

@@ -201,3 +201,16 @@ def test_sigint_stops_every_meter(tmp_path):
     assert proc.returncode == 130, output
     assert "interrupted" in output
     assert _meter_pids(str(ws)) == []
+
+
+def test_truth_cross_check_names_a_meter_whose_bill_differs():
+    from meterveil.host.demo_outputs import bill_mismatches, bills_from_truth
+    from meterveil.host.tariff import load_tariff
+
+    tariff = load_tariff(Path(__file__).resolve().parents[1] / "tariffs" / "tou3.toml")
+    lo, _ = tariff.period_bounds("2026-11")
+    truth = {(m, lo + i * 900): 40 + i % 7 for m in ("m1", "m2") for i in range(96)}
+    good = bills_from_truth(tariff, truth, ["2026-11"])
+    assert bill_mismatches(good, bills_from_truth(tariff, dict(truth), ["2026-11"])) == []
+    truth[("m2", lo + 50 * 900)] += 1  # one Wh more in one interval
+    assert bill_mismatches(good, bills_from_truth(tariff, truth, ["2026-11"])) == ["m2 2026-11"]
