@@ -20,7 +20,7 @@ Strategies (``make_encryptor(name, pub)``; see docs/ENCRYPTION.md for the assump
 Interface (stable): ``make_encryptor(name, pub, **opts) -> ReadingEncryptor`` with
 ``.encrypt_reading(billing_wh, analytics_wh) -> tuple[int, ...]`` (1 ciphertext if ``.packed`` else 2),
 ``.encrypt_plain(plain) -> int`` (one value, 0 <= plain < n), ``.name``, ``.packed``, ``.close()``;
-``DJNTable(pub, exp_bits=None, window=8)``; ``ObfuscatorPool(source, size)``; ``add_raw(pub, *cs)``.
+``DJNTable(pub, exp_bits=None, window=DEFAULT_WINDOW)``; ``ObfuscatorPool(source, size)``; ``add_raw(pub, *cs)``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from . import packing
 
 STRATEGIES = ("naive", "packed", "precomputed", "djn", "djn+packed")
 PACKED_STRATEGIES = ("packed", "precomputed", "djn+packed")  # one ciphertext per reading: storable
-DEFAULT_WINDOW = 8
+DEFAULT_WINDOW = 10  # 2048-bit n, 1024-bit exponent: 103 mulmods per obfuscator, 52 MiB table
 
 
 def add_raw(pub: paillier.PaillierPublicKey, *ciphertexts: int) -> int:
@@ -67,7 +67,7 @@ class DJNTable:
 
     Why fixed-base: hs never changes, so all squarings can be precomputed once:
     row i holds hs^(d * 2^(window*i)) for every digit d. Memory: ceil(exp_bits/window) * 2^window
-    values of 2*n_bits bits (2048-bit n, 1024-bit exponent, window 8: 128*256*512 B = 16 MiB).
+    values of 2*n_bits bits (2048-bit n, 1024-bit exponent, window 10: 103*1024*512 B = 52 MiB).
     """
 
     def __init__(self, pub: paillier.PaillierPublicKey, exp_bits: int | None = None,
