@@ -114,3 +114,43 @@ def test_broker_down_for_simulated_hours(tmp_path, mosquitto):
     status = sub.decoded(frame.KIND_STATUS)
     assert any(s["fields"]["reconnects"] >= 1 for s in status)
     sub.close()
+
+
+def test_reset_mid_interval_keeps_the_checkpointed_energy(tmp_path, mosquitto):
+    """SIGKILL mid-interval, restart after the interval has ended: the energy measured before the
+    kill (checkpointed to flash) is sealed at boot, once, flagged partial, with missing_s counting
+    exactly the unmeasured time. Without the checkpoint that interval would never be reported."""
+    import time
+
+    speed = 600  # one 15-minute interval per 1.5 s of real time
+    cfg = meter_config(tmp_path, mosquitto.url, sim={"speed": speed, "block_s": 10})
+    state = tmp_path / "state"
+    meter = fr.MeterProcess(cfg, state, log_path=tmp_path / "meter.log")
+    meter.start()
+    assert meter.wait_for(lambda lines: sum(x.startswith("TRUTH ") for x in lines) >= 2, 60), meter.output[-2000:]
+    cp_path = state / "partial"
+    deadline = time.monotonic() + 60
+    cp = None
+    while time.monotonic() < deadline and cp is None:
+        last = max(t["interval_start"] for t in meter.truth())
+        vals = [int(v) for v in cp_path.read_text().split()] if cp_path.exists() else []
+        if len(vals) == 6 and vals[0] > last and vals[3] > 0:
+            meter.kill()
+            cp = [int(v) for v in cp_path.read_text().split()]  # the file as the reset left it
+        time.sleep(0.002)
+    assert cp is not None, "no mid-interval checkpoint seen"
+    before = meter.truth()
+    assert all(t["interval_start"] < cp[0] for t in before)
+    time.sleep(2 * 900 / speed)  # the meter's clock moves on past the end of that interval
+    again = fr.MeterProcess(cfg, state, intervals=2, drain_timeout=60, log_path=tmp_path / "meter.log")
+    again.start()
+    assert again.wait(120) == fr.EXIT_OK, again.output[-2000:]
+    truth = before + again.truth()
+    hit = [t for t in truth if t["interval_start"] == cp[0]]
+    assert len(hit) == 1, (cp, truth)
+    r = hit[0]
+    assert r["energy_wh"] == cp[1] // 1000, (r, cp)  # exactly what was measured before the kill
+    assert r["missing_s"] == 900 - cp[3] // 1000, (r, cp)
+    assert r["flags"] & 2  # FLAG_PARTIAL_INTERVAL
+    counters = [t["counter"] for t in truth]
+    assert counters == sorted(set(counters))
