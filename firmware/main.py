@@ -1,11 +1,35 @@
 # Meter entry point.
 #   board:     runs at boot with /config.json, state on flash in /data
 #   unix port: MICROPYPATH=.frozen:<repo>/firmware:<repo> micropython firmware/main.py CONFIG.json
-#              [--storage DIR] [--intervals K] [--drain-timeout S] [--check] [--board]
+#              [--storage DIR] [--intervals K] [--drain-timeout S] [--check] [--board] [--romfs IMG]
 # Exit codes (unix): 0 ok / drained, 2 bad config, 3 outbox not drained in time, 1 crash.
 import sys
 
 BOARD = sys.platform not in ("linux", "darwin")
+
+
+def mount_romfs(argv):
+    """Unix stand-in for a board's ROMFS partition: `--romfs IMG` mounts an image at /rom.
+
+    On a board with ROMFS (MicroPython >= 1.25, `mpremote romfs deploy`) the image is memory-mapped
+    flash, mounted at /rom at boot, and .mpy bytecode runs in place instead of being copied into the
+    heap. Here the image has to live somewhere: it is read into one block allocated first, at the
+    bottom of the heap, where it never moves; the runner adds exactly its size to `-X heapsize`, so
+    the meter's own budget is the heap a board would have (host/firmware_runner.py).
+    """
+    if "--romfs" not in argv:
+        return
+    i = argv.index("--romfs")
+    path = argv[i + 1]
+    del argv[i:i + 2]
+    import os
+
+    import vfs
+    img = bytearray(os.stat(path)[6])
+    with open(path, "rb") as f:
+        f.readinto(img)
+    vfs.mount(vfs.VfsRom(img), "/rom")
+    sys.path.insert(0, "/rom")
 
 
 def main(argv):
@@ -47,7 +71,7 @@ def main(argv):
 
 if BOARD:
     # Under the watchdog (started by BoardHAL): anything unexpected is logged and the board
-    # resets; the outbox and counters on flash make a reset lose at most the current interval.
+    # resets; the outbox and counters on flash make a reset lose at most 5 minutes of energy (checkpoint, docs/FIRMWARE.md).
     try:
         main(sys.argv)
     except Exception as e:  # noqa: BLE001 - last line of defence on a device nobody watches
@@ -58,4 +82,5 @@ if BOARD:
         time.sleep(5)
         machine.reset()
 else:
+    mount_romfs(sys.argv)
     sys.exit(main(sys.argv))

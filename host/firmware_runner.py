@@ -95,6 +95,46 @@ def build_firmware(cache_dir: Path | None = None) -> Path:
     return out
 
 
+ROMFS_IMAGE = "app.romfs"
+_GC_BLOCK = 32  # bytes per GC block on the 64-bit unix port; each block also costs 3 bits of tables
+
+
+def build_romfs(cache_dir: Path | None = None) -> Path:
+    """The compiled firmware as a ROMFS image (meter/, protocol/ at its root), rebuilt when stale.
+
+    The same image `meterveil build` makes for `flash --romfs`: on a board with a ROMFS partition
+    the .mpy bytecode executes in place from flash instead of being copied into the heap.
+    """
+    from meterveil.tools.build import write_romfs
+
+    out = build_firmware(cache_dir)
+    image = out / ROMFS_IMAGE
+    mpys = [out / rel for _src, rel in _sources()]
+    if not image.exists() or any(m.stat().st_mtime_ns > image.stat().st_mtime_ns for m in mpys):
+        tmp = image.with_name(f".{image.name}.{os.getpid()}")
+        write_romfs(out, tmp)
+        os.replace(tmp, image)
+    return image
+
+
+def heap_bytes(size: str | int) -> int:
+    """'64k' -> 65536 (the `-X heapsize` syntax)."""
+    if isinstance(size, int):
+        return size
+    mult = {"k": 1024, "m": 1024 * 1024}.get(size[-1:].lower(), 1)
+    return int(size[:-1] if mult > 1 else size) * mult
+
+
+def romfs_heapsize(budget: str | int, image_len: int) -> int:
+    """`-X heapsize` for a meter whose own budget is `budget` plus a ROMFS image held in the heap.
+
+    The image is one block allocated first (the bytearray's data plus its small header object);
+    adding exactly its GC blocks and their allocation-table bits keeps the rest at `budget`.
+    """
+    blocks = -(-image_len // _GC_BLOCK) + 1  # data + the bytearray object
+    return heap_bytes(budget) + blocks * _GC_BLOCK + -(-blocks * 3 // 8)
+
+
 def firmware_env(compiled: bool = True, base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     parts = [".frozen"]
@@ -135,11 +175,20 @@ class MeterProcess:
     def __init__(self, config_path: Path | str, storage_dir: Path | str, *,
                  intervals: int | None = None, drain_timeout: float | None = None,
                  heapsize: str = DEFAULT_HEAPSIZE, extra_args: Sequence[str] = (), compiled: bool = True,
-                 env: dict[str, str] | None = None, log_path: Path | str | None = None):
+                 env: dict[str, str] | None = None, log_path: Path | str | None = None,
+                 romfs: bool = False):
+        """romfs: run the firmware from a ROMFS image, as a board with a ROMFS partition does;
+        `heapsize` is then the meter's own heap budget and the image is added on top of it."""
         self.config_path = Path(config_path)
         self.storage_dir = Path(storage_dir)
-        self.cmd = [micropython_binary(), "-X", f"heapsize={heapsize}", str(main_script(compiled)),
-                    str(self.config_path), "--storage", str(self.storage_dir)]
+        heap_arg = str(heapsize)
+        rom_args: list[str] = []
+        if romfs:
+            image = build_romfs()
+            heap_arg = str(romfs_heapsize(heapsize, image.stat().st_size))
+            rom_args = ["--romfs", str(image)]
+        self.cmd = [micropython_binary(), "-X", f"heapsize={heap_arg}", str(main_script(compiled)),
+                    str(self.config_path), "--storage", str(self.storage_dir), *rom_args]
         if intervals is not None:
             self.cmd += ["--intervals", str(intervals)]
         if drain_timeout is not None:

@@ -50,7 +50,11 @@ def test_tree_layout_and_manifest(portable):
             assert read_header(local.read_bytes()).version == m["mpy_version"] == 6
     assert m["arch"] is None
     on_disk = {"/" + p.relative_to(portable.out).as_posix() for p in portable.out.rglob("*") if p.is_file()}
-    assert on_disk - {"/manifest.json"} == files
+    assert on_disk - {"/manifest.json", "/romfs.img"} == files
+    rom = m["romfs"]
+    assert set(rom["files"]) == {"/rom" + f[len("/lib"):] for f in files if f.startswith("/lib/")}
+    for dev, meta in rom["files"].items():  # the image holds byte-identical .mpy files
+        assert meta["sha256"] == m["files"]["/lib" + dev[len("/rom"):]]["sha256"], dev
 
 
 def test_built_protocol_passes_the_shared_vectors_on_the_unix_port(portable, tmp_path):
@@ -119,3 +123,27 @@ def test_refuses_foreign_out_dir_and_detects_tampering(tmp_path, portable):
     (again.out / "main.py").write_text("print('tampered')\n")
     with pytest.raises(ToolError, match="sha256 mismatch"):
         load_manifest(again.out)
+
+
+def test_built_romfs_image_runs_the_meter_in_a_64k_heap_budget(portable, tmp_path, mosquitto):
+    """The image `flash --romfs` deploys, mounted the way a board mounts its ROMFS partition: the
+    meter imports its code from /rom (bytecode in place) and runs in a 64 KB heap budget."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fwutil import meter_config
+
+    from meterveil.host import firmware_runner as fr
+
+    image = portable.out / "romfs.img"
+    cfg = meter_config(tmp_path, mosquitto.url)
+    heap = fr.romfs_heapsize("64k", image.stat().st_size)
+    # main.py from the build; no /lib on the path: every module must come from the image
+    env = dict(os.environ, MICROPYPATH=".frozen")
+    res = subprocess.run([MICROPYTHON, "-X", f"heapsize={heap}", str(portable.out / "main.py"), str(cfg),
+                          "--intervals", "2", "--drain-timeout", "30", "--storage", str(tmp_path / "state"),
+                          "--romfs", str(image)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(next(ln for ln in res.stdout.splitlines() if ln.startswith("HEAP "))[5:])
+    assert report["code_from"] == "/rom", report
+    assert report["min_free_after_gc"] >= 6 * 1024, report
+    assert sum(ln.startswith("TRUTH ") for ln in res.stdout.splitlines()) == 2

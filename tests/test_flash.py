@@ -18,7 +18,16 @@ from meterveil.host.cli import main as cli_main
 from meterveil.tools import device
 from meterveil.tools.build import build
 from meterveil.tools.fileio import ToolError
-from meterveil.tools.flash import HASH, PREPARE, PROBE, check_device, flash, verify_hashes
+from meterveil.tools.flash import (
+    HASH,
+    PREPARE,
+    PROBE,
+    ROM_HASH,
+    check_device,
+    flash,
+    verify_hashes,
+    verify_rom,
+)
 
 MICROPYTHON = str(Path(sys.executable).with_name("micropython"))
 
@@ -147,3 +156,42 @@ def test_prepare_and_hash_snippets_on_the_unix_port(built, tmp_path):
     gone = upy(HASH.format(paths=json.dumps(keep)), tmp_path).replace(str(root), "")
     with pytest.raises(ToolError, match=r"/main.py \(missing\)"):
         verify_hashes(built.manifest, gone)
+
+
+def test_romfs_dry_run_deploys_the_image_and_copies_only_main_and_boot(built, capsys):
+    assert cli_main(["flash", "--port", "/dev/ttyACM0", "--build", str(built.out), "--dry-run", "--romfs"]) == 0
+    cmds = [shlex.split(ln) for ln in capsys.readouterr().out.split("\n# ")]
+    cmds = [c[c.index("mpremote"):] for c in cmds]
+    kinds = [c[3] for c in cmds]
+    assert kinds == ["exec", "romfs", "exec", "fs", "fs", "exec", "exec", "soft-reset"], kinds
+    assert cmds[1][3:] == ["romfs", "deploy", str(built.out / "romfs.img")]
+    assert "os.remove" in cmds[2][4]  # /lib copies go only after the image is in place
+    assert {c[-1] for c in cmds if c[3] == "fs"} == {":/main.py", ":/boot.py"}
+    assert "rom_ioctl(2, 0)" in cmds[6][4] and str(built.manifest["romfs"]["size"]) in cmds[6][4]
+
+
+def test_romfs_probe_refuses_a_board_without_a_romfs_partition(built, tmp_path):
+    out = upy(PROBE, tmp_path)  # the unix port has VfsRom but no ROM partition (no rom_ioctl)
+    assert out.split()[3] == "0"
+    check_device(built.manifest, out)  # fine for a filesystem flash
+    with pytest.raises(ToolError, match="no ROMFS partition"):
+        check_device(built.manifest, out, romfs=True)
+    assert check_device(built.manifest, out.replace(" 0\n", " 1\n"), romfs=True).version == 6
+
+
+def test_rom_hash_snippet_on_the_unix_port(built, tmp_path):
+    """The partition check, with the image as the memory-mapped segment a board would return."""
+    image = built.out / "romfs.img"
+    seg = f"seg = memoryview(open({str(image)!r}, 'rb').read() + bytes(4096))\n"  # partition > image
+    out = upy(seg + ROM_HASH.format(size=built.manifest["romfs"]["size"]), tmp_path)
+    verify_rom(built.manifest, out)
+    bad = bytearray(image.read_bytes())
+    bad[100] ^= 1
+    (tmp_path / "bad.img").write_bytes(bytes(bad))
+    seg_bad = f"seg = memoryview(open({str(tmp_path / 'bad.img')!r}, 'rb').read())\n"
+    out = upy(seg_bad + ROM_HASH.format(size=built.manifest["romfs"]["size"]), tmp_path)
+    with pytest.raises(ToolError, match="does not hold the build's image"):
+        verify_rom(built.manifest, out)
+    logs = []
+    verify_rom(built.manifest, upy("seg = None\n" + ROM_HASH.format(size=10), tmp_path), logs.append)
+    assert "not verified" in logs[0]

@@ -4,10 +4,13 @@ Why precompile: importing .py on a board compiles it in RAM (the parser needs te
 with TLS up has little left), .mpy loads straight into bytecode. The tree mirrors the board:
 
     OUT/lib/meter/*.mpy  OUT/lib/protocol/*.mpy  OUT/main.py  OUT/boot.py  OUT/manifest.json
+    OUT/romfs.img        the same meter/ and protocol/ .mpy files as a ROMFS image
 
 main.py/boot.py stay source (MicroPython only runs those names as source). config.json is never
 part of a build: it holds the meter's secret and comes from `meterveil provision`. The manifest
 lists every file with its sha256 so `meterveil flash` can verify the copy on the device.
+romfs.img is for boards whose MicroPython has a ROMFS partition (`flash --romfs`): bytecode then runs
+in place from flash instead of being copied into the heap (~22 KB less heap, docs/FIRMWARE.md).
 """
 
 from __future__ import annotations
@@ -31,6 +34,30 @@ PACKAGES = (("firmware/meter", "meter"), ("protocol", "protocol"))
 # Source files that run on CPython only (they import cryptography, pathlib, ...): never on a board.
 HOST_ONLY = {"protocol/gen_vectors.py"}
 ROOT_SOURCES = ("main.py", "boot.py")
+ROMFS_IMAGE = "romfs.img"
+ROM_MOUNT = "/rom"  # where MicroPython mounts ROMFS at boot; /rom is on sys.path
+
+
+def write_romfs(lib: Path, dest: Path) -> dict[str, dict[str, Any]]:
+    """Pack lib/<package>/*.mpy into a ROMFS image at dest (package folders at the image root).
+
+    Returns the image's files as device paths under /rom with their sha256 (flash verifies them).
+    mpremote's writer is used as is: it is the format `mpremote romfs deploy` expects.
+    """
+    from mpremote.romfs import VfsRomWriter
+
+    writer = VfsRomWriter()
+    files: dict[str, dict[str, Any]] = {}
+    for _folder, pkg in PACKAGES:
+        writer.opendir(pkg)
+        for mpy in sorted((lib / pkg).glob("*.mpy")):
+            data = mpy.read_bytes()
+            writer.mkfile(mpy.name, data)
+            files[f"{ROM_MOUNT}/{pkg}/{mpy.name}"] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                                       "size": len(data)}
+        writer.closedir()
+    write_public(dest, writer.finalise())
+    return files
 
 
 @dataclass(frozen=True)
@@ -114,11 +141,15 @@ def build(out: Path, *, arch: str | None = None, source: Path = REPO_ROOT) -> Bu
             files[dev] = {"sha256": sha256_file(dest), "size": dest.stat().st_size,
                           "source": src.relative_to(source).as_posix()}
         first_mpy = next(stage / d.lstrip("/") for d in files if d.endswith(".mpy"))
+        rom_files = write_romfs(stage / "lib", stage / ROMFS_IMAGE)
+        image = stage / ROMFS_IMAGE
         manifest = {"format": 1, "arch": concrete, "arch_requested": arch,
                     "mpy_version": read_header(first_mpy.read_bytes()).version,
                     "native_files": native, "mpy_cross": tool,
                     "dirs": sorted({str(Path(d).parent) for d in files if Path(d).parent != Path("/")}),
-                    "files": dict(sorted(files.items()))}
+                    "files": dict(sorted(files.items())),
+                    "romfs": {"image": ROMFS_IMAGE, "sha256": sha256_file(image),
+                              "size": image.stat().st_size, "files": rom_files}}
         write_public(stage / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -146,6 +177,11 @@ def load_manifest(build_dir: Path) -> dict[str, Any]:
             raise ToolError(f"{local} listed in the manifest is missing: rebuild")
         if sha256_file(local) != meta["sha256"]:
             raise ToolError(f"{local} changed since the build (sha256 mismatch): rebuild")
+    rom = data.get("romfs")
+    if rom is not None:
+        image = Path(build_dir) / rom["image"]
+        if not image.is_file() or sha256_file(image) != rom["sha256"]:
+            raise ToolError(f"{image} is missing or changed since the build: rebuild")
     return data
 
 
@@ -166,5 +202,6 @@ def _run(args) -> int:
           f"mpy v{m['mpy_version']}, {m['mpy_cross']})")
     for dev in res.files:
         print(f"  {dev}  {m['files'][dev]['size']} B")
-    print(f"next: meterveil flash --port PORT --build {res.out}")
+    print(f"  {ROMFS_IMAGE}  {m['romfs']['size']} B (ROMFS image of /lib, for flash --romfs)")
+    print(f"next: meterveil flash --port PORT --build {res.out}  [--romfs on a board with ROMFS]")
     return 0

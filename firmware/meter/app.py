@@ -234,7 +234,8 @@ class Meter:
         return ok
 
     def heap_report(self):
-        r = {"min_free_after_gc": self.min_free, "free_now": self.hal.free_heap()}
+        r = {"min_free_after_gc": self.min_free, "free_now": self.hal.free_heap(),
+             "code_from": __file__.rsplit("/", 2)[0]}  # "/rom": bytecode runs in place from ROMFS
         try:
             import micropython
             r["mem_peak"] = micropython.mem_peak()
