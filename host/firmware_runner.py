@@ -30,12 +30,12 @@ REPO = Path(os.environ.get("METERVEIL_REPO", Path(__file__).resolve().parent.par
 FIRMWARE = REPO / "firmware"
 MAIN = FIRMWARE / "main.py"
 EXIT_OK, EXIT_CRASH, EXIT_BAD_CONFIG, EXIT_NOT_DRAINED = 0, 1, 2, 3
-# Heap for the meter process. The 64-bit unix port needs more than the 64 KB board target:
-# bytecode loaded from .mpy lives in the heap here (frozen into flash on a board) and every object
-# pointer is 8 bytes. Measured: ~74 KB live at the low point; reliable from 84k (~10.5 KB free),
-# 80k dies of fragmentation in most runs (docs/FIRMWARE.md "Memory"; tests/test_fw_heap.py guards
-# 88k and 104k, 64k is a strict xfail). 128k leaves room for TLS sessions, dense sampling and
-# long outages.
+# Heap for the meter process (RAM-loaded: .mpy bytecode copied into the heap, as from a stock
+# board's filesystem). The 64-bit unix port needs more than the 64 KB board target this way: ~74 KB
+# live at the low point, reliable from 82k. With `romfs=True` the bytecode runs in place from a ROMFS
+# image kept outside the budget, as on a board with a ROMFS partition, and 64k leaves ~11 KB free
+# (docs/FIRMWARE.md "Memory", tests/test_fw_heap.py). 128k leaves room for TLS sessions, dense
+# sampling and long outages.
 DEFAULT_HEAPSIZE = "128k"
 
 
