@@ -99,6 +99,8 @@ class HouseholdSums:
     readings: int
     intervals: frozenset[int]  # distinct interval starts present
     interval_len: int  # most common interval length of this meter's readings (900 if none)
+    members_digest: str = ""  # which readings were summed (contributor_digest of (meter, counter))
+    straddling: int = 0  # readings whose interval crosses a band or period boundary (cannot be billed)
 
 
 def feeder_sums(readings: Iterable[StoredReading], nsquare: int) -> list[FeederCell]:
@@ -127,28 +129,40 @@ def billing_sums(
 ) -> dict[str, HouseholdSums]:
     """Per household, per band: the sum of readings whose interval starts in [t_from, t_to).
 
-    `band_of` maps an interval start to its band (Tariff.band_of; cached per distinct start).
+    `band_of` maps a time to its band (Tariff.band_of; cached per distinct interval). A reading is
+    billed in one band as a whole, so one whose last second falls in another band or after the
+    period (an hourly reading under a tariff in a UTC+5:30 zone) is not summed but counted in
+    `straddling`: the decryption role refuses such a household rather than bill it in the wrong band.
     Households in `meter_ids` without readings get empty sums, so they are billed and flagged too.
     """
-    band_cache: dict[int, str] = {}
+    band_cache: dict[tuple[int, int], str | None] = {}
     acc: dict[str, dict[str, list[int]]] = {}  # meter -> band -> [ciphertext, count]
     intervals: dict[str, set[int]] = {}
     lens: dict[str, Counter[int]] = {}
+    members: dict[str, list[tuple[str, int]]] = {}
+    straddling: Counter[str] = Counter()
     nsq = gmpy2.mpz(nsquare)
     for r in readings:
         if not t_from <= r.interval_start < t_to:
             raise AggregateError(f"reading {r.meter_id}#{r.counter} at {r.interval_start} is outside the period")
         _check(r, nsquare)
-        band = band_cache.get(r.interval_start)
+        span = (r.interval_start, r.interval_len)
+        if span not in band_cache:
+            last = r.interval_start + r.interval_len - 1
+            first_band = band_of(r.interval_start)
+            band_cache[span] = first_band if last < t_to and band_of(last) == first_band else None
+        band = band_cache[span]
         if band is None:
-            band = band_cache[r.interval_start] = band_of(r.interval_start)
+            straddling[r.meter_id] += 1
+            continue
+        members.setdefault(r.meter_id, []).append((r.meter_id, r.counter))
         cell = acc.setdefault(r.meter_id, {}).setdefault(band, [gmpy2.mpz(1), 0])
         cell[0] = gmpy2.f_mod(cell[0] * r.ciphertext, nsq)
         cell[1] += 1
         intervals.setdefault(r.meter_id, set()).add(r.interval_start)
         lens.setdefault(r.meter_id, Counter())[r.interval_len] += 1
     out: dict[str, HouseholdSums] = {}
-    for meter_id in sorted(set(acc) | set(meter_ids)):
+    for meter_id in sorted(set(acc) | set(straddling) | set(meter_ids)):
         cells = {b: BandCell(b, int(c), n) for b, (c, n) in acc.get(meter_id, {}).items()}
         ml = lens.get(meter_id)
         out[meter_id] = HouseholdSums(
@@ -156,5 +170,7 @@ def billing_sums(
             readings=sum(c.readings for c in cells.values()),
             intervals=frozenset(intervals.get(meter_id, ())),
             interval_len=ml.most_common(1)[0][0] if ml else 900,
+            members_digest=contributor_digest(members.get(meter_id, ())),
+            straddling=straddling[meter_id],
         )
     return out

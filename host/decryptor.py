@@ -28,7 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -68,6 +69,29 @@ CREATE TABLE IF NOT EXISTS partition_cells (
     partition       TEXT PRIMARY KEY,
     labels          TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS ledger_settings (
+    key             TEXT PRIMARY KEY,
+    value           TEXT NOT NULL
+);
+"""
+# Added after the first release: which readings the last decrypted bill summed (re-bill policy).
+_BILL_COLUMNS = (("members_digest", "TEXT NOT NULL DEFAULT ''"), ("readings", "INTEGER NOT NULL DEFAULT 0"))
+# The ledger is a cache of the hash-chained audit log: rows missing from it (deleted by someone with
+# write access to the file) are restored from the audit entries at every session start.
+_RECONCILE_RELEASES = """
+INSERT OR IGNORE INTO dp_release (feeder, interval_start, day, epsilon_milli, members_digest)
+SELECT json_extract(query, '$.feeder'), json_extract(query, '$.interval_start'),
+       date(json_extract(query, '$.interval_start'), 'unixepoch'), json_extract(query, '$.dp_params[0][0]'),
+       json_extract(query, '$.members_digest')
+FROM audit_log WHERE action = 'feeder-load' AND decision = 'allow' ORDER BY seq
+"""
+_RECONCILE_BILLS = """
+INSERT OR IGNORE INTO bill_partition (meter_id, period, t_from, t_to, partition, members_digest, readings)
+SELECT json_extract(query, '$.meter_id'), json_extract(query, '$.period'), json_extract(query, '$.t_from'),
+       json_extract(query, '$.t_to'), json_extract(query, '$.partition'), json_extract(query, '$.members_digest'),
+       json_extract(query, '$.readings')
+FROM audit_log WHERE action = 'bill' AND decision = 'allow' AND json_extract(query, '$.partition') IS NOT NULL
+ORDER BY seq DESC
 """
 
 
@@ -80,11 +104,17 @@ class Policy:
     k_min: int = DEFAULT_K_MIN
     feeder_m: Mapping[str, int] = field(default_factory=dict)  # provisioned m per feeder
     max_bands: int = DEFAULT_MAX_BANDS
-    daily_budget_milli: int | None = None  # per feeder per UTC day; None = no budget
+    daily_budget_milli: int | None = None  # per feeder per UTC day; None = the one stored in the ledger
+    # A household's period may be decrypted again only over the same readings (same value) or over
+    # at least this many more: two bills that differ by a few readings would expose those readings
+    # by difference. 96 = one day of 15-minute readings.
+    rebill_min_new: int = 96
 
     def __post_init__(self) -> None:
         if self.k_min < 2:
             raise PolicyError(f"k_min must be at least 2, got {self.k_min}")
+        if self.rebill_min_new < 1:
+            raise PolicyError(f"rebill_min_new must be at least 1, got {self.rebill_min_new}")
 
     @classmethod
     def from_registry(cls, registry: MeterRegistry, **kwargs: Any) -> Policy:
@@ -162,6 +192,39 @@ class DecryptionRole:
         ).digest()
         self._ledger = sqlite3.connect(audit.path, isolation_level=None, timeout=30)
         self._ledger.executescript(_LEDGER_SCHEMA)
+        have = {r[1] for r in self._ledger.execute("PRAGMA table_info(bill_partition)")}
+        for name, decl in _BILL_COLUMNS:
+            if name not in have:
+                self._ledger.execute(f"ALTER TABLE bill_partition ADD COLUMN {name} {decl}")
+        with self._tx():
+            self._ledger.execute(_RECONCILE_RELEASES)
+            self._ledger.execute(_RECONCILE_BILLS)
+        self.daily_budget_milli = self._settle_budget(self.policy.daily_budget_milli)
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One ledger transaction: a policy check and the ledger row it implies are atomic, so two
+        sessions cannot both release different contributor sets or overspend a day's budget.
+        No audit append inside (its connection would wait for this lock)."""
+        self._ledger.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._ledger.execute("ROLLBACK")
+            raise
+        self._ledger.execute("COMMIT")
+
+    def _settle_budget(self, given: int | None) -> int | None:
+        """The daily budget lives in the ledger: a session without --daily-budget keeps the last one set."""
+        row = self._ledger.execute("SELECT value FROM ledger_settings WHERE key = 'daily_budget_milli'").fetchone()
+        stored = None if row is None else int(row[0])
+        if given is None or given == stored:
+            return stored
+        self._ledger.execute("INSERT INTO ledger_settings VALUES ('daily_budget_milli', ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(given),))
+        self.audit.append(self.actor, "policy", {"daily_budget_milli": given, "previous": stored}, "allow",
+                          "daily DP budget set")
+        return given
 
     def close(self) -> None:
         self._ledger.close()
@@ -206,34 +269,48 @@ class DecryptionRole:
         refined: dict[str | None, tuple[int, ...]] = {}
         out = []
         for hs in sums.values():
-            pinned, bounds = self._pinned_partition(hs.meter_id, period)
-            if bounds is not None and bounds != (t_from, t_to):
-                reason = (f"refused: period already billed over [{_iso(bounds[0])}, {_iso(bounds[1])}); "
-                          f"a shifted window (other time zone) would expose the difference")
+            with self._tx():  # check and ledger row atomically; record before decrypting
+                reason, digest = self._bill_check(hs, period, labels, refined)
+                if reason is None and hs.bands:
+                    self._pin_partition(hs, period, refined[digest])
+            if reason is not None:
                 self._refuse_bill(tariff, period, hs.meter_id, reason)
                 self.refusals.append((hs.meter_id, reason))
                 continue
-            if pinned not in refined:
-                refined[pinned] = labels if pinned is None else _canonical(
-                    list(zip(self._partition_labels(pinned), labels, strict=True)))
-            combined = refined[pinned]
-            cells = max(combined) + 1
-            if cells > self.policy.max_bands:
-                reason = (f"refused: with earlier bills of this period the bands refine to {cells} cells > "
-                          f"max_bands={self.policy.max_bands}")
-                self._refuse_bill(tariff, period, hs.meter_id, reason)
-                self.refusals.append((hs.meter_id, reason))
-                continue
-            if hs.bands:  # record before decrypting: a crash can only over-restrict later queries
-                self._pin_partition(hs.meter_id, period, (t_from, t_to), combined)
-            out.append(self._decrypt_household(hs, tariff, period, horizon))
+            out.append(self._decrypt_household(hs, tariff, period, horizon, self._pinned(hs.meter_id, period)))
         return out
 
-    def _pinned_partition(self, meter_id: str, period: str) -> tuple[str | None, tuple[int, int] | None]:
-        """(partition digest, (t_from, t_to)) already decrypted for this household and period, if any."""
-        row = self._ledger.execute("SELECT partition, t_from, t_to FROM bill_partition WHERE meter_id=? AND period=?",
-                                   (meter_id, period)).fetchone()
-        return (None, None) if row is None else (str(row[0]), (int(row[1]), int(row[2])))
+    def _bill_check(self, hs: HouseholdSums, period: str, labels: tuple[int, ...],
+                    refined: dict[str | None, tuple[int, ...]]) -> tuple[str | None, str | None]:
+        """(refusal reason or None, pinned partition digest) for one household's bill."""
+        if hs.straddling:
+            return (f"refused: {hs.straddling} readings straddle a tariff band or period boundary (their "
+                    f"interval length does not fit this tariff's bands and time zone)"), None
+        prev = self._pinned(hs.meter_id, period)
+        if prev is None:
+            refined.setdefault(None, labels)
+            return None, None
+        pinned, bounds, members, n_prev = prev
+        if bounds != (hs.t_from, hs.t_to):
+            return (f"refused: period already billed over [{_iso(bounds[0])}, {_iso(bounds[1])}); "
+                    f"a shifted window (other time zone) would expose the difference"), pinned
+        if members and members != hs.members_digest and hs.readings - n_prev < self.policy.rebill_min_new:
+            return (f"refused: period already billed over {n_prev} readings; a bill over {hs.readings} "
+                    f"(< {self.policy.rebill_min_new} more) would expose the difference"), pinned
+        if pinned not in refined:
+            refined[pinned] = _canonical(list(zip(self._partition_labels(pinned), labels, strict=True)))
+        cells = max(refined[pinned]) + 1
+        if cells > self.policy.max_bands:
+            return (f"refused: with earlier bills of this period the bands refine to {cells} cells > "
+                    f"max_bands={self.policy.max_bands}"), pinned
+        return None, pinned
+
+    def _pinned(self, meter_id: str, period: str) -> tuple[str, tuple[int, int], str, int] | None:
+        """(partition digest, (t_from, t_to), readings digest, readings) last decrypted for this
+        household and period, if any."""
+        row = self._ledger.execute("SELECT partition, t_from, t_to, members_digest, readings FROM bill_partition "
+                                   "WHERE meter_id=? AND period=?", (meter_id, period)).fetchone()
+        return None if row is None else (str(row[0]), (int(row[1]), int(row[2])), str(row[3]), int(row[4]))
 
     def _partition_labels(self, digest: str) -> tuple[int, ...]:
         row = self._ledger.execute("SELECT labels FROM partition_cells WHERE partition=?", (digest,)).fetchone()
@@ -241,19 +318,22 @@ class DecryptionRole:
             raise PolicyError(f"partition {digest[:16]} is referenced but not stored (ledger damaged)")
         return tuple(json.loads(row[0]))
 
-    def _pin_partition(self, meter_id: str, period: str, bounds: tuple[int, int], labels: tuple[int, ...]) -> None:
+    def _pin_partition(self, hs: HouseholdSums, period: str, labels: tuple[int, ...]) -> None:
         text = json.dumps(labels, separators=(",", ":"))
         digest = hashlib.sha256(text.encode()).hexdigest()
         self._ledger.execute("INSERT OR IGNORE INTO partition_cells VALUES (?, ?)", (digest, text))
-        self._ledger.execute("INSERT INTO bill_partition VALUES (?, ?, ?, ?, ?) ON CONFLICT(meter_id, period) "
-                             "DO UPDATE SET partition = excluded.partition",
-                             (meter_id, period, bounds[0], bounds[1], digest))
+        self._ledger.execute("INSERT INTO bill_partition (meter_id, period, t_from, t_to, partition, members_digest, "
+                             "readings) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(meter_id, period) DO UPDATE SET "
+                             "partition = excluded.partition, members_digest = excluded.members_digest, "
+                             "readings = excluded.readings",
+                             (hs.meter_id, period, hs.t_from, hs.t_to, digest, hs.members_digest, hs.readings))
 
     def _refuse_bill(self, tariff: Tariff, period: str, meter_id: str, reason: str) -> None:
         self.audit.append(self.actor, "bill", {"meter_id": meter_id, "period": period, "tariff": tariff.name},
                           "refuse", reason)
 
-    def _decrypt_household(self, hs: HouseholdSums, tariff: Tariff, period: str, horizon: int) -> HouseholdTotals:
+    def _decrypt_household(self, hs: HouseholdSums, tariff: Tariff, period: str, horizon: int,
+                           pinned: tuple[str, tuple[int, int], str, int] | None) -> HouseholdTotals:
         if (hs.t_from, hs.t_to) != tariff.period_bounds(period):
             self._refuse_bill(tariff, period, hs.meter_id, "refused: sums do not span the whole billing period")
             raise PolicyError(f"{hs.meter_id}: sums do not span billing period {period}")
@@ -266,7 +346,10 @@ class DecryptionRole:
         )
         query = {"meter_id": hs.meter_id, "period": period, "tariff": tariff.name, "timezone": tariff.timezone,
                  "t_from": hs.t_from, "t_to": hs.t_to,
-                 "band_readings": {b: c.readings for b, c in sorted(hs.bands.items())}}
+                 "band_readings": {b: c.readings for b, c in sorted(hs.bands.items())},
+                 "readings": hs.readings, "members_digest": hs.members_digest}
+        if pinned is not None:  # what the ledger holds, so it can be restored from this entry
+            query["partition"] = pinned[0]
         self.audit.append(self.actor, "bill", query, "allow", "ok: household band totals for a whole period",
                           self.result_hash({"band_wh": band_wh}))
         return totals
@@ -298,13 +381,13 @@ class DecryptionRole:
                 return ("refused: interval already released with a different contributor set "
                         "(a difference would expose single meters)"), False
             return None, False
-        if self.policy.daily_budget_milli is None:
+        if self.daily_budget_milli is None:
             return None, True
         day = _iso(cell.interval_start)[:10]
         spent = self.spent_milli(cell.feeder, day)
-        if spent + cell.epsilon_milli > self.policy.daily_budget_milli:
+        if spent + cell.epsilon_milli > self.daily_budget_milli:
             return (f"refused: daily DP budget {spent}+{cell.epsilon_milli} > "
-                    f"{self.policy.daily_budget_milli} milli-epsilon on {day}"), False
+                    f"{self.daily_budget_milli} milli-epsilon on {day}"), False
         return None, True
 
     def spent_milli(self, feeder: str, day: str) -> int:
@@ -318,20 +401,20 @@ class DecryptionRole:
         query = {"feeder": cell.feeder, "interval_start": cell.interval_start, "interval_len": cell.interval_len,
                  "readings": cell.readings, "contributors": cell.contributors, "dp_params": cell.dp_params,
                  "m_required": m, "members_digest": cell.members_digest}
-        reason = self._check_feeder(cell, m)
-        spends = False
-        if reason is None:
-            reason, spends = self._budget_check(cell)
+        with self._tx():  # check and ledger row atomically; ledger before decrypting: a crash
+            reason = self._check_feeder(cell, m)  # over-counts spend, never under-counts
+            if reason is None:
+                reason, spends = self._budget_check(cell)
+                if reason is None and spends:
+                    self._ledger.execute("INSERT OR IGNORE INTO dp_release VALUES (?,?,?,?,?)",
+                                         (cell.feeder, cell.interval_start, _iso(cell.interval_start)[:10],
+                                          cell.epsilon_milli, cell.members_digest))
         base = dict(feeder=cell.feeder, interval_start=cell.interval_start, interval_len=cell.interval_len,
                     readings=cell.readings, contributors=cell.contributors, epsilon_milli=cell.epsilon_milli,
                     clamp_wh=cell.clamp_wh, m=m)
         if reason is not None:
             self.audit.append(self.actor, "feeder-load", query, "refuse", reason)
             return FeederLoad(**base, status=reason, analytics_sum_wh=None)
-        if spends:  # ledger before decrypting: a crash over-counts spend, never under-counts
-            self._ledger.execute("INSERT OR IGNORE INTO dp_release VALUES (?,?,?,?,?)",
-                                 (cell.feeder, cell.interval_start, _iso(cell.interval_start)[:10],
-                                  cell.epsilon_milli, cell.members_digest))
         value = packing.analytics_of(self._decrypt_masked(cell.ciphertext, packing.SLOT_BILLING), cell.readings)
         self.audit.append(self.actor, "feeder-load", query, "allow", f"ok: {cell.contributors} >= m={m}",
                           self.result_hash({"analytics_sum_wh": value}))

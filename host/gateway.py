@@ -26,7 +26,10 @@ meter too, and logged once per (meter, reason) per ``log_interval_s``):
    meter's rated current can draw in the interval, analytics within clamp +- a noise bound, sample
    counters consistent (``out_of_range``);
 8. DP parameters equal the registry's (``dp_mismatch``);
-9. encrypt (packed plaintext, one ciphertext) and add to the batch. Plaintext values exist only in
+9. no other reading of this meter, stored or pending, covers any of the interval
+   (``interval_overlap``): the firmware seals an interval once, so a second reading for it is a
+   faulty or cloned meter, and both would be billed;
+10. encrypt (packed plaintext, one ciphertext) and add to the batch. Plaintext values exist only in
    this function's locals.
 
 Status frames pass steps 1-5 and are kept as the latest status per meter. A resend of the stored
@@ -60,7 +63,7 @@ KIND_BY_LEAF = {"reading": frame.KIND_READING, "status": frame.KIND_STATUS}
 STORED_FLAGS = frame.FLAG_CLOCK_UNSYNCED | frame.FLAG_PARTIAL_INTERVAL
 REASONS = ("oversize", "bad_topic", *frame_errors.REASONS, "wrong_kind", "unknown_meter", "duplicate",
            "replay", "counter_reuse", "clock_unsynced", "bad_interval", "future", "stale", "out_of_range",
-           "dp_mismatch", "internal_error")
+           "dp_mismatch", "interval_overlap", "internal_error")
 # Counters that are outcomes, not rejections (everything else in the counters table is a rejection).
 NOT_REJECTIONS = ("accepted", "duplicate", "status", "status_superseded")
 
@@ -141,6 +144,7 @@ class Gateway:
         self.clock = clock
         self.batch = Batch()
         self._pending: dict[tuple[str, int], bytes] = {}
+        self._pending_spans: dict[str, list[tuple[int, int]]] = {}
         self._status_pending: dict[str, int] = {}
         self._keys: dict[str, tuple[bytes, tuple[bytes, bytes], tuple[bytes, bytes] | None]] = {}
         self._registry_checked = 0.0
@@ -171,6 +175,7 @@ class Gateway:
         """Write the pending batch in one durable transaction; afterwards the messages may be acked."""
         batch, self.batch = self.batch, Batch()
         self._pending.clear()
+        self._pending_spans.clear()
         self._status_pending.clear()
         if not len(batch):
             return []
@@ -244,6 +249,7 @@ class Gateway:
         if dup is not None:
             return dup
         self._check_reading(rec, header, fields, now)
+        self._check_overlap(rec.meter_id, header["counter"], header["interval_start"], header["interval_len"])
         (ciphertext,) = self.encryptor.encrypt_reading(fields["billing_wh"], fields["analytics_wh"])
         self.batch.readings.append(StoredReading(
             meter_id=rec.meter_id, counter=header["counter"], feeder=rec.feeder,
@@ -252,7 +258,18 @@ class Gateway:
             ciphertext=ciphertext, flags=fields["flags"] & STORED_FLAGS, frame_digest=digest,
             received_at=int(now)))
         self._pending[(rec.meter_id, header["counter"])] = digest
+        self._pending_spans.setdefault(rec.meter_id, []).append(
+            (header["interval_start"], header["interval_start"] + header["interval_len"]))
         return Outcome("accepted", "accepted", rec.meter_id, header["counter"])
+
+    def _check_overlap(self, meter_id: str, counter: int, start: int, length: int) -> None:
+        end = start + length
+        if any(s < end and start < e for s, e in self._pending_spans.get(meter_id, ())):
+            raise Rejected("interval_overlap", f"counter {counter}: interval {start}+{length} already pending")
+        other = self.store.overlapping(meter_id, start, end)
+        if other is not None:
+            raise Rejected("interval_overlap", f"counter {counter}: interval {start}+{length} overlaps "
+                                               f"stored counter {other}")
 
     def _check_counter(self, meter_id: str, counter: int, digest: bytes, dup_flag: bool,
                        now: float) -> Outcome | None:

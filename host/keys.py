@@ -157,13 +157,19 @@ class MeterRecord:
         return rec
 
 
+DP_LIMITS = {"epsilon_milli": 65535, "clamp_wh": 1_000_000, "m": 65535}
+
+
 def _validate(rec: MeterRecord) -> None:
     if not METER_ID_RE.match(rec.meter_id):
         raise ValueError(f"bad meter id {rec.meter_id!r}: 1-16 chars of A-Za-z0-9_-")
     if len(rec.key) != MASTER_KEY_BYTES or (rec.previous_key is not None and len(rec.previous_key) != MASTER_KEY_BYTES):
         raise ValueError(f"meter {rec.meter_id}: master key must be {MASTER_KEY_BYTES} bytes")
-    if rec.epsilon_milli <= 0 or rec.clamp_wh <= 0 or rec.m < 1:
-        raise ValueError(f"meter {rec.meter_id}: epsilon_milli, clamp_wh and m must be positive")
+    # the same ranges the firmware's config validation enforces (firmware/meter/config.py)
+    for name, value, hi in (("epsilon_milli", rec.epsilon_milli, DP_LIMITS["epsilon_milli"]),
+                            ("clamp_wh", rec.clamp_wh, DP_LIMITS["clamp_wh"]), ("m", rec.m, DP_LIMITS["m"])):
+        if not 1 <= value <= hi:
+            raise ValueError(f"meter {rec.meter_id}: {name} must be in 1..{hi}, got {value}")
     if not rec.feeder:
         raise ValueError(f"meter {rec.meter_id}: feeder required")
 

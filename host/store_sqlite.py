@@ -53,6 +53,10 @@ _COLS = ("meter_id, counter, feeder, interval_start, interval_len, epsilon_milli
          "flags, scheme, ciphertext, frame_digest, received_at")
 
 
+# Longest interval the gateway accepts: bounds the index range the overlap lookup scans.
+_MAX_INTERVAL_S = 86400
+
+
 def int_to_blob(x: int) -> bytes:
     return int(x).to_bytes((int(x).bit_length() + 7) // 8 or 1, "big")
 
@@ -69,6 +73,9 @@ class SqliteStore:
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", timeout: float = 30.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner-only from the first byte: the file holds meter ids, feeders, timing and the audit
+        # log (SQLite gives the -wal/-shm files the same mode).
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
                                     check_same_thread=False)
         self._lock = threading.RLock()
@@ -146,6 +153,15 @@ class SqliteStore:
             row = self.conn.execute("SELECT frame_digest, received_at FROM readings WHERE meter_id=? AND counter=?",
                                     (meter_id, counter)).fetchone()
         return (bytes(row[0]), int(row[1])) if row else None
+
+    def overlapping(self, meter_id: str, start: int, end: int) -> int | None:
+        """Counter of a stored reading of this meter whose interval overlaps [start, end), if any."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT counter FROM readings WHERE meter_id=? AND interval_start < ? AND interval_start >= ? "
+                "AND interval_start + interval_len > ? LIMIT 1",
+                (meter_id, end, start - _MAX_INTERVAL_S, start)).fetchone()
+        return None if row is None else int(row[0])
 
     def max_counter(self, meter_id: str) -> int | None:
         with self._lock:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -217,9 +219,64 @@ def test_daily_budget_refuses_and_audits(tmp_path, keypair):
     assert [r.allowed for r in rows] == [True, True, False, False]
     assert rows[2].status == "refused: daily DP budget 2000+1000 > 2500 milli-epsilon on 2026-11-01"
     assert role.spent_milli("F3", "2026-11-01") == 2000
-    assert [e.decision for e in role.audit.entries()] == ["allow", "allow", "refuse", "refuse"]
+    entries = list(role.audit.entries())
+    assert (entries[0].action, entries[0].query["daily_budget_milli"]) == ("policy", 2500)
+    assert [e.decision for e in entries[1:]] == ["allow", "allow", "refuse", "refuse"]
     role.close()
+    # a later session without --daily-budget keeps the stored budget (no unlimited back door)
+    later = role_for(f.db, priv)
+    assert later.daily_budget_milli == 2500
+    assert not any(r.allowed for r in load(f.db, later, "F3", T0 + 86400 + 2 * IV, T0 + 86400 + 4 * IV))
+    later.close()
     f.enc.close()
+
+
+def test_ledger_rows_deleted_from_the_file_come_back_from_the_audit_log(fleet, keypair):
+    """The release ledger is a cache of the hash-chained audit log: deleting its rows does not reopen
+    a differencing attack (a different contributor set for a released interval)."""
+    _, priv = keypair
+    role = role_for(fleet.db, priv)
+    assert load(fleet.db, role, "F1", T0, T0 + IV)[0].allowed
+    role.close()
+    con = sqlite3.connect(fleet.db)
+    con.execute("DELETE FROM dp_release")
+    con.commit()
+    con.close()
+    fleet.add("late", "F1", T0, 999, 555)
+    role = role_for(fleet.db, priv)
+    again = load(fleet.db, role, "F1", T0, T0 + IV)[0]
+    assert not again.allowed and "different contributor set" in again.status
+    role.close()
+
+
+def test_two_sessions_cannot_both_release_different_sets(fleet, keypair, monkeypatch):
+    """Check and ledger row are one transaction: while session A is between its check and its
+    ledger row, session B cannot even start its check; afterwards B sees A's release."""
+    _, priv = keypair
+    a, b = role_for(fleet.db, priv), role_for(fleet.db, priv)  # both open before either releases
+    b._ledger.execute("PRAGMA busy_timeout=200")
+    store = open_store(fleet.db)
+    b_cell = feeder_sums(store.iter_readings(feeder="F1", t_from=T0, t_to=T0 + IV), a.public_key.nsquare)[0]
+    store.close()
+    blocked = []
+    original = DecryptionRole._check_feeder
+
+    def check_then_race(self, cell, m):
+        if self is a and not blocked:
+            t0 = time.monotonic()
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                b._feeder_cell(b_cell)
+            blocked.append(time.monotonic() - t0)
+        return original(self, cell, m)
+
+    monkeypatch.setattr(DecryptionRole, "_check_feeder", check_then_race)
+    assert load(fleet.db, a, "F1", T0, T0 + IV)[0].allowed
+    assert len(blocked) == 1 and blocked[0] < 10  # B's own busy timeout, not some other lock
+    monkeypatch.setattr(DecryptionRole, "_check_feeder", original)
+    fleet.add("late2", "F1", T0, 999, 555)
+    assert not load(fleet.db, b, "F1", T0, T0 + IV)[0].allowed
+    a.close()
+    b.close()
 
 
 def test_aggregate_input_checks(keypair):

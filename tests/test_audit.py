@@ -65,6 +65,11 @@ def test_triggers_block_plain_updates(tmp_path):
         conn.execute("UPDATE audit_log SET actor = 'x' WHERE seq = 1")
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         conn.execute("DELETE FROM audit_log WHERE seq = 2")
+    # REPLACE deletes the old row without firing delete triggers: the insert itself is refused
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("INSERT OR REPLACE INTO audit_log SELECT seq, ts, 'mallory', action, query, decision, "
+                      "reason, result_hash, prev_hash, entry_hash FROM audit_log WHERE seq = 1")
+    assert conn.execute("SELECT actor FROM audit_log WHERE seq = 1").fetchone()[0] != "mallory"
 
 
 @pytest.mark.parametrize("column,value", [

@@ -371,3 +371,62 @@ def test_rebilling_with_other_bands_is_limited_by_the_common_refinement(tmp_path
         assert set(run(load_tariff(TARIFFS / "tou3.toml"))) == set(tou)  # the original bill still reruns
         role.close()
     store.close()
+
+
+def test_rebilling_over_a_few_new_readings_is_refused(tmp_path, keypair):
+    """Bill, one more reading arrives, bill again: the difference would be that one reading."""
+    pub, priv = keypair
+    db = tmp_path / "s.db"
+    zone = ZoneInfo("Asia/Kolkata")
+    t0 = int(datetime(2026, 11, 2, tzinfo=zone).timestamp())
+    readings = [("h1", "F1", t0 + i * IV, 100 + i, 0) for i in range(200)]
+    fill_store(db, pub, readings[:100])
+    tariff = load_tariff(TARIFFS / "tou3.toml")
+    store = open_store(db)
+    with AuditLog(db) as audit:
+        role = DecryptionRole(priv, audit, "clerk", Policy(rebill_min_new=96))
+        first = role.household_totals(store, tariff, "2026-11")
+        assert [t.readings for t in first] == [100]
+        assert role.household_totals(store, tariff, "2026-11") == first  # same readings: same value
+        store.write_batch(Batch(readings=[StoredReading("h1", 101, "F1", t0 + 100 * IV, IV, 1000, 1000, 5,
+                                                        pool_encrypt(pub)(0, packing.pack(7, 0)))]))
+        assert role.household_totals(store, tariff, "2026-11") == []
+        assert "over 100 readings; a bill over 101 (< 96 more)" in role.refusals[0][1]
+        assert audit.verify().ok and list(audit.entries())[-1].decision == "refuse"
+        role.close()
+    store.close()
+    # a day's worth more (>= 96 new readings) may be billed: the difference is a day's total
+    store = open_store(db)
+    batch = Batch(readings=[StoredReading("h1", 102 + i, "F1", t0 + (101 + i) * IV, IV, 1000, 1000, 5,
+                                          pool_encrypt(pub)(i, packing.pack(r[3], 0)))
+                            for i, r in enumerate(readings[101:197])])
+    store.write_batch(batch)
+    with AuditLog(db) as audit:
+        role = DecryptionRole(priv, audit, "clerk", Policy(rebill_min_new=96))
+        (later,) = role.household_totals(store, tariff, "2026-11")
+        assert later.readings == 197 and sum(later.band_wh.values()) == sum(100 + i for i in range(197)) - 200 + 7  # reading 100 was 7 Wh
+        role.close()
+    store.close()
+
+
+def test_hourly_readings_that_straddle_a_band_are_refused_not_misbilled(tmp_path, keypair):
+    """UTC-aligned hours under an IST (UTC+5:30) tariff cross local band hours: never billed in one band."""
+    pub, priv = keypair
+    db = tmp_path / "s.db"
+    t0 = 1793471400 + 1800  # 2026-11-01 00:30 IST = 19:00 UTC: aligned to 3600 s
+    enc = pool_encrypt(pub)
+    store = open_store(db)
+    store.write_batch(Batch(readings=[StoredReading("h9", i + 1, "F1", t0 + i * 3600, 3600, 1000, 1000, 5,
+                                                    enc(i, packing.pack(50, 0))) for i in range(48)]))
+    with AuditLog(db) as audit:
+        role = DecryptionRole(priv, audit, "clerk", Policy())
+        assert role.household_totals(store, load_tariff(TARIFFS / "tou3.toml"), "2026-11") == []
+        assert "8 readings straddle a tariff band" in role.refusals[0][1]  # the hours over a band change
+        # a flat tariff has no bands to cross; only the last reading of the month would cross the period
+        (flat,) = role.household_totals(store, parse_tariff({
+            "name": "flat-ist", "currency": "INR", "minor_unit": "paise", "timezone": "Asia/Kolkata",
+            "bands": [{"name": "flat", "price_minor_per_kwh": "1", "windows": [{"days": "all", "hours": "00-24"}]}]}),
+            "2026-11")
+        assert flat.band_wh == {"flat": 48 * 50}
+        role.close()
+    store.close()

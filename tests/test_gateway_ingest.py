@@ -147,6 +147,28 @@ def test_duplicate_replay_and_counter_reuse(gw):
     assert [r.counter for r in gw.store.readings_for_meter("m0001", 0, 2**32)] == [2, 5, 9]
 
 
+def test_a_second_reading_for_a_covered_interval_is_rejected(gw, tmp_path):
+    """A cloned or faulty meter: another counter for an interval already stored (or pending in the
+    batch), or a longer interval over it, would be billed twice."""
+    reg = gw.registry
+    start = T0 + 10 * 900
+    assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 10, start))).status == "accepted"
+    assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 11, start))).reason == "interval_overlap"  # pending
+    gw.commit()
+    assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 12, start))).reason == "interval_overlap"  # stored
+    hour = T0 + 8 * 900  # [T0+8*900, T0+12*900) covers the stored interval
+    assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 13, hour, interval_len=3600))).reason == \
+        "interval_overlap"
+    # the neighbouring intervals, and the same interval on another meter, are fine
+    assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 14, start + 900))).status == "accepted"
+    assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 15, start - 900))).status == "accepted"
+    assert gw.process(Message(topic("m0002"), seal(reg, "m0002", 10, start))).status == "accepted"
+    gw.commit()
+    assert gw.store.counters()["interval_overlap"] == 3
+    assert [r.counter for r in gw.store.readings_for_meter("m0001", 0, 2**32)] == [15, 10, 14]
+    assert os.stat(tmp_path / "gw.db").st_mode & 0o777 == 0o600
+
+
 def test_status_frames_keep_latest_and_refuse_older(gw):
     reg = gw.registry
     assert gw.process(Message(topic("m0002", "status"), seal(reg, "m0002", 20, kind=frame.KIND_STATUS))).status == "status"

@@ -83,6 +83,10 @@ def test_registry_add_get_rotate_persist(tmp_path, caplog):
         reg.add("bad id!", feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=10)
     with pytest.raises(ValueError):
         reg.add("m0002", feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=10, key=b"short")
+    # DP parameters the frame header cannot carry (u16 epsilon/m) or the firmware refuses
+    for bad in ({"epsilon_milli": 70000}, {"clamp_wh": 2**33}, {"m": 70000}, {"m": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            reg.add("m0003", feeder="F1", **{"epsilon_milli": 1000, "clamp_wh": 1000, "m": 10, **bad})
     again = keys.MeterRegistry.load(tmp_path / keys.REGISTRY_NAME)
     assert again.get("m0001") == rec and again.get("nope") is None and "m0001" in again
     rotated = reg.rotate("m0001")
