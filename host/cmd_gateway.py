@@ -22,7 +22,8 @@ def _gateway(args: argparse.Namespace) -> int:
     password = Path(args.password_file).read_text().strip() if args.password_file else None
     cfg = MqttConfig.from_url(args.broker, tls_ca=args.tls_ca, username=args.username, password=password,
                               client_id=args.client_id, share_group=args.share_group,
-                              batch_size=args.batch_size, batch_ms=args.batch_ms)
+                              batch_size=args.batch_size, batch_ms=args.batch_ms,
+                              quarantine_retry_s=args.quarantine_retry_s)
     pub = keys.load_public(Path(args.keys) / keys.PUBLIC_NAME)
     if (Path(args.keys) / keys.SECRET_NAME).exists():
         log.warning("%s is next to the gateway's keys: the gateway needs only the public key; "
@@ -79,6 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--batch-ms", type=int, default=100)
     g.add_argument("--duplicate-window-s", type=int, default=IngestConfig.duplicate_window_s)
+    g.add_argument("--quarantine-retry-s", type=float, default=60.0,
+                   help="retry frames kept in quarantine (unknown meter, clock, DP params) this often")
     g.set_defaults(func=_gateway)
     s = sub.add_parser("stats", help="ingest counters as JSON")
     s.add_argument("--db", required=True)

@@ -32,6 +32,13 @@ meter too, and logged once per (meter, reason) per ``log_interval_s``):
 10. encrypt (packed plaintext, one ciphertext) and add to the batch. Plaintext values exist only in
    this function's locals.
 
+Quarantine: a frame rejected as ``unknown_meter``, ``future`` or ``dp_mismatch`` may be genuine and pass
+later (meter registered after it started sending, gateway clock behind, DP parameters being
+re-provisioned). It is counted like any rejection and acked (the meter's outbox then forgets it), but
+kept sealed, as received, in the store's quarantine; ``release_quarantine`` (run by the MQTT worker
+every ``quarantine_retry_s``) puts it through the pipeline again and settles it when it is accepted,
+a duplicate, or rejected for a lasting reason (``stale`` after ``max_age_s`` ends every wait).
+
 Status frames pass steps 1-5 and are kept as the latest status per meter. A resend of the stored
 latest one counts as ``duplicate``; an older one arriving late (the meter's last will, sealed at
 connect time, is the usual case) is counted as ``status_superseded`` and not stored: neither is a
@@ -53,7 +60,7 @@ from meterveil.protocol import frame
 
 from .keys import MeterRecord, MeterRegistry
 from .paillier_fast import ReadingEncryptor
-from .store import Batch, StatusRecord, Store, StoredReading
+from .store import Batch, QuarantinedFrame, StatusRecord, Store, StoredReading
 
 log = logging.getLogger("meterveil.gateway")
 
@@ -63,9 +70,11 @@ KIND_BY_LEAF = {"reading": frame.KIND_READING, "status": frame.KIND_STATUS}
 STORED_FLAGS = frame.FLAG_CLOCK_UNSYNCED | frame.FLAG_PARTIAL_INTERVAL
 REASONS = ("oversize", "bad_topic", *frame_errors.REASONS, "wrong_kind", "unknown_meter", "duplicate",
            "replay", "counter_reuse", "clock_unsynced", "bad_interval", "future", "stale", "out_of_range",
-           "dp_mismatch", "interval_overlap", "internal_error")
+           "dp_mismatch", "interval_overlap", "quarantine_full", "internal_error")
 # Counters that are outcomes, not rejections (everything else in the counters table is a rejection).
-NOT_REJECTIONS = ("accepted", "duplicate", "status", "status_superseded")
+NOT_REJECTIONS = ("accepted", "duplicate", "status", "status_superseded", "quarantine_released")
+# Rejections that can pass later: the frame is kept (sealed) and retried, not lost.
+QUARANTINE_REASONS = ("unknown_meter", "future", "dp_mismatch")
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,7 @@ class Message:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str               # "accepted", "duplicate", "status", "rejected"
+    status: str               # "accepted", "duplicate", "status", "rejected", "quarantined"
     reason: str               # reason code ("accepted"/"status" when not rejected)
     meter_id: str | None = None
     counter: int | None = None
@@ -148,6 +157,7 @@ class Gateway:
         self._status_pending: dict[str, int] = {}
         self._keys: dict[str, tuple[bytes, tuple[bytes, bytes], tuple[bytes, bytes] | None]] = {}
         self._registry_checked = 0.0
+        self._replaying = False
         self._limiter = _LogLimiter(self.config.log_interval_s, time.monotonic)
 
     # -- public ---------------------------------------------------------------------------------
@@ -162,6 +172,8 @@ class Gateway:
                 raise Rejected("bad_topic", f"topic {str(msg.topic)[:80]!r}")
             return self._process(msg, m.group(1), m.group(2))
         except Rejected as rej:
+            if rej.reason in QUARANTINE_REASONS and topic_meter is not None:
+                return self._quarantine(msg, topic_meter, rej.reason, rej.detail)
             return self._reject(topic_meter, rej.reason, rej.detail)
         except frame_errors.FrameError as exc:
             return self._reject(topic_meter, exc.reason, str(exc))
@@ -170,6 +182,24 @@ class Gateway:
 
     def pending(self) -> int:
         return len(self.batch)
+
+    def release_quarantine(self, limit: int = 1000) -> dict[str, int]:
+        """Retry up to `limit` quarantined frames (oldest first) and commit; outcome -> count
+        ("kept" for those still waiting)."""
+        out: dict[str, int] = {}
+        for q in self.store.quarantined(limit):
+            self._replaying = True
+            try:
+                res = self.process(Message(q.topic, q.payload))
+            finally:
+                self._replaying = False
+            key = "kept" if res.status == "quarantined" else res.reason
+            out[key] = out.get(key, 0) + 1
+            if key != "kept":
+                self.batch.released.append(q.digest)
+                self.batch.count("quarantine_released", q.meter_id)
+        self.commit()
+        return out
 
     def commit(self) -> list[bool]:
         """Write the pending batch in one durable transaction; afterwards the messages may be acked."""
@@ -182,6 +212,15 @@ class Gateway:
         return self.store.write_batch(batch)
 
     # -- steps ----------------------------------------------------------------------------------
+    def _quarantine(self, msg: Message, meter_id: str, reason: str, detail: str) -> Outcome:
+        if self._replaying:  # already held: nothing new to count or keep
+            return Outcome("quarantined", reason, meter_id)
+        payload = bytes(msg.payload)
+        self.batch.quarantine.append(QuarantinedFrame(hashlib.sha256(payload).digest(), meter_id, msg.topic,
+                                                      payload, reason, int(self.clock())))
+        self._reject(meter_id, reason, detail + " (kept in quarantine, retried later)")
+        return Outcome("quarantined", reason, meter_id)
+
     def _reject(self, meter_id: str | None, reason: str, detail: str, exc_info: bool = False) -> Outcome:
         self.batch.count(reason, meter_id)
         self._limiter.log(meter_id, reason, detail, exc_info)
@@ -335,4 +374,5 @@ def stats_summary(store: Store) -> dict:
     return {"accepted": counters.get("accepted", 0), "duplicate": counters.get("duplicate", 0),
             "status": counters.get("status", 0), "status_superseded": counters.get("status_superseded", 0),
             "rejected_total": sum(rejected.values()), "rejected": rejected,
+            "quarantined": store.quarantine_counts(),
             "readings": store.count_readings(), "meters": len(store.meters())}

@@ -57,6 +57,8 @@ class MqttConfig:
     # gateway's own process (the demo's amqtt, which gives up on a PUBACK after 5 s): a crash then
     # loses the broker's queue anyway, so the later ack protects nothing. Never with a real broker.
     ack_on_receipt: bool = False
+    # how often the worker retries quarantined frames (gateway.py: unknown meter, clock, DP params)
+    quarantine_retry_s: float = 60.0
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> MqttConfig:
@@ -175,10 +177,15 @@ class MqttIngest:
         cfg = self.config
         to_ack: list[tuple[int, int, int]] = []
         batch_started = 0.0
+        next_retry = time.monotonic() + cfg.quarantine_retry_s
         while True:
-            timeout = None
             if to_ack:
                 timeout = max(0.0, batch_started + cfg.batch_ms / 1000 - time.monotonic())
+            else:
+                if time.monotonic() >= next_retry and self.gateway.pending() == 0:
+                    self.gateway.release_quarantine()
+                    next_retry = time.monotonic() + cfg.quarantine_retry_s
+                timeout = max(0.0, next_retry - time.monotonic())
             try:
                 item = self._q.get(timeout=timeout) if timeout != 0.0 else self._q.get_nowait()
             except queue.Empty:

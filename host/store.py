@@ -17,6 +17,10 @@ Interface (stable; back office = aggregation, billing, decryption role):
 - ``lookup(meter_id, counter) -> (frame_digest, received_at) | None``; ``max_counter(meter_id)``;
   ``overlapping(meter_id, start, end) -> counter | None`` (a stored reading whose interval overlaps).
 - ``counters() -> dict[reason, n]``; ``meter_counters() -> {meter_id: {reason: n}}``.
+- quarantine: ``write_batch`` also keeps ``batch.quarantine`` frames (sealed, as received; at most
+  ``QUARANTINE_PER_METER`` per meter id and ``QUARANTINE_MAX`` in all, the rest counted
+  ``quarantine_full``) and deletes ``batch.released`` digests; ``quarantined(limit)`` oldest first;
+  ``quarantine_counts() -> {reason: n}``.
 - ``latest_status(meter_id) -> StatusRecord | None``; ``statuses() -> list[StatusRecord]``.
 - ``iter_readings(feeder=None, meter_id=None, t_from=None, t_to=None)`` (interval_start in [t_from, t_to),
   ordered by interval_start, meter_id, counter); ``readings_for_feeder(feeder, t_from, t_to)``,
@@ -66,12 +70,27 @@ class StatusRecord:
     status: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class QuarantinedFrame:
+    """A frame rejected for a reason that can pass later (unknown meter, gateway clock behind, DP
+    parameters being re-provisioned), kept exactly as received (sealed) so it is not lost."""
+
+    digest: bytes
+    meter_id: str
+    topic: str
+    payload: bytes = field(repr=False)
+    reason: str
+    received_at: int
+
+
 @dataclass
 class Batch:
-    """Everything one ingest commit writes: readings, statuses, counter increments."""
+    """Everything one ingest commit writes: readings, statuses, counter increments, quarantine."""
 
     readings: list[StoredReading] = field(default_factory=list)
     statuses: list[StatusRecord] = field(default_factory=list)
+    quarantine: list[QuarantinedFrame] = field(default_factory=list)
+    released: list[bytes] = field(default_factory=list)  # digests of quarantined frames now settled
     counts: Counter[str] = field(default_factory=Counter)
     meter_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -81,7 +100,8 @@ class Batch:
             self.meter_counts[(meter_id, reason)] += n
 
     def __len__(self) -> int:
-        return len(self.readings) + len(self.statuses) + sum(self.counts.values())
+        return (len(self.readings) + len(self.statuses) + sum(self.counts.values()) + len(self.quarantine)
+                + len(self.released))
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,8 @@ class Store(Protocol):
     def max_counter(self, meter_id: str) -> int | None: ...
     def overlapping(self, meter_id: str, start: int, end: int) -> int | None: ...
     def counters(self) -> dict[str, int]: ...
+    def quarantined(self, limit: int = 1000) -> list[QuarantinedFrame]: ...
+    def quarantine_counts(self) -> dict[str, int]: ...
     def meter_counters(self) -> dict[str, dict[str, int]]: ...
     def latest_status(self, meter_id: str) -> StatusRecord | None: ...
     def statuses(self) -> list[StatusRecord]: ...

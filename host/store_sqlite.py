@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .store import Batch, Coverage, MeterInfo, StatusRecord, StoredReading
+from .store import Batch, Coverage, MeterInfo, QuarantinedFrame, StatusRecord, StoredReading
 
 
 class StoreVersionError(RuntimeError):
@@ -46,7 +46,17 @@ def _m1_initial(c: sqlite3.Connection) -> None:
         received_at INTEGER NOT NULL, status_json TEXT NOT NULL)""")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial]
+def _m2_quarantine(c: sqlite3.Connection) -> None:
+    c.execute("""CREATE TABLE quarantine(digest BLOB PRIMARY KEY, meter_id TEXT NOT NULL, topic TEXT NOT NULL,
+        payload BLOB NOT NULL, reason TEXT NOT NULL, received_at INTEGER NOT NULL)""")
+    c.execute("CREATE INDEX quarantine_meter ON quarantine(meter_id)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_quarantine]
+# Quarantine bounds: a month of 15-minute readings per meter id; only broker users can publish, and the
+# broker ACL limits each to its own id, so the total bounds what a misprovisioned fleet can park here.
+QUARANTINE_PER_METER = 3000
+QUARANTINE_MAX = 200_000
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLS = ("meter_id, counter, feeder, interval_start, interval_len, epsilon_milli, clamp_wh, m, "
@@ -129,6 +139,15 @@ class SqliteStore:
                     reason = "accepted" if new else "duplicate"
                     counts[reason] += 1
                     meter_counts[(r.meter_id, reason)] += 1
+                for q in batch.quarantine:
+                    held = c.execute("SELECT COUNT(*) FROM quarantine WHERE meter_id=?", (q.meter_id,)).fetchone()[0]
+                    if held >= QUARANTINE_PER_METER or self._quarantine_total(c) >= QUARANTINE_MAX:
+                        counts["quarantine_full"] += 1
+                        meter_counts[(q.meter_id, "quarantine_full")] += 1
+                        continue
+                    c.execute("INSERT OR IGNORE INTO quarantine VALUES (?,?,?,?,?,?)",
+                              (q.digest, q.meter_id, q.topic, q.payload, q.reason, q.received_at))
+                c.executemany("DELETE FROM quarantine WHERE digest=?", [(d,) for d in batch.released])
                 for s in batch.statuses:
                     c.execute("INSERT INTO meter_status(meter_id, counter, received_at, status_json) "
                               "VALUES (?,?,?,?) ON CONFLICT(meter_id) DO UPDATE SET counter=excluded.counter, "
@@ -146,6 +165,21 @@ class SqliteStore:
                 c.execute("ROLLBACK")
                 raise
             return inserted
+
+    @staticmethod
+    def _quarantine_total(c: sqlite3.Connection) -> int:
+        return int(c.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
+
+    def quarantined(self, limit: int = 1000) -> list[QuarantinedFrame]:
+        with self._lock:
+            rows = self.conn.execute("SELECT digest, meter_id, topic, payload, reason, received_at FROM quarantine "
+                                     "ORDER BY received_at, rowid LIMIT ?", (limit,)).fetchall()
+        return [QuarantinedFrame(bytes(r[0]), r[1], r[2], bytes(r[3]), r[4], int(r[5])) for r in rows]
+
+    def quarantine_counts(self) -> dict[str, int]:
+        with self._lock:
+            return {r: int(n) for r, n in self.conn.execute(
+                "SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason")}
 
     # -- point lookups used by ingest ---------------------------------------------------------
     def lookup(self, meter_id: str, counter: int) -> tuple[bytes, int] | None:

@@ -13,7 +13,7 @@ import pytest
 from phe import paillier
 
 from meterveil.host import cli, packing
-from meterveil.host.gateway import Gateway, IngestConfig, Message
+from meterveil.host.gateway import QUARANTINE_REASONS, Gateway, IngestConfig, Message, stats_summary
 from meterveil.host.keys import MeterRegistry
 from meterveil.host.mqtt_ingest import MqttConfig, MqttIngest
 from meterveil.host.paillier_fast import make_encryptor
@@ -117,7 +117,7 @@ def test_each_bad_frame_is_rejected_with_its_reason(gw, case, reason, tmp_path):
         "unsynced": Message(topic("m0001"), seal(reg, "m0001", 7, flags=frame.FLAG_CLOCK_UNSYNCED)),
     }
     out = gw.process(msgs[case])
-    assert (out.status, out.reason) == ("rejected", reason)
+    assert (out.status, out.reason) == ("quarantined" if reason in QUARANTINE_REASONS else "rejected", reason)
     assert gw.process(Message(topic("m0001"), good)).status == "accepted"
     gw.commit()
     counters = gw.store.counters()
@@ -167,6 +167,49 @@ def test_a_second_reading_for_a_covered_interval_is_rejected(gw, tmp_path):
     assert gw.store.counters()["interval_overlap"] == 3
     assert [r.counter for r in gw.store.readings_for_meter("m0001", 0, 2**32)] == [15, 10, 14]
     assert os.stat(tmp_path / "gw.db").st_mode & 0o777 == 0o600
+
+
+def test_frames_that_may_pass_later_are_quarantined_then_released(gw):
+    """Unknown meter (registered later), gateway clock behind, DP parameters being re-provisioned:
+    counted as rejections when they arrive, kept sealed, stored once they pass, never lost."""
+    reg, clock = gw.registry, gw.clock_ref
+    newcomer = seal(reg, "m0001", 1, key=bytes([9]) * 32, meter_id="m0009")  # not registered yet
+    ahead = seal(reg, "m0001", 2, start=int(clock.now) + 3600)                # gateway clock behind
+    for f, t in ((newcomer, topic("m0009")), (ahead, topic("m0001"))):
+        assert gw.process(Message(t, f)).status == "quarantined"
+    gw.commit()
+    assert gw.store.quarantine_counts() == {"future": 1, "unknown_meter": 1}
+    assert gw.release_quarantine() == {"kept": 2}  # nothing changed yet: both wait, nothing recounted
+    assert gw.store.counters() == {"future": 1, "unknown_meter": 1}
+    reg.add("m0009", feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=10, key=bytes([9]) * 32)
+    gw.registry = MeterRegistry.load(reg.path)
+    clock.now += 2 * 3600
+    assert gw.release_quarantine() == {"accepted": 2}
+    assert gw.store.quarantine_counts() == {}
+    assert {(r.meter_id, r.counter) for r in gw.store.iter_readings()} == {("m0009", 1), ("m0001", 2)}
+    assert gw.release_quarantine() == {}
+    summary = stats_summary(gw.store)
+    assert summary["accepted"] == 2 and summary["quarantined"] == {}
+    assert gw.store.counters()["quarantine_released"] == 2
+    # a frame that never passes ends as stale after max_age_s and leaves the quarantine
+    lost = seal(reg, "m0001", 3, key=bytes([8]) * 32, meter_id="m0008")
+    assert gw.process(Message(topic("m0008"), lost)).status == "quarantined"
+    gw.commit()
+    reg.add("m0008", feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=10, key=bytes([8]) * 32)
+    gw.registry = MeterRegistry.load(reg.path)
+    clock.now += gw.config.max_age_s + 86400
+    assert gw.release_quarantine() == {"stale": 1} and gw.store.quarantine_counts() == {}
+
+
+def test_quarantine_is_bounded_per_meter(gw, monkeypatch):
+    from meterveil.host import store_sqlite
+
+    monkeypatch.setattr(store_sqlite, "QUARANTINE_PER_METER", 2)
+    for c in range(1, 4):
+        gw.process(Message(topic("m0007"), seal(gw.registry, "m0001", c, key=bytes([7]) * 32, meter_id="m0007")))
+    gw.commit()
+    assert gw.store.quarantine_counts() == {"unknown_meter": 2}
+    assert gw.store.counters()["quarantine_full"] == 1
 
 
 def test_status_frames_keep_latest_and_refuse_older(gw):
@@ -304,6 +347,30 @@ def test_mosquitto_bad_frames_rejected_and_gateway_keeps_accepting(tmp_path, mos
     stats = json.loads(capsys.readouterr().out)
     assert stats["accepted"] == 2 and stats["duplicate"] == 1 and stats["rejected"]["bad_tag"] == 2
     assert stats["rejected_total"] == 7 and stats["readings"] == 2
+
+
+def test_mosquitto_frame_from_a_meter_registered_later_is_not_lost(tmp_path, mosquitto):
+    """The broker forgets a message once acked: a genuine frame that arrives before its meter is in
+    the registry is kept in quarantine and stored by the running gateway once the meter is added."""
+    reg = make_registry(tmp_path / "meters.json")
+    store = open_store(tmp_path / "gw.db")
+    g = Gateway(store, MeterRegistry.load(tmp_path / "meters.json"), make_encryptor("djn+packed", PUB, exp_bits=256))
+    ingest = MqttIngest(g, MqttConfig(port=mosquitto.port, client_id="gw-q", batch_ms=20,
+                                      quarantine_retry_s=0.3)).start()
+    try:
+        assert ingest.wait_subscribed()
+        start = int(time.time()) // 900 * 900 - 900
+        key = os.urandom(32)
+        early = seal(reg, "m0001", 1, start=start, key=key, meter_id="m0042")
+        _publish(mosquitto.port, [(topic("m0042"), early)])
+        assert _wait(lambda: store.quarantine_counts() == {"unknown_meter": 1})
+        reg.add("m0042", feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=10, key=key)  # saved to disk
+        assert _wait(lambda: store.count_readings() == 1)
+        assert store.quarantine_counts() == {} and ingest.acked == 1
+        assert [r.counter for r in store.readings_for_meter("m0042", 0, 2**32)] == [1]
+    finally:
+        ingest.stop()
+        store.close()
 
 
 def test_mosquitto_shared_subscription_splits_load_and_stores_once(tmp_path, mosquitto):
