@@ -32,7 +32,7 @@ MAIN = FIRMWARE / "main.py"
 EXIT_OK, EXIT_CRASH, EXIT_BAD_CONFIG, EXIT_NOT_DRAINED = 0, 1, 2, 3
 # Heap for the meter process (RAM-loaded: .mpy bytecode copied into the heap, as from a stock
 # board's filesystem). The 64-bit unix port needs more than the 64 KB board target this way: ~74 KB
-# live at the low point, reliable from 82k. With `romfs=True` the bytecode runs in place from a ROMFS
+# live at the low point, reliable from 84k. With `romfs=True` the bytecode runs in place from a ROMFS
 # image kept outside the budget, as on a board with a ROMFS partition, and 64k leaves ~11 KB free
 # (docs/FIRMWARE.md "Memory", tests/test_fw_heap.py). 128k leaves room for TLS sessions, dense
 # sampling and long outages.

@@ -34,6 +34,10 @@ def test_example_config_is_valid():
     (lambda c: c["sim"].update(mode="fast"), "sim.mode"),
     (lambda c: c.update(intervall_s=900), "intervall_s"),
     (lambda c: c.pop("feeder"), "feeder"),
+    # noise scale clamp/epsilon = 1e9 Wh: shares would overflow the frame's int32 (found in review)
+    (lambda c: c["dp"].update(epsilon_milli=1, clamp_wh=1000000), "dp.clamp_wh"),
+    # CONNECT with will must fit the 384-byte packet buffer, else the meter never connects
+    (lambda c: c["broker"].update(username="u", password="p" * 220), "broker.username"),
 ])
 def test_validate_names_the_field(tmp_path, mutate, field):
     cfg = _base(tmp_path)
@@ -93,4 +97,4 @@ def test_board_hal_imports_with_stub_machine(tmp_path):
     res = subprocess.run([fr.micropython_binary(), str(script), str(tmp_path)], capture_output=True,
                          text=True, env=fr.firmware_env(), timeout=60)
     assert res.returncode == 0, res.stdout
-    assert res.stdout.split() == ["BOARD", "400", "2000", "True", "True", "1", "01020304"]
+    assert res.stdout.split() == ["BOARD", "400", "2000", "True", "True", "1", "01020304", "0", "True"]

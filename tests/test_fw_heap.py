@@ -4,7 +4,7 @@ on the MicroPython unix port against a real mosquitto.
 Target (issue 3 item 7): a 64 KB heap. Met when the code runs from a ROMFS image (bytecode in place,
 as on a board with a ROMFS partition; the runner keeps the image outside the 64 KB budget):
 ~11 KB free at the low point. With the .mpy files copied into the heap (stock firmware layout)
-the app needs ~74 KB live on the 64-bit port: 82k, 88k and 104k are guarded, RAM-loaded 64k is a
+the app needs ~75 KB live on the 64-bit port: 84k, 88k and 104k are guarded, RAM-loaded 64k is a
 strict xfail that turns into XPASS (a failure) the day it fits. docs/FIRMWARE.md "Memory".
 """
 
@@ -25,7 +25,7 @@ MARGIN = 8 * 1024  # free heap required at the low point (after a collection), b
     ("64k", MARGIN, True),   # bytecode in place from a ROMFS image, as on a board with ROMFS
     ("104k", MARGIN, False),
     ("88k", MARGIN, False),
-    ("82k", 6 * 1024, False),  # .mpy loaded into the heap: the smallest that runs reliably (~8 KB free)
+    ("84k", 6 * 1024, False),  # .mpy loaded into the heap: the smallest that runs reliably (~9 KB free)
     pytest.param("64k", 6 * 1024, False, marks=pytest.mark.xfail(
         strict=True, reason="with bytecode in the heap the app needs ~74 KB live (docs/FIRMWARE.md)")),
 ])

@@ -102,3 +102,90 @@ def test_wrong_password_is_retried_not_fatal(tmp_path, mosquitto_factory):
     assert meter.wait_for(lambda lines: sum("mqtt: MQTTError('refused" in x for x in lines) >= 2, 60), meter.output
     assert meter.running  # keeps measuring and retrying with backoff; readings stay in the outbox
     meter.kill()
+
+
+class FakeBroker:
+    """A TCP endpoint that misbehaves like real infrastructure: `eof` closes every connection after
+    reading the CONNECT (a proxy in front of a restarting broker); `blackhole` answers CONNACK,
+    then swallows everything (a half-open link: NAT timeout, dead Wi-Fi AP)."""
+
+    def __init__(self, mode: str):
+        import socket
+        import threading
+
+        self.mode = mode
+        self.connections = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self._conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn) -> None:
+        try:
+            conn.recv(4096)  # the CONNECT
+            if self.mode == "eof":
+                conn.close()
+                return
+            conn.sendall(bytes([0x20, 0x02, 0x00, 0x00]))  # CONNACK accepted
+            while conn.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self._conns:
+            c.close()
+
+
+def _wait_for(pred, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return pred()
+
+
+def test_broker_closing_during_connect_is_retried(tmp_path):
+    """EOF while waiting for CONNACK must not end the publisher task (it once did, silently)."""
+    fake = FakeBroker("eof")
+    try:
+        cfg = meter_config(tmp_path, f"mqtt://127.0.0.1:{fake.port}")
+        meter = fr.MeterProcess(cfg, tmp_path / "state", log_path=tmp_path / "m.log").start()
+        assert _wait_for(lambda: fake.connections >= 3, 30), meter.output[-1500:]
+        assert meter.running and "EOFError" in meter.output
+        meter.kill()
+    finally:
+        fake.close()
+
+
+def test_half_open_link_with_messages_in_flight_reconnects(tmp_path):
+    """No PUBACK and no packet at all for a keepalive period while messages are in flight: the
+    link is dead even though retransmissions keep going out, so the meter reconnects."""
+    fake = FakeBroker("blackhole")
+    try:
+        cfg = meter_config(tmp_path, f"mqtt://127.0.0.1:{fake.port}",
+                           broker={"keepalive_s": 5, "ack_timeout_ms": 1000})
+        meter = fr.MeterProcess(cfg, tmp_path / "state", log_path=tmp_path / "m.log").start()
+        assert _wait_for(lambda: fake.connections >= 2, 40), meter.output[-1500:]
+        assert "no PUBACK for a keepalive period" in meter.output
+        meter.kill()
+    finally:
+        fake.close()

@@ -57,7 +57,8 @@ class Meter:
         # checkpoint: interval start (s), mWh, remainder (mW*ms), covered ms, samples, clipped
         self.cp_path = sd + "/partial"
         self.spend = privacy.DailySpend(st[0], st[1], st[2])
-        self.last_interval = st[3]
+        # A reading appended just before a power cut may be newer than the state file says.
+        self.last_interval = max(st[3], self.outbox.newest_reading)
         self.pub = Publisher(hal, cfg, self.outbox, self._will_frame, self.log, bufs[1])
         self.buf = array.array("H", bytes(2 * hal.block_samples))
         self.stats = [0]
@@ -113,9 +114,6 @@ class Meter:
             return
         iv_ms = self.interval_s * 1000
         energy = acc.take_wh()
-        # Point the checkpoint at the next interval (carrying the sub-Wh remainder) before the
-        # reading becomes durable: a reset after the append can then never seal this interval twice.
-        persist.write_ints(self.cp_path, (start_s + self.interval_s, acc.mwh, acc.rem, 0, 0, 0))
         noise = privacy.noise_share(self.eps, self.clamp, self.m)
         analytics = privacy.analytics_value(energy, self.clamp, noise)
         missing = (iv_ms - covered_ms) // 1000
@@ -134,11 +132,16 @@ class Meter:
                   "samples": samples, "clipped": _cap16(clipped), "missing_s": _cap16(missing)}
         hdr = self._header(frame.KIND_READING, start_s, self.interval_s)
         blob = frame.seal(self.keys, hdr, fields)
-        self.outbox.append(blob)  # durable before anything is sent or reported
+        # Durable before anything is sent or reported. A power cut before this line leaves the
+        # last checkpoint to resume from; after it, the boot scan of the outbox knows the interval
+        # is sealed (no await until the checkpoint moves, so the frame cannot be acked before).
+        self.outbox.append(blob)
         self.spend.record(start_s, self.eps)
         self.last_interval = start_s
         persist.write_ints(self.state_path, (self.spend.day, self.spend.spend_milli,
                                              self.spend.readings, start_s))
+        if self.hal.clock_synced():  # the next interval starts with this one's sub-Wh remainder
+            persist.write_ints(self.cp_path, (start_s + self.interval_s, acc.mwh, acc.rem, 0, 0, 0))
         self.readings += 1
         if self.truth:
             self.out("TRUTH " + json.dumps({
@@ -213,8 +216,11 @@ class Meter:
             if t1 > b0:
                 acc.add(p, t1 - b0)
                 covered += t1 - b0
-            if t1 >= next_cp:
-                persist.write_ints(self.cp_path, (start // 1000, acc.mwh, acc.rem, covered, samples, clipped))
+            if t1 >= next_cp or t1 < next_cp - _CHECKPOINT_MS:
+                # Only a clock that is set and past the last sealed interval may place energy in
+                # time: a board whose RTC restarted at 2000 must not overwrite a real checkpoint.
+                if hal.clock_synced() and start // 1000 > self.last_interval:
+                    persist.write_ints(self.cp_path, (start // 1000, acc.mwh, acc.rem, covered, samples, clipped))
                 next_cp = t1 + _CHECKPOINT_MS
             await hal.sleep_ms(0)  # let the publisher run; paces the simulated clock
 

@@ -31,6 +31,9 @@ DEFAULTS = {
     "run": {"intervals": 0, "drain_timeout_s": 0, "truth": True},
 }
 REQUIRED = ("meter_id", "master_key", "feeder", "dp", "calibration", "broker")
+# CONNECT must fit the 384-byte MQTT buffer with the will (a 120-byte status frame on a topic of up
+# to 36 bytes) and the fixed parts: what is left for client id + username + password.
+_CREDS_MAX = 200
 CALIBRATION_KEYS = ("ct_turns", "burden_ohm", "adc_bits", "vref_mv", "volts", "power_factor",
                     "rated_amps")
 CALIBRATION_OPTIONAL = ("noise_rms_codes", "creep_ma", "gain")
@@ -144,6 +147,10 @@ def validate(cfg, board=False):
         _int(errs, dp, "epsilon_milli", "dp.epsilon_milli", 1, 65535)
         _int(errs, dp, "clamp_wh", "dp.clamp_wh", 1, 1000000)
         _int(errs, dp, "m", "dp.m", 1, 65535)
+        if _is_int(dp.get("clamp_wh")) and _is_int(dp.get("epsilon_milli")) and dp["epsilon_milli"] > 0 \
+                and dp["clamp_wh"] * 1000 // dp["epsilon_milli"] > 1000000:
+            errs.append(("dp.clamp_wh", "clamp_wh/epsilon (the noise scale) must be at most 1,000,000 Wh, "
+                         "so every noisy value fits the frame"))
     cal = cfg.get("calibration")
     if isinstance(cal, dict):
         _int(errs, cal, "ct_turns", "calibration.ct_turns", 1, 100000)
@@ -167,6 +174,13 @@ def validate(cfg, board=False):
             _opt_str(errs, br, k, "broker." + k)
         if (br.get("password") is not None) and br.get("username") is None:
             errs.append(("broker.password", "given without broker.username"))
+        creds = 0
+        for k in ("username", "password", "client_id"):
+            if isinstance(br.get(k), str):
+                creds += len(br[k].encode())
+        if creds > _CREDS_MAX:
+            errs.append(("broker.username", "username + password + client_id are %d bytes, at most %d fit "
+                         "the CONNECT packet buffer" % (creds, _CREDS_MAX)))
         _int(errs, br, "keepalive_s", "broker.keepalive_s", 5, 65535)
         _int(errs, br, "backoff_min_ms", "broker.backoff_min_ms", 10, 3600000)
         _int(errs, br, "backoff_max_ms", "broker.backoff_max_ms", 10, 3600000)

@@ -33,7 +33,7 @@ class BoardHAL:
         persist.makedirs(storage_dir)
         self._cfg = cfg
         self.fs_hz = _FS_HZ
-        mains = cfg.get("sim", {}).get("mains_hz", 50)
+        mains = 60 if cfg.get("sim", {}).get("mains_hz") == 60 else 50
         cycles = mains * _BLOCK_MS // 1000
         self.block_samples = (2 * cycles * _FS_HZ + mains) // (2 * mains)
         if _ESP32:
@@ -47,6 +47,7 @@ class BoardHAL:
             u16 = self.adc.read_u16
             self._read = lambda: u16() >> 4  # 12-bit converter reported as 16-bit
         self.rtc = machine.RTC()
+        self._pin()
         self._synced = False
         self._ntp_at = None
         self._last_block = None
@@ -54,11 +55,23 @@ class BoardHAL:
         self._wlan = None
 
     # -- clock: RTC, set by NTP; readings are flagged until the first sync ---------------
-    def now_ms(self):
+    def _pin(self):
+        # Wall time read once from the RTC, then advanced by ticks_ms: one monotonic source.
+        # (RTC seconds + ticks_ms() % 1000 mixes two clocks out of phase: it runs backwards by
+        # up to a second once a second, which the app must treat as a clock step.)
         t = time.time()
         if t < 1000000000:  # 2000-based epoch port
             t += _EPOCH_2000
-        return int(t) * 1000 + (time.ticks_ms() % 1000)
+        self._base_ms = int(t) * 1000
+        self._base_ticks = time.ticks_ms()
+
+    def now_ms(self):
+        d = time.ticks_diff(time.ticks_ms(), self._base_ticks)
+        if d > 86400000:  # re-base daily: ticks_diff is only valid within half the ticks period
+            self._base_ms += d
+            self._base_ticks = time.ticks_add(self._base_ticks, d)
+            d = 0
+        return self._base_ms + d
 
     def clock_synced(self):
         return self._synced
@@ -68,6 +81,7 @@ class BoardHAL:
             import ntptime
             ntptime.settime()
             self._synced = True
+            self._pin()  # a clock step the app sees once (it restarts the running interval)
         except (OSError, ImportError):  # no network yet: retry later, readings stay flagged
             pass
         self._ntp_at = time.ticks_ms()

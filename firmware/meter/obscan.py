@@ -23,6 +23,7 @@ def recover(ob):
     ob._counts = {}   # seg -> unacknowledged records
     ob._sizes = {}    # seg -> bytes on flash (torn tails included)
     ob._bytes = 0     # flash used by live segments
+    ob.newest_reading = 0  # interval start of the newest reading not yet acknowledged
     for s in segs:
         if s < ob._ack_seg:
             persist.remove(ob._seg_path(s))  # fully acknowledged before the last boot
@@ -72,4 +73,9 @@ def _scan(ob, s, start):
                 break
             off += 6 + n  # record header (outbox._HDR) + payload
             count += 1
+            mv = ob._mv
+            if n > 28 and mv[3] == 1:  # a reading (frame kind at byte 3): interval start at 24..27
+                t = (mv[24] << 24) | (mv[25] << 16) | (mv[26] << 8) | mv[27]
+                if t > ob.newest_reading:
+                    ob.newest_reading = t
     return count, off, size

@@ -89,7 +89,7 @@ class Publisher:
             try:
                 await self._session()
                 attempt = 0
-            except OSError as e:  # network and MQTT errors (MQTTError is an OSError)
+            except (OSError, EOFError) as e:  # network and MQTT errors; EOF: broker closed
                 self.failures += 1
                 self.last_error = repr(e)
                 self._log("mqtt: %r" % (e,))
@@ -105,8 +105,12 @@ class Publisher:
                 self.last_error = "MemoryError"
                 gc.collect()
                 self._log("mqtt: out of memory, session dropped: %s" % e)
+            except Exception as e:  # noqa: BLE001 - anything else must not end the task either
+                self.failures += 1
+                self.last_error = repr(e)
+                self._log("mqtt: unexpected %r" % (e,))
             if self.connected:
-                attempt = 0  # the session ran; the next reconnect starts at the short delay
+                attempt = 0  # a session that held: the next reconnect starts at the short delay
             self.connected = False
             if self._stop or (self._stop_when_idle and self.idle()):
                 return
@@ -141,13 +145,14 @@ class Publisher:
             self.hal.open_connection(self.host, self.port, self._ctx if self.tls else None),
             _CONNECT_TIMEOUT_MS)
         sess = mqtt.Session(r, w, self._buf)
-        rx = None
+        rx = up = None
         try:
             await asyncio.wait_for_ms(
                 sess.connect(self.client_id, self.keepalive_s, self.user, self.password,
                              self.t_status if self._will_msg else None, self._will_msg),
                 _CONNECT_TIMEOUT_MS)
             self.connected = True
+            up = sess.rx_at = time.ticks_ms()  # rx_at: last packet from the broker
             if self.connects:
                 self.reconnects += 1
             self.connects += 1
@@ -161,6 +166,10 @@ class Publisher:
                 rx.cancel()
             sess.close()
             self._inflight = []
+            if up is not None and _since(up) <= self.keepalive_s * 1000:
+                # Dropped as soon as it was up (e.g. two devices sharing a client id): count it
+                # as a failed attempt, so the backoff keeps growing.
+                self.connected = False
 
     async def _publish(self, sess, data, pid, dup):
         # byte 3 of a frame is its kind: status frames go to the status topic
@@ -200,9 +209,13 @@ class Publisher:
                     await self._publish(sess, rec[0], e[0], True)
                     e[3] = last_tx = time.ticks_ms()
             self._advance()
-            # Keepalive: ping at half the interval; a missing PINGRESP means a dead link.
+            # Keepalive: ping at half the interval; a missing PINGRESP means a dead link. With
+            # messages in flight, retransmissions keep last_tx fresh and no ping is sent: then
+            # silence from the broker for a whole keepalive means the same.
             if self._ping_at is not None and _since(self._ping_at) > ka_ms:
                 raise OSError("no PINGRESP")
+            if self._inflight and _since(sess.rx_at) > ka_ms:
+                raise OSError("no PUBACK for a keepalive period")
             if self._ping_at is None and _since(last_tx) >= ka_ms // 2:
                 await asyncio.wait_for_ms(sess.ping(), self.ack_timeout)
                 self._ping_at = last_tx = time.ticks_ms()
@@ -228,6 +241,7 @@ class Publisher:
         try:
             while True:
                 t, _, body = await sess.read_packet()
+                sess.rx_at = time.ticks_ms()
                 if t == mqtt.PUBACK and len(body) == 2:
                     pid = (body[0] << 8) | body[1]
                     for e in self._inflight:
