@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -239,15 +240,16 @@ class DecryptionRole:
 
     # -- bills --------------------------------------------------------------------------------
     def household_totals(self, store: Store, tariff: Tariff, period: str,
-                         meter_ids: Iterable[str] = ()) -> list[HouseholdTotals]:
+                         meter_ids: Iterable[str] = (), as_of: float | None = None) -> list[HouseholdTotals]:
         """Decrypted Wh per band for every household with readings in the period (plus `meter_ids`).
 
         Households the partition policy refuses are audited, left out of the result and listed in
         `self.refusals` as (meter_id, reason).
 
-        Missing intervals: expected slots run from the period start to the end of the latest interval
-        stored by any meter in the period (or the period end if earlier), so billing mid-month or
-        before late data does not flag intervals nobody could have sent yet.
+        Missing intervals: once the period has ended (`as_of`, default now, at or after its end)
+        every slot of the period is expected. Before that, expected slots run to the end of the
+        latest interval stored by any meter in the period, so billing mid-month does not flag
+        intervals nobody could have sent yet.
         """
         t_from, t_to = tariff.period_bounds(period)  # raises on a malformed period
         self.refusals = []
@@ -264,7 +266,8 @@ class DecryptionRole:
                 yield r
 
         sums = billing_sums(stream(), self.public_key.nsquare, tariff.band_of, t_from, t_to, meter_ids)
-        horizon = min(t_to, last_end[0])
+        closed = (time.time() if as_of is None else as_of) >= t_to
+        horizon = t_to if closed else min(t_to, last_end[0])
         labels = _canonical([tariff.band_of(t) for t in range(t_from, t_to, _SLOT_S)])
         refined: dict[str | None, tuple[int, ...]] = {}
         out = []

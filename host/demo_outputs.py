@@ -68,10 +68,12 @@ def periods_between(tariff: Tariff, t0: int, t1: int) -> list[str]:
     return out
 
 
-def make_bills(role: DecryptionRole, store: Store, tariff: Tariff, periods: Iterable[str]) -> list[Bill]:
+def make_bills(role: DecryptionRole, store: Store, tariff: Tariff, periods: Iterable[str],
+               as_of: int | None = None) -> list[Bill]:
+    """Bills as of `as_of` (the simulation's end: intervals after it are not due yet)."""
     bills: list[Bill] = []
     for period in periods:
-        for hh in sorted(role.household_totals(store, tariff, period), key=lambda h: h.meter_id):
+        for hh in sorted(role.household_totals(store, tariff, period, as_of=as_of), key=lambda h: h.meter_id):
             bills.append(compute_bill(tariff, hh.meter_id, period, hh.band_wh, hh.readings, hh.missing_intervals))
     return bills
 
@@ -169,7 +171,7 @@ def decrypt_all(keys_dir: Path, store: Store, db_path: Path, tariff: Tariff, k_m
         role = DecryptionRole(priv, audit, actor="demo-backoffice",
                               policy=Policy.from_registry(registry, k_min=k_min))
         try:
-            bills = make_bills(role, store, tariff, periods_between(tariff, t0, t1))
+            bills = make_bills(role, store, tariff, periods_between(tariff, t0, t1), as_of=t1)
             loads = [fl for f in feeders for fl in role.feeder_load(store, f, t0, t1)]
         finally:
             role.close()

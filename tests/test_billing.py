@@ -145,11 +145,11 @@ def fill_store(db: Path, pub, readings) -> None:
     store.close()
 
 
-def bills_via_role(db: Path, priv, tariff, period: str, meters=()):
+def bills_via_role(db: Path, priv, tariff, period: str, meters=(), as_of=None):
     store = open_store(db)
     with AuditLog(db) as audit:
         role = DecryptionRole(priv, audit, "test-clerk", Policy())
-        totals = role.household_totals(store, tariff, period, meters)
+        totals = role.household_totals(store, tariff, period, meters, as_of=as_of)
         role.close()
     store.close()
     return {t.meter_id: compute_bill(tariff, t.meter_id, period, t.band_wh, t.readings, t.missing_intervals)
@@ -185,14 +185,21 @@ def test_partial_month_missing_counted_to_latest_stored_interval(tmp_path, keypa
     tariff = load_tariff(TARIFFS / "tou3.toml")
     readings = synth(tariff.timezone, 2026, 11, 7, until_day=20)
     fill_store(tmp_path / "s.db", pub, readings)
-    bills = bills_via_role(tmp_path / "s.db", priv, tariff, "2026-11")
+    t_from, t_to = tariff.period_bounds("2026-11")
+    mid_month = t_from + 20 * 86400  # billing on Nov 21: intervals after the latest stored one are not due
+    bills = bills_via_role(tmp_path / "s.db", priv, tariff, "2026-11", as_of=mid_month)
     ref = reference_bills(readings, tariff.timezone, "tou3", 2026, 11)
     expected_slots = (19 * 96 + 13 * 4 + 1)  # Nov 1 00:00 .. Nov 20 13:15 IST inclusive of the last slot
+    present = {m: len({t for mm, _, t, _, _ in readings if mm == m and t_from <= t}) for m in ref}
     for meter_id, r in ref.items():
         assert bills[meter_id].total_minor == r["total"]
         assert bills[meter_id].missing_intervals == r["missing"]
-        assert r["missing"] == expected_slots - len({t for m, _, t, _, _ in readings if m == meter_id
-                                                    and tariff.period_bounds("2026-11")[0] <= t})
+        assert r["missing"] == expected_slots - present[meter_id]
+    # once the month is over every slot of it is due: the 10 silent days count as missing
+    closed = bills_via_role(tmp_path / "s.db", priv, tariff, "2026-11", as_of=t_to)
+    for meter_id in ref:
+        assert closed[meter_id].missing_intervals == 30 * 96 - present[meter_id]
+        assert closed[meter_id].total_minor == bills[meter_id].total_minor
 
 
 def test_bill_audited_and_cli_matches(tmp_path, keypair):
