@@ -129,7 +129,9 @@ def privacy_html(run: dict[str, Any]) -> str:
          "with fewer than m contributors, so a decrypted sum always carries the full noise."),
         ("k_min", str(dp.get("k_min", 5)), "No feeder sum over fewer than this many homes is ever decrypted."),
         ("noise on a feeder sum", f"discrete Laplace, scale {clamp / eps:.0f} Wh, std {sd:.0f} Wh",
-         "Does not grow with the number of homes (unlike each home adding full noise)."),
+         "At m contributors the sum carries exactly this noise; with n > m homes reporting it carries "
+         "n/m times the variance (std grows as sqrt(n/m)), far less than each home adding full noise "
+         "(n times the variance)."),
         ("guarantee per day", f"epsilon {eps * per_day:g} (= {per_day} readings x {eps:g})",
          "Event-level: each reading is protected at epsilon; a whole day of one home composes to the "
          "sum over its readings (basic composition). Bills reveal exact per-band totals to the "
