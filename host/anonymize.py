@@ -25,6 +25,15 @@ import numpy as np
 import pandas as pd
 
 QUASI_IDENTIFIERS = ("home_type", "occupants", "tariff_type", "region")
+# What provisioning may record for each quasi-identifier (`meterveil provision --attr`, checked in
+# tools/provision.py): the values the generalisation hierarchies below know, so no provisioned value
+# falls into "other". occupants is a whole number in OCCUPANTS_RANGE.
+ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
+    "home_type": ("flat", "terraced", "semi-detached", "detached"),
+    "tariff_type": ("flat", "tou", "ev"),
+    "region": ("north", "central", "south", "coast"),
+}
+OCCUPANTS_RANGE = (1, 20)
 
 
 def _occupants(level: int) -> Callable[[Any], str]:
@@ -158,7 +167,8 @@ _PARENTS: dict[str, str | None] = {"home_type": None, "occupants": "home_type", 
 class SynthResult:
     table: pd.DataFrame
     utility: dict[str, Any]
-    copies: int  # synthetic rows equal to some real row on every column (after redraws; must be 0)
+    copies: int  # synthetic rows equal to some real row on every column, numbers compared as numbers
+    # at the released precision (after redraws; must be 0)
     redraws: int
     model: dict[str, Any] = field(default_factory=dict)
 
@@ -238,26 +248,50 @@ def _draw_numeric(df: pd.DataFrame, cat: pd.DataFrame, k: int, rng: np.random.Ge
     cov = np.atleast_2d(np.cov(resid, rowvar=False)) if len(x) > 1 else np.zeros((len(cols), len(cols)))
     mu = np.vstack([means.get(str(g), x.mean(axis=0)) for g in cat[cond_col]]) if use_groups \
         else np.tile(x.mean(axis=0), (len(cat), 1))
-    z = rng.multivariate_normal(np.zeros(len(cols)), cov, size=len(cat), method="cholesky" if len(cols) == 1 else "svd")
+    one_spread = len(cols) == 1 and cov[0, 0] > 0  # cholesky fails on a constant column
+    z = rng.multivariate_normal(np.zeros(len(cols)), cov, size=len(cat), method="cholesky" if one_spread else "svd")
     vals = np.expm1(mu + z).clip(min=0)
     decimals = _decimals(df[cols])
-    return pd.DataFrame(np.round(vals, decimals), columns=cols), (cond_col if use_groups else None)
+    out = pd.DataFrame(np.round(vals, decimals), columns=cols)
+    if decimals == 0:  # whole kWh like the real table ("312", not "312.0")
+        out = out.astype("int64")
+    return out, (cond_col if use_groups else None)
 
 
 def _decimals(df: pd.DataFrame) -> int:
     """Decimal places the real numeric columns are given with (so synthetic values look alike)."""
+    v = df.to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
     for d in range(0, 4):
-        v = df.to_numpy(dtype=float)
         if np.allclose(v, np.round(v, d)):
             return d
     return 3
 
 
+def _row_keys(df: pd.DataFrame, numeric: list[str], decimals: int) -> list[tuple]:
+    """Comparable identity of every row: categorical values as text, numbers as floats rounded to
+    the precision the table is released with.
+
+    Why numbers are not compared as text: real kWh read as int print "312", synthetic ones drawn
+    as float print "312.0"; as text they never match and a copy of a real row would pass as new.
+    Rounding to `decimals` also makes 0.1 + 0.2 equal 0.3. NaN compares equal to NaN here.
+    """
+    out: list[list] = []
+    for c in df.columns:
+        if c in numeric:
+            v = np.round(pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float), decimals) + 0.0  # -0.0 -> 0.0
+            out.append([None if np.isnan(x) else float(x) for x in v])
+        else:
+            out.append(df[c].astype(str).tolist())
+    return list(zip(*out, strict=True))
+
+
 def synthesize(df: pd.DataFrame, n: int, k: int = 5, seed: int | None = None, max_redraw: int = 20) -> SynthResult:
     """n synthetic households preserving marginals and the safe pairwise relations of df.
 
-    Any synthetic row identical to a real row on every column is redrawn (up to max_redraw rounds);
-    ``copies`` reports what remains (0 in practice, checked by the caller).
+    Any synthetic row identical to a real row on every column (kWh compared numerically at the real
+    table's precision, so 312 and 312.0 are the same) is redrawn (up to max_redraw rounds);
+    ``copies`` reports what remains (0 in practice, checked by the caller, which refuses otherwise).
     """
     if n < 1 or len(df) < 2:
         raise ValueError("need n >= 1 and at least 2 real rows")
@@ -272,16 +306,23 @@ def synthesize(df: pd.DataFrame, n: int, k: int = 5, seed: int | None = None, ma
         return pd.concat([cat.reset_index(drop=True), num.reset_index(drop=True)], axis=1)[cols], used, cond
 
     synth, used, cond = draw(n)
-    real_keys = set(map(tuple, real.astype(str).to_numpy()))
+    numeric = _numeric_cols(real)
+    decimals = _decimals(real[numeric]) if numeric else 0
+    real_keys = set(_row_keys(real, numeric, decimals))
+
+    def copied() -> np.ndarray:
+        return np.array([key in real_keys for key in _row_keys(synth, numeric, decimals)], dtype=bool)
+
     redraws = 0
     for _ in range(max_redraw):
-        dup = np.array([tuple(r) in real_keys for r in synth.astype(str).to_numpy()])
+        dup = copied()
         if not dup.any():
             break
         redraws += int(dup.sum())
         fresh, _, _ = draw(int(dup.sum()))
-        synth.loc[dup] = fresh.to_numpy()
-    copies = int(sum(tuple(r) in real_keys for r in synth.astype(str).to_numpy()))
+        for c in cols:  # column by column: keeps each column's dtype
+            synth.loc[dup, c] = fresh[c].to_numpy()
+    copies = int(copied().sum())
     model = {"pairwise": {c: p for c, p in used.items() if p}, "kwh_conditioned_on": cond}
     return SynthResult(table=synth, utility=utility_report(real, synth), copies=copies, redraws=redraws, model=model)
 
@@ -323,8 +364,14 @@ def utility_report(real: pd.DataFrame, synth: pd.DataFrame) -> dict[str, Any]:
     if num:
         occ_r = pd.to_numeric(real["occupants"], errors="coerce")
         occ_s = pd.to_numeric(synth["occupants"], errors="coerce")
-        rep["corr_kwh_occupants"] = {
-            "real": round(float(np.corrcoef(occ_r, real[num].mean(axis=1))[0, 1]), 3),
-            "synth": round(float(np.corrcoef(occ_s, synth[num].mean(axis=1))[0, 1]), 3),
-        }
+        rep["corr_kwh_occupants"] = {"real": _corr(occ_r, real[num].mean(axis=1)),
+                                     "synth": _corr(occ_s, synth[num].mean(axis=1))}
     return rep
+
+
+def _corr(a: pd.Series, b: pd.Series) -> float | None:
+    """Pearson correlation rounded to 3 places; None when either side is constant (undefined)."""
+    x, y = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
+    if len(x) < 2 or not np.std(x) > 0 or not np.std(y) > 0:
+        return None
+    return round(float(np.corrcoef(x, y)[0, 1]), 3)

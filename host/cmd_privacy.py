@@ -3,7 +3,14 @@
 Why the export goes through the decryption role: monthly kWh per household are bill totals, which
 only the role may decrypt (each decryption is audited as a "bill" entry); the export itself is one
 more audit entry naming k, what was generalised or synthesised, and an HMAC of the file written.
-The meter id never leaves this module. `run_export` is importable for tests and the demo.
+The meter id never leaves this module (it is printed on stderr for the operator when the role
+refuses a household, never written to the CSV or its report). `run_export` is importable for tests
+and the demo.
+
+Why the months are billing periods in the tariff's time zone: the role pins the window of every
+household period it decrypts and refuses a second decryption over a shifted window (the difference
+of two windows would expose a few hours of readings). Months taken in UTC would collide with every
+month already billed in, say, Asia/Kolkata; the same window is allowed again (same value).
 """
 
 from __future__ import annotations
@@ -15,20 +22,88 @@ import json
 import logging
 import sqlite3
 import sys
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 
 log = logging.getLogger(__name__)
 
-EXPORT_TARIFF = {  # one band, UTC calendar months: the role's bill path yields the monthly total
-    "name": "export-monthly-kwh", "currency": "XXX", "minor_unit": "none", "timezone": "UTC",
-    "bands": [{"name": "all", "price_minor_per_kwh": "0", "windows": [{"days": "all", "hours": "00-24"}]}],
-}
+EXPORT_TARIFF_NAME = "export-monthly-kwh"
 MIN_EXPORT_K = 2
+
+
+class OutputError(ValueError):
+    """An output path that cannot be written (checked before anything is decrypted)."""
+
+
+def prepare_output(path: str | Path, what: str = "--out") -> Path:
+    """Check `path` can be written as a file; create its parent folder. One-line OutputError if not."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"{what} {p} is a directory; give a file name")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{what} {p}: cannot create folder {p.parent} ({e.strerror or e})") from None
+    if not p.parent.is_dir():
+        raise OutputError(f"{what} {p}: {p.parent} is not a folder")
+    return p
+
+
+def export_tariff(zone: str):
+    """One band over the whole day, calendar months in `zone`: the role's bill path yields monthly totals."""
+    from .tariff import parse_tariff
+
+    return parse_tariff({
+        "name": EXPORT_TARIFF_NAME, "currency": "XXX", "minor_unit": "none", "timezone": zone,
+        "bands": [{"name": "all", "price_minor_per_kwh": "0", "windows": [{"days": "all", "hours": "00-24"}]}],
+    }, "export")
+
+
+def recorded_bill_zones(db: str | Path) -> list[str]:
+    """Time zones of earlier allowed bills in the audit log, most recent first (real bills before
+    earlier exports), without repeats. Empty if there are none."""
+    conn = sqlite3.connect(str(db))
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit_log'").fetchone() is None:
+            return []
+        rows = conn.execute(
+            "SELECT json_extract(query, '$.timezone') AS tz FROM audit_log WHERE action = 'bill' "
+            "AND decision = 'allow' AND tz IS NOT NULL "
+            "ORDER BY (json_extract(query, '$.tariff') = ?), seq DESC", (EXPORT_TARIFF_NAME,)).fetchall()
+    finally:
+        conn.close()
+    return list(dict.fromkeys(str(r[0]) for r in rows))
+
+
+def billing_zone(db: str | Path, tariff: str | Path | None, recorded: list[str] | None = None) -> tuple[str, str]:
+    """(time zone of the export's months, where it came from).
+
+    --tariff wins; else the zone of the latest bills in the audit log (`recorded`, read if None);
+    else the tariff the demo and the docs bill with (tariffs/tou3.toml).
+    """
+    from .tariff import load_tariff
+
+    if tariff is not None:
+        t = load_tariff(tariff)
+        return t.timezone, f"tariff {t.name} ({tariff})"
+    zones = recorded_bill_zones(db) if recorded is None else recorded
+    if zones:
+        return zones[0], "earlier bills (audit log)"
+    from .demo_setup import DEFAULT_TARIFF
+    from .tariff import TariffError
+
+    try:
+        t = load_tariff(DEFAULT_TARIFF)
+    except TariffError as e:
+        raise ValueError(f"no earlier bills to take the time zone from and the default tariff is unusable "
+                         f"({e}); pass --tariff FILE (the tariff the bills use)") from None
+    return t.timezone, f"default tariff {t.name} ({DEFAULT_TARIFF.name})"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", required=True, help="SQLite store")
     p.add_argument("--daily-budget", type=float, default=None, help="daily epsilon budget per feeder, to show what remains")
     p.add_argument("--delta", type=float, default=1e-6, help="delta for advanced composition (default 1e-6)")
-    p.add_argument("--json", dest="json_out", help="also write the report as JSON here")
+    p.add_argument("--json", dest="json_out", help="also write the report as JSON here (folder created if missing)")
     p.set_defaults(func=privacy_report_cmd)
 
     e = sub.add_parser("export", help="privacy-safe exports for researchers")
@@ -45,11 +120,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--db", required=True, help="SQLite store (also holds the audit log)")
     h.add_argument("--secret-key", required=True, help="utility.key.json (or the keys dir holding it)")
     h.add_argument("--keys", help="keys dir with meters.json (attributes); default: the secret key's directory")
+    h.add_argument("--tariff", default=None, metavar="FILE",
+                   help="tariff TOML whose time zone defines the months (must match the bills); default: the zone "
+                        "of earlier bills in the audit log, else tariffs/tou3.toml")
     h.add_argument("--k", type=int, default=5, help="every quasi-identifier combination appears >= k times (default 5)")
     h.add_argument("--max-suppress", type=float, default=0.05, help="largest fraction of households suppressed (default 0.05)")
     h.add_argument("--synthetic", type=int, default=None, metavar="N", help="write N synthetic records instead")
     h.add_argument("--seed", type=int, default=None, help="seed for shuffling/synthesis: tests only (a known seed lets anyone undo the row shuffle)")
-    h.add_argument("--out", required=True, help="CSV to write; a JSON report goes next to it (OUT.report.json)")
+    h.add_argument("--out", required=True, help="CSV to write (folder created if missing); a JSON report goes next "
+                                                "to it (OUT.report.json)")
     h.add_argument("--actor", default=None, help="who is exporting (audit log); default: OS user")
     h.set_defaults(func=export_households_cmd)
     e.set_defaults(func=lambda a: (e.print_help(), 2)[1])
@@ -59,13 +138,18 @@ def privacy_report_cmd(args: argparse.Namespace) -> int:
     from .privacy_report import build_report, format_report
 
     try:
+        json_out = prepare_output(args.json_out, "--json") if args.json_out else None
         rep = build_report(args.db, args.daily_budget, args.delta)
-    except (FileNotFoundError, sqlite3.DatabaseError) as e:
+    except (FileNotFoundError, sqlite3.DatabaseError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_report(rep))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(rep, indent=1, default=str) + "\n")
+    if json_out is not None:
+        try:
+            json_out.write_text(json.dumps(rep, indent=1, default=str) + "\n")
+        except OSError as e:
+            print(f"error: cannot write {json_out}: {e.strerror or e}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -74,14 +158,19 @@ class ExportResult:
     out: Path
     report: dict[str, Any]
     table: pd.DataFrame
+    # period -> [(meter_id, reason)] the decryption role refused (for the operator: stderr, audit log;
+    # the report carries counts and reasons only, never meter ids)
+    refusals: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
-def _months(store) -> list[str]:
+def _months(store, tz: ZoneInfo) -> list[str]:
+    """Calendar months (in `tz`, the billing zone) from the first to the last stored reading."""
     row = store.conn.execute("SELECT MIN(interval_start), MAX(interval_start) FROM readings").fetchone()
     if row[0] is None:
         return []
-    t0 = datetime.fromtimestamp(row[0], timezone.utc)
-    t1 = datetime.fromtimestamp(row[1], timezone.utc)
+    t0 = datetime.fromtimestamp(row[0], tz)
+    t1 = datetime.fromtimestamp(row[1], tz)
     out, y, mo = [], t0.year, t0.month
     while (y, mo) <= (t1.year, t1.month):
         out.append(f"{y:04d}-{mo:02d}")
@@ -89,16 +178,25 @@ def _months(store) -> list[str]:
     return out
 
 
-def monthly_kwh(role, store, meter_ids: list[str]) -> pd.DataFrame:
-    """meter_id x month kWh (whole kWh) decrypted by the role as one-band bill totals (audited)."""
-    from .tariff import parse_tariff
+def monthly_kwh(role, store, meter_ids: list[str], tariff) -> tuple[pd.DataFrame, dict[str, list[tuple[str, str]]]]:
+    """(meter_id x month kWh, refusals per month) decrypted by the role as one-band bill totals (audited).
 
-    tariff = parse_tariff(EXPORT_TARIFF, "export")
-    cols: dict[str, dict[str, float]] = {}
-    for period in _months(store):
+    Months are the tariff's billing periods. A household the role refuses for a month (period billed
+    over another window, too few new readings since the last bill, ...) has no value for it (NaN);
+    the refusals of `meter_ids` are returned as {period: [(meter_id, reason)]}.
+    """
+    wanted = set(meter_ids)
+    cols: dict[str, dict[str, int]] = {}
+    refused: dict[str, list[tuple[str, str]]] = {}
+    for period in _months(store, tariff.tz):
+        col = cols.setdefault(f"kwh_{period}", {})
         for t in role.household_totals(store, tariff, period, meter_ids):
-            cols.setdefault(f"kwh_{period}", {})[t.meter_id] = round(sum(t.band_wh.values()) / 1000)
-    return pd.DataFrame(cols).rename_axis("meter_id")
+            col[t.meter_id] = round(sum(t.band_wh.values()) / 1000)
+        mine = [(mid, why) for mid, why in role.refusals if mid in wanted]
+        if mine:
+            refused[period] = sorted(mine)
+    kwh = pd.DataFrame({c: pd.Series(v, dtype="float64") for c, v in cols.items()}, index=sorted(wanted))
+    return kwh.rename_axis("meter_id"), refused
 
 
 def attributes_table(registry) -> tuple[pd.DataFrame, int]:
@@ -115,41 +213,117 @@ def attributes_table(registry) -> tuple[pd.DataFrame, int]:
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("meter_id"), skipped
 
 
+def _load_registry(keys_dir: Path):
+    """The meter registry the attributes come from, with precise errors for a missing/empty one."""
+    from .anonymize import QUASI_IDENTIFIERS
+    from .keys import REGISTRY_NAME, MeterRegistry
+
+    if not keys_dir.exists():
+        raise FileNotFoundError(f"keys folder {keys_dir} does not exist; the export reads the households' "
+                                f"attributes from its {REGISTRY_NAME} (pass --keys DIR)")
+    reg_file = keys_dir / REGISTRY_NAME if keys_dir.is_dir() else keys_dir
+    if not reg_file.is_file():
+        raise FileNotFoundError(f"no meter registry {reg_file}: the export reads the households' attributes "
+                                f"from {REGISTRY_NAME} (pass --keys DIR)")
+    registry = MeterRegistry.load(reg_file)
+    if len(registry) == 0:
+        raise ValueError(f"{reg_file} lists no meters: nothing to export")
+    missing = Counter(q for rec in registry for q in QUASI_IDENTIFIERS if q not in rec.attributes)
+    if all(any(q not in rec.attributes for q in QUASI_IDENTIFIERS) for rec in registry):
+        lacking = ", ".join(f"{q} on {n}" for q, n in missing.items())
+        raise ValueError(f"none of the {len(registry)} meters in {reg_file} has all the attributes the export "
+                         f"needs ({', '.join(QUASI_IDENTIFIERS)}; missing: {lacking}); set them when "
+                         f"provisioning: meterveil provision ... --attr home_type=flat --attr occupants=2 "
+                         f"--attr tariff_type=tou --attr region=north")
+    return registry
+
+
+def describe_refusals(refusals: dict[str, list[tuple[str, str]]], limit: int = 12) -> list[str]:
+    """Operator-facing lines: per month and reason, how many households and which (meter ids)."""
+    lines = []
+    for period, items in sorted(refusals.items()):
+        by_reason: dict[str, list[str]] = {}
+        for mid, why in items:
+            by_reason.setdefault(why, []).append(mid)
+        for why, ids in by_reason.items():
+            shown = ", ".join(ids[:limit]) + (f", ... (+{len(ids) - limit})" if len(ids) > limit else "")
+            lines.append(f"{period}: {len(ids)} household(s) [{shown}]: {why}")
+    return lines
+
+
+def _refusal_summary(refusals: dict[str, list[tuple[str, str]]]) -> dict[str, Any]:
+    """Report-facing: per month the number of refused households and the reasons, no meter ids."""
+    return {period: {"households": len(items), "reasons": dict(Counter(why for _, why in items))}
+            for period, items in sorted(refusals.items())}
+
+
 def run_export(db: str | Path, secret_key: str | Path, out: str | Path, *, k: int = 5, keys: str | Path | None = None,
                synthetic: int | None = None, max_suppress: float = 0.05, seed: int | None = None,
-               actor: str | None = None) -> ExportResult:
-    """Decrypt monthly totals through the role, anonymise, write CSV + report, audit the export."""
+               actor: str | None = None, tariff: str | Path | None = None) -> ExportResult:
+    """Decrypt monthly totals through the role, anonymise, write CSV + report, audit the export.
+
+    Everything that can be checked without the key (store, registry and attributes, output path,
+    time zone) is checked before anything is decrypted.
+    """
     from . import anonymize
     from .audit import AuditLog
     from .decryptor import DecryptionRole, PolicyError
-    from .keys import MeterRegistry, load_private
+    from .keys import SECRET_NAME, load_private
     from .store import open_store
 
     if not Path(db).exists():
         raise FileNotFoundError(f"store {db} does not exist")
     key_path = Path(secret_key)
-    keys_dir = Path(keys) if keys else (key_path if key_path.is_dir() else key_path.parent)
-    registry = MeterRegistry.load(keys_dir)
-    priv = load_private(secret_key)
+    key_file = key_path / SECRET_NAME if key_path.is_dir() else key_path
+    if not key_file.is_file():
+        raise FileNotFoundError(f"secret key {key_file} does not exist")
+    keys_dir = Path(keys) if keys else key_file.parent
+    registry = _load_registry(keys_dir)
+    out = prepare_output(out)
+    report_path = prepare_output(f"{out}.report.json", "report")
+    earlier = recorded_bill_zones(db)
+    zone, zone_source = billing_zone(db, tariff, earlier)
+    warnings: list[str] = []
+    if earlier and zone != earlier[0]:
+        warnings.append(f"months are taken in {zone} ({zone_source}) but the latest bills used {earlier[0]}: "
+                        f"the role refuses months already billed over another window")
+    priv = load_private(key_file)
     store = open_store(db)
     audit = AuditLog(db)
     role = DecryptionRole(priv, audit, actor or getpass.getuser())
-    query: dict[str, Any] = {"k": k, "synthetic": synthetic, "max_suppress": max_suppress}
+    query: dict[str, Any] = {"k": k, "synthetic": synthetic, "max_suppress": max_suppress, "timezone": zone}
     try:
         if k < MIN_EXPORT_K or (synthetic is not None and synthetic < 1):
             reason = f"refused: k={k} < {MIN_EXPORT_K}" if k < MIN_EXPORT_K else "refused: --synthetic must be >= 1"
             audit.append(role.actor, "export-households", query, "refuse", reason)
             raise PolicyError(reason)
         attrs, skipped = attributes_table(registry)
-        kwh = monthly_kwh(role, store, sorted(attrs.index))
+        kwh, refusals = monthly_kwh(role, store, sorted(attrs.index), export_tariff(zone))
+        if kwh.shape[1] == 0:
+            audit.append(role.actor, "export-households", query, "refuse", "refused: the store holds no readings")
+            raise PolicyError(f"store {db} holds no readings: nothing to export")
+        dropped_months = [c for c in kwh.columns if kwh[c].isna().all()]  # every household refused
+        kwh = kwh.drop(columns=dropped_months)
+        incomplete = kwh.isna().any(axis=1)
+        refused_summary = _refusal_summary(refusals)
+        query.update(refused={p: v["households"] for p, v in refused_summary.items()},
+                     refused_meters={p: [mid for mid, _ in items] for p, items in refusals.items()})
+        if kwh.shape[1] == 0 or incomplete.all():
+            audit.append(role.actor, "export-households", query, "refuse",
+                         "refused: the decryption role refused the monthly totals of every household")
+            raise PolicyError("the decryption role refused the monthly totals of every household; nothing "
+                              "exported:\n  " + "\n  ".join(describe_refusals(refusals)))
+        kwh = kwh[~incomplete].astype("int64")
         table = attrs.join(kwh, how="inner").reset_index(drop=True)  # meter ids dropped here
-        query.update(households=len(table), months=list(kwh.columns), skipped_no_attributes=skipped)
+        months = [c.removeprefix("kwh_") for c in kwh.columns]
+        query.update(households=len(table), months=months, skipped_no_attributes=skipped)
         if synthetic is not None:
             res = anonymize.synthesize(table, synthetic, k=k, seed=seed)
             if res.copies:
                 audit.append(role.actor, "export-households", query, "refuse",
                              f"refused: {res.copies} synthetic rows copy real ones")
-                raise PolicyError(f"{res.copies} synthetic rows still copy real rows")
+                raise PolicyError(f"{res.copies} synthetic rows still copy real rows after redrawing "
+                                  f"(the real table has too little variety); nothing exported")
             released, report = res.table, {"mode": "synthetic", **res.report()}
         else:
             kres = anonymize.k_anonymize(table, k, max_suppress=max_suppress, seed=seed)
@@ -158,12 +332,14 @@ def run_export(db: str | Path, secret_key: str | Path, out: str | Path, *, k: in
                              f"refused: {len(table)} households cannot reach k={k}")
                 raise PolicyError(f"{len(table)} households cannot be made {k}-anonymous")
             released, report = kres.table, {"mode": "k-anonymous", **kres.report()}
-        report.update(households_in=len(table), months=list(kwh.columns), skipped_no_attributes=skipped)
-        out = Path(out)
+        report.update(households_in=len(table), months=months, timezone=zone, timezone_source=zone_source,
+                      skipped_no_attributes=skipped, refused_by_decryption_role=refused_summary,
+                      months_dropped_all_refused=[c.removeprefix("kwh_") for c in dropped_months],
+                      households_left_out_refused=int(incomplete.sum()))
         released.to_csv(out, index=False)
         digest = hashlib.sha256(out.read_bytes()).hexdigest()
         report["sha256"] = digest
-        Path(f"{out}.report.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+        report_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
         summary = {key: report[key] for key in ("mode", "rows") if key in report}
         for key in ("k_achieved", "suppressed", "generalised", "copies_of_real_rows"):
             if key in report:
@@ -171,7 +347,7 @@ def run_export(db: str | Path, secret_key: str | Path, out: str | Path, *, k: in
         audit.append(role.actor, "export-households", {**query, **summary}, "allow",
                      f"ok: {report['mode']} export of {len(released)} rows",
                      role.result_hash({"sha256": digest}))
-        return ExportResult(out, report, released)
+        return ExportResult(out, report, released, refusals, tuple(warnings))
     finally:
         role.close()
         audit.close()
@@ -184,11 +360,20 @@ def export_households_cmd(args: argparse.Namespace) -> int:
 
     try:
         res = run_export(args.db, args.secret_key, args.out, k=args.k, keys=args.keys, synthetic=args.synthetic,
-                         max_suppress=args.max_suppress, seed=args.seed, actor=args.actor)
+                         max_suppress=args.max_suppress, seed=args.seed, actor=args.actor, tariff=args.tariff)
     except (PolicyError, KeyFileError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     r = res.report
+    if res.refusals:
+        n = sum(len(v) for v in res.refusals.values())
+        print(f"warning: the decryption role refused {n} household-month(s); left out: "
+              f"{r['households_left_out_refused']} household(s), month(s) {r['months_dropped_all_refused'] or 'none'}",
+              file=sys.stderr)
+        for line in describe_refusals(res.refusals):
+            print(f"  {line}", file=sys.stderr)
     if r["mode"] == "k-anonymous":
         print(f"{r['rows']} of {r['households_in']} households, k={r['k']} achieved k={r['k_achieved']}, "
               f"{r['suppressed']} suppressed, {r['classes']} classes -> {res.out}")
@@ -201,5 +386,6 @@ def export_households_cmd(args: argparse.Namespace) -> int:
         print(f"  marginal TVD: {u['marginal_tvd']}")
         for col, d in u["numeric"].items():
             print(f"  {col}: KS {d['ks']}, W1 {d['w1_kwh']} kWh")
+    print(f"  months {', '.join(r['months'])} (billing periods in {r['timezone']}, from {r['timezone_source']})")
     print(f"report: {res.out}.report.json (audited)")
     return 0

@@ -168,3 +168,51 @@ def test_export_synthetic_and_refusals(utility):
     with AuditLog(d / "s.db") as log:
         last = list(log.entries())[-1]
     assert last.action == "export-households" and last.decision == "refuse"
+
+
+# -- copies are found by value, not by text ("1" vs "1.0") -----------------------------------------
+def _few_values(n: int, seed: int) -> pd.DataFrame:
+    """Few categories and whole kWh 5..24: synthetic rows often equal a real row numerically."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"home_type": rng.choice(["flat", "detached"], n), "occupants": rng.integers(1, 3, n),
+                         "tariff_type": ["flat"] * n, "region": rng.choice(["north", "south"], n),
+                         "kwh_2026-01": rng.integers(5, 25, n)})
+
+
+def _numeric_keys(table: pd.DataFrame) -> set[tuple]:
+    """Row identities computed here, independently: text for categories, float for kWh."""
+    return {(str(r.home_type), str(r.occupants), str(r.tariff_type), str(r.region), float(r[4]))
+            for r in table.itertuples(index=False)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_synthetic_copies_are_detected_numerically_and_redrawn(seed):
+    df = _few_values(60, seed)
+    res = an.synthesize(df, 50, k=5, seed=seed)
+    assert res.redraws > 0  # copies occurred (as numbers) and were redrawn
+    assert res.copies == 0 and not (_numeric_keys(df) & _numeric_keys(res.table))
+    assert res.table["kwh_2026-01"].dtype.kind == "i"  # whole kWh written like the real ones ("12", not "12.0")
+
+
+def test_synthetic_copies_that_cannot_be_avoided_are_counted():
+    df = pd.DataFrame({"home_type": ["flat"] * 20, "occupants": [1] * 20, "tariff_type": ["flat"] * 20,
+                       "region": ["north"] * 20, "kwh_2026-01": [1] * 20})  # every draw is (..., 1)
+    res = an.synthesize(df, 50, k=5, seed=0)
+    assert res.copies == 50 and res.report()["copies_of_real_rows"] == 50
+    assert res.utility["corr_kwh_occupants"] == {"real": None, "synth": None}
+
+
+def test_row_keys_ignore_float_formatting():
+    a = pd.DataFrame({"home_type": ["flat"], "kwh": [0.1 + 0.2]})
+    b = pd.DataFrame({"home_type": ["flat"], "kwh": [0.3]})
+    c = pd.DataFrame({"home_type": ["flat"], "kwh": [1]})
+    d = pd.DataFrame({"home_type": ["flat"], "kwh": [1.0]})
+    assert an._row_keys(a, ["kwh"], 1) == an._row_keys(b, ["kwh"], 1)
+    assert an._row_keys(c, ["kwh"], 0) == an._row_keys(d, ["kwh"], 0)
+
+
+def test_provisioning_vocabulary_matches_the_hierarchies():
+    """Every value provisioning accepts is known to level 1 of its hierarchy (never "other")."""
+    assert set(an.ATTRIBUTE_VALUES) | {"occupants"} == set(an.QUASI_IDENTIFIERS)
+    for col, values in an.ATTRIBUTE_VALUES.items():
+        assert all(an.HIERARCHIES[col][1](v) != "other" for v in values)

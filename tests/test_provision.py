@@ -19,13 +19,14 @@ import pytest
 from brokerutil import MOSQUITTO, free_port
 
 from meterveil.host import keys as hostkeys
+from meterveil.host.anonymize import QUASI_IDENTIFIERS
 from meterveil.host.cli import main as cli_main
 from meterveil.tools import mqtt_auth
 from meterveil.tools.batch import Progress, provision_batch
 from meterveil.tools.broker_config import generate
 from meterveil.tools.build import REPO_ROOT, build
 from meterveil.tools.fileio import ToolError
-from meterveil.tools.provision import MeterSpec, provision_one
+from meterveil.tools.provision import ATTRIBUTE_KEYS, MeterSpec, provision_one
 from meterveil.tools.workspace import Workspace
 
 MICROPYTHON = str(Path(sys.executable).with_name("micropython"))
@@ -140,6 +141,78 @@ def test_batch_mode_with_progress(ws, tmp_path):
     with pytest.raises(ToolError, match="unknown column.*colour"):
         provision_batch(ws.root, cols, MeterSpec("", ""))
     assert snapshot(ws) == before
+
+
+HOUSEHOLD = ["--attr", "home_type=Flat", "--attr", "occupants=3", "--attr", "tariff_type=tou",
+             "--attr", "region=north"]
+
+
+def test_provision_records_household_attributes(ws, capsys):
+    assert ATTRIBUTE_KEYS == QUASI_IDENTIFIERS  # what provisioning records is what the export needs
+    assert cli_main(["provision", "m0001", "--feeder", "F1", "--workspace", str(ws.root), "--wifi-ssid", "x",
+                     *HOUSEHOLD]) == 0
+    rec = hostkeys.MeterRegistry.load(ws.registry).get("m0001")
+    assert rec.attributes == {"volts": 230.0, "rated_amps": 30.0, "home_type": "flat", "occupants": 3,
+                              "tariff_type": "tou", "region": "north"}
+    before = snapshot(ws)
+    for attrs, message in (
+        (["colour=red"], "unknown attribute 'colour': allowed home_type, occupants, tariff_type, region"),
+        (["home_type=castle"], "home_type='castle': must be one of flat, terraced, semi-detached, detached"),
+        (["occupants=three"], "occupants='three': must be a whole number 1-20"),
+        (["occupants=0"], "occupants=0: must be 1-20"),
+        (["region=mars"], "region='mars': must be one of north, central, south, coast"),
+        (["home_type"], "expected KEY=VALUE"),
+        (["region=north", "region=south"], "--attr region given twice"),
+    ):
+        args = [a for kv in attrs for a in ("--attr", kv)]
+        assert cli_main(["provision", "m0002", "--feeder", "F1", "--workspace", str(ws.root), "--wifi-ssid", "x",
+                         *args]) == 1
+        assert message in capsys.readouterr().err
+    assert cli_main(["provision", "m0001", "--workspace", str(ws.root), "--rotate-key", "--attr", "occupants=2"]) == 1
+    assert "--rotate-key keeps the registered attributes" in capsys.readouterr().err
+    assert snapshot(ws) == before
+
+
+def test_batch_attribute_columns(ws, tmp_path):
+    good = tmp_path / "meters.csv"
+    good.write_text("meter_id,feeder,wifi_ssid,home_type,occupants,region\n"
+                    "a1,F1,n,detached,4,coast\n"
+                    "a2,F1,n,flat,,south\n")
+    provision_batch(ws.root, good, MeterSpec("", "", attributes={"tariff_type": "ev", "occupants": 1}),
+                    progress=Progress(2, stream=io.StringIO()))
+    reg = hostkeys.MeterRegistry.load(ws.registry)
+    assert {k: reg.get("a1").attributes[k] for k in ATTRIBUTE_KEYS} == \
+        {"home_type": "detached", "occupants": 4, "tariff_type": "ev", "region": "coast"}
+    assert reg.get("a2").attributes["occupants"] == 1  # empty cell: the --attr default
+    before = snapshot(ws)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("meter_id,feeder,wifi_ssid,home_type,occupants\nb1,F1,n,castle,2\nb2,F1,n,flat,2.5\n")
+    with pytest.raises(ToolError) as e:
+        provision_batch(ws.root, bad, MeterSpec("", ""))
+    assert "line 2: home_type='castle': must be one of" in str(e.value)
+    assert "line 3: occupants='2.5': must be a whole number" in str(e.value)
+    assert snapshot(ws) == before
+
+
+def test_provisioned_attributes_reach_the_export(ws, tmp_path, capsys):
+    """The pilot path for researchers: batch-provisioned attributes -> store -> export households."""
+    from test_billing import fill_store
+
+    rows = "".join(f"p{i:02d},F1,n,{('flat', 'detached')[i % 2]},{1 + i % 3},{('flat', 'tou')[i % 2]},north\n"
+                   for i in range(8))
+    (tmp_path / "m.csv").write_text("meter_id,feeder,wifi_ssid,home_type,occupants,tariff_type,region\n" + rows)
+    provision_batch(ws.root, tmp_path / "m.csv", MeterSpec("", ""), progress=Progress(8, stream=io.StringIO()))
+    pub, priv = hostkeys.generate_keypair(768)
+    hostkeys.write_keypair(tmp_path / "utility", pub, priv)
+    t0 = 1793471400  # 2026-11-01 00:00 Asia/Kolkata
+    fill_store(tmp_path / "s.db", pub, [(f"p{i:02d}", "F1", t0 + s * 900, 100 + i, 0)
+                                        for i in range(8) for s in range(8)])
+    out = tmp_path / "h.csv"
+    assert cli_main(["export", "households", "--db", str(tmp_path / "s.db"), "--secret-key",
+                     str(tmp_path / "utility"), "--keys", str(ws.keys_dir), "--k", "2", "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "home_type,occupants,tariff_type,region,kwh_2026-11" and len(lines) - 1 == 8
+    assert "p00" not in out.read_text()
 
 
 def _hand_broker_to_mosquitto_user(ws: Workspace) -> None:

@@ -15,11 +15,13 @@ from typing import Any
 from . import mqtt_auth
 from .fileio import ToolError
 from .provision import (
+    ATTRIBUTE_KEYS,
     FLOAT_FIELDS,
     INT_FIELDS,
     SPEC_FIELDS,
     MeterSpec,
     Provisioned,
+    check_attribute,
     check_spec,
     open_registry,
     provision_one,
@@ -28,7 +30,9 @@ from .workspace import Workspace
 
 
 def read_batch(path: Path, defaults: MeterSpec) -> list[MeterSpec]:
-    """Parse a CSV (header: meter_id,feeder[,epsilon_milli,clamp_wh,m,interval_s,wifi_ssid,...])."""
+    """Parse a CSV (header: meter_id,feeder[,epsilon_milli,clamp_wh,m,interval_s,wifi_ssid,...]
+    [,home_type,occupants,tariff_type,region]). Household attribute columns are optional; an empty
+    cell keeps the default (--attr) for that attribute."""
     try:
         text = Path(path).read_text()
     except OSError as e:
@@ -36,21 +40,29 @@ def read_batch(path: Path, defaults: MeterSpec) -> list[MeterSpec]:
     rows = list(csv.DictReader(text.splitlines()))
     if not rows:
         raise ToolError(f"{path}: no meters (expected a header line meter_id,feeder,... and one row per meter)")
-    unknown = [c for c in rows[0] if c not in SPEC_FIELDS]
+    allowed = [*SPEC_FIELDS, *ATTRIBUTE_KEYS]
+    unknown = [c for c in rows[0] if c not in allowed]
     if unknown or "meter_id" not in rows[0]:
-        raise ToolError(f"{path}: unknown column(s) {', '.join(unknown) or '-'}; "
-                        f"meter_id is required, allowed: {', '.join(SPEC_FIELDS)}")
+        raise ToolError(f"{path}: unknown column(s) {', '.join(map(str, unknown)) or '-'}; "
+                        f"meter_id is required, allowed: {', '.join(allowed)}")
     specs, errors, seen = [], [], {}
     for n, row in enumerate(rows, 2):
         values: dict[str, Any] = {}
+        attributes = dict(defaults.attributes)
         for k, v in row.items():
             if v is None or v.strip() == "":
+                continue
+            if k in ATTRIBUTE_KEYS:
+                try:
+                    attributes[k] = check_attribute(k, v)
+                except ToolError as e:
+                    errors.append(f"line {n}: {e}")
                 continue
             try:
                 values[k] = int(v) if k in INT_FIELDS else float(v) if k in FLOAT_FIELDS else v.strip()
             except ValueError:
                 errors.append(f"line {n}: {k}={v!r} is not a number")
-        spec = replace(defaults, **values)
+        spec = replace(defaults, **values, attributes=attributes)
         if spec.meter_id in seen:
             errors.append(f"line {n}: meter id {spec.meter_id} repeats line {seen[spec.meter_id]}")
         seen.setdefault(spec.meter_id, n)

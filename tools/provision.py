@@ -8,6 +8,11 @@ firmware's own check) before touching any store; then registry -> broker passwor
 Key rotation (--rotate-key) replaces the master key and the broker password, keeps the old key as
 the registry's previous_key (frames still in the meter's outbox open), and appends a line without
 key material to DIR/rotation.log.
+
+Household attributes (--attr home_type=flat --attr occupants=3 --attr tariff_type=tou
+--attr region=north, or the same columns in a batch CSV) go into the registry entry's attributes;
+`meterveil export households` reads them as the quasi-identifiers of its anonymised tables. Only
+the keys and values the export's generalisation hierarchies know are accepted (ATTRIBUTE_KEYS).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -49,11 +54,55 @@ class MeterSpec:
     sim_profile: str | None = None
     sim_speed: float = 1.0
     sim_start: int | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)  # household attributes (ATTRIBUTE_KEYS)
 
 
-SPEC_FIELDS = {f.name: f for f in fields(MeterSpec)}
+SPEC_FIELDS = {f.name: f for f in fields(MeterSpec) if f.name != "attributes"}
 INT_FIELDS = {"epsilon_milli", "clamp_wh", "m", "interval_s", "sim_start"}
 FLOAT_FIELDS = {"volts", "rated_amps", "sim_speed"}
+# Household attributes the export uses as quasi-identifiers (host/anonymize.py QUASI_IDENTIFIERS).
+ATTRIBUTE_KEYS = ("home_type", "occupants", "tariff_type", "region")
+
+
+def check_attribute(key: str, value: Any) -> Any:
+    """Normalised value of one household attribute (occupants -> int, names -> lower case), or ToolError.
+
+    Why a closed set: the export generalises these values by fixed hierarchies (flat / house,
+    north+central / south+coast, ...); an unknown value would land in "other" and stand out.
+    """
+    from meterveil.host.anonymize import ATTRIBUTE_VALUES, OCCUPANTS_RANGE
+
+    if key not in ATTRIBUTE_KEYS:
+        raise ToolError(f"unknown attribute {key!r}: allowed {', '.join(ATTRIBUTE_KEYS)}")
+    text = str(value).strip()
+    if key == "occupants":
+        lo, hi = OCCUPANTS_RANGE
+        try:
+            n = int(text)
+        except ValueError:
+            raise ToolError(f"occupants={text!r}: must be a whole number {lo}-{hi}") from None
+        if not lo <= n <= hi:
+            raise ToolError(f"occupants={n}: must be {lo}-{hi}")
+        return n
+    allowed = ATTRIBUTE_VALUES[key]
+    if text.lower() not in allowed:
+        raise ToolError(f"{key}={text!r}: must be one of {', '.join(allowed)}")
+    return text.lower()
+
+
+def parse_attr_options(pairs: Iterable[str]) -> dict[str, Any]:
+    """--attr KEY=VALUE options (repeatable) -> normalised attributes; a key given twice is an error."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key or not value.strip():
+            raise ToolError(f"--attr {pair!r}: expected KEY=VALUE, e.g. --attr home_type=flat "
+                            f"(keys: {', '.join(ATTRIBUTE_KEYS)})")
+        if key in out:
+            raise ToolError(f"--attr {key} given twice")
+        out[key] = check_attribute(key, value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -78,6 +127,11 @@ def check_spec(spec: MeterSpec) -> None:
         raise ToolError(f"{spec.meter_id}: --epsilon-milli, --clamp-wh and --m must be positive")
     if spec.sim_profile is not None and not Path(spec.sim_profile).is_file():
         raise ToolError(f"{spec.meter_id}: --sim-profile {spec.sim_profile} not found (a seconds,watts CSV)")
+    for key, value in spec.attributes.items():
+        try:
+            check_attribute(key, value)
+        except ToolError as e:
+            raise ToolError(f"{spec.meter_id}: {e}") from None
 
 
 def _broker_url(ws: Workspace, override: str | None) -> tuple[str, bool]:
@@ -156,6 +210,9 @@ def provision_one(workspace: Path, spec: MeterSpec, *, broker_url: str | None = 
         if existing is None:
             raise ToolError(f"meter {spec.meter_id} is not provisioned, nothing to rotate: run provision "
                             f"without --rotate-key")
+        if spec.attributes:
+            raise ToolError(f"meter {spec.meter_id}: --rotate-key keeps the registered attributes; "
+                            f"drop --attr")
         # Keep what was chosen last time (feeder, DP, Wi-Fi, calibration): only the secrets change.
         spec = replace(spec, feeder=existing.feeder, epsilon_milli=existing.epsilon_milli,
                        clamp_wh=existing.clamp_wh, m=existing.m)
@@ -187,8 +244,9 @@ def provision_one(workspace: Path, spec: MeterSpec, *, broker_url: str | None = 
             reg.rotate(spec.meter_id, key)
             _log_rotation(ws, spec.meter_id, existing.key, key)
         else:
+            household = {k: check_attribute(k, v) for k, v in spec.attributes.items()}
             reg.add(spec.meter_id, feeder=spec.feeder, epsilon_milli=spec.epsilon_milli, clamp_wh=spec.clamp_wh,
-                    m=spec.m, key=key, attributes={"volts": spec.volts, "rated_amps": spec.rated_amps})
+                    m=spec.m, key=key, attributes={"volts": spec.volts, "rated_amps": spec.rated_amps, **household})
         mqtt_auth.set_password(ws.passwd, spec.meter_id, password)
         gateway = mqtt_auth.acl_gateway_user(ws.acl) or ws.load_broker_info().get("gateway_user", "gateway")
         mqtt_auth.write_acl(ws.acl, gateway, [*mqtt_auth.acl_meters(ws.acl), spec.meter_id])
@@ -258,6 +316,10 @@ def register(sub) -> None:
                    help="unix-port meter: simulated load profile CSV instead of a real CT (no Wi-Fi needed)")
     p.add_argument("--sim-speed", type=float, default=1.0, help="unix-port meter: simulated seconds per second")
     p.add_argument("--sim-start", type=int, default=None, help="unix-port meter: simulated start (unix time)")
+    p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
+                   help="household attribute for `export households`, repeatable: home_type=flat|terraced|"
+                        "semi-detached|detached, occupants=1-20, tariff_type=flat|tou|ev, "
+                        "region=north|central|south|coast (with --batch: a default for rows without that column)")
     p.set_defaults(func=_cli)
 
 
@@ -265,7 +327,8 @@ def _cli(args) -> int:
     defaults = MeterSpec(meter_id=args.meter_id or "", feeder=args.feeder or "", epsilon_milli=args.epsilon_milli,
                          clamp_wh=args.clamp_wh, m=args.m, interval_s=args.interval_s, wifi_ssid=args.wifi_ssid,
                          wifi_password=args.wifi_password, volts=args.volts, rated_amps=args.rated_amps,
-                         sim_profile=args.sim_profile, sim_speed=args.sim_speed, sim_start=args.sim_start)
+                         sim_profile=args.sim_profile, sim_speed=args.sim_speed, sim_start=args.sim_start,
+                         attributes=parse_attr_options(args.attr))
     ws = Workspace(args.workspace)
     if args.push:
         if not args.meter_id or not args.port or args.rotate_key or args.batch:
