@@ -10,6 +10,9 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Callable
+
+from meterveil.tools.fileio import ToolError
 
 # Each module exposes register(subparsers) and sets `func` on the parsers it adds.
 COMMAND_MODULES = (
@@ -21,6 +24,20 @@ COMMAND_MODULES = (
     "meterveil.host.cmd_privacy",     # privacy-report, export
     "meterveil.host.cmd_frame",       # frame open (debugging)
 )
+
+
+def guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run a subcommand so that a user mistake (ToolError) is one line on stderr and exit status 1
+    (or the error's ``exit_code``), not a traceback. `main` applies it to every subcommand."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(func(args) or 0)
+        except ToolError as e:
+            print(f"meterveil {args.command}: error: {e}", file=sys.stderr)
+            return int(getattr(e, "exit_code", 1))
+
+    run.__wrapped__ = func  # type: ignore[attr-defined]
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    return guard(args.func)(args)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import argparse
 import csv
 import getpass
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -19,6 +20,14 @@ from decimal import Decimal
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """A command-line input the back office cannot use (path, key, feeder); one line, exit status 2."""
+
+
+WRONG_KEY = ("the secret key does not match the key the gateway encrypted with (use the utility.key.json "
+             "made together with the gateway's utility.pub.json)")
 
 FEEDER_COLUMNS = ("feeder", "interval_start", "interval_start_epoch", "interval_len", "readings",
                   "contributors", "m", "epsilon", "clamp_wh", "status", "analytics_sum_wh")
@@ -63,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--out", required=True, help="CSV")
     f.add_argument("--daily-budget", type=Decimal, default=None,
                    help="refuse releases beyond this epsilon per feeder per UTC day")
+    f.epilog = ("Exit status: 0 ok, 2 bad input (unknown feeder, paths, keys) or policy error, "
+                "3 some intervals refused by policy (audited; in the CSV with the reason).")
     f.set_defaults(func=feeder_load_cmd)
 
     a = sub.add_parser("audit", help="check the hash-chained audit log")
@@ -76,22 +87,77 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.set_defaults(func=audit_head_cmd)
 
 
-def _role(args: argparse.Namespace, daily_budget_milli: int | None = None):
+def _check_out(path: str) -> None:
+    """Checked before anything is decrypted (each decryption is audited): a folder is refused, missing
+    parent folders are created, the target must be writable."""
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"--out {p} is a directory; give the path of the CSV file to write")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {p}: cannot create folder {p.parent} ({e.strerror or e})") from None
+    if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise InputError(f"--out {p} is not writable")
+
+
+def _load_registry(keys_arg: str):
+    from .keys import REGISTRY_NAME, MeterRegistry
+
+    p = Path(keys_arg)
+    if not p.exists():
+        raise InputError(f"--keys {p} does not exist")
+    if not (p / REGISTRY_NAME if p.is_dir() else p).is_file():
+        raise InputError(f"--keys {p}: no {REGISTRY_NAME} (meter registry) there")
+    try:
+        return MeterRegistry.load(p)
+    except ValueError as e:  # KeyFileError, malformed JSON
+        raise InputError(f"--keys {p}: {e}") from None
+
+
+def _check_key_pair(priv, keys_arg: str | None) -> None:
+    """If the keys dir holds the gateway's public key, the secret key must belong to it (no decryption needed)."""
+    from .keys import PUBLIC_NAME, load_public
+
+    if not keys_arg or not (Path(keys_arg) / PUBLIC_NAME).is_file():
+        return
+    try:
+        pub = load_public(Path(keys_arg) / PUBLIC_NAME)
+    except ValueError:
+        return
+    if pub.n != priv.public_key.n:
+        raise InputError(f"{WRONG_KEY}: it is not the secret key of {Path(keys_arg) / PUBLIC_NAME}")
+
+
+def _role(args: argparse.Namespace, daily_budget_milli: int | None = None, feeder: str | None = None):
+    """Open the store (never created here), the secret key and the decryption role, after checking every
+    input, so nothing is decrypted or audited for a command that would fail on its inputs anyway."""
     from .audit import AuditLog
     from .decryptor import DecryptionRole, Policy
-    from .keys import MeterRegistry, load_private
+    from .keys import load_private
     from .store import open_store
 
-    if not Path(args.db).exists():
-        raise FileNotFoundError(f"store {args.db} does not exist")
-    priv = load_private(args.secret_key)
-    registry = MeterRegistry.load(args.keys) if args.keys else None
-    if registry is None:
-        log.warning("no --keys: feeder m comes from the readings only (and k_min); meters without readings are not listed")
-    policy = (Policy.from_registry(registry, k_min=args.k_min, daily_budget_milli=daily_budget_milli)
-              if registry is not None else Policy(k_min=args.k_min, daily_budget_milli=daily_budget_milli))
-    store = open_store(args.db)
-    role = DecryptionRole(priv, AuditLog(args.db), args.actor or getpass.getuser(), policy)
+    store = open_store(args.db, create=False)
+    try:
+        priv = load_private(args.secret_key)
+        registry = _load_registry(args.keys) if args.keys else None
+        _check_key_pair(priv, args.keys)
+        if registry is None:
+            log.warning("no --keys: feeder m comes from the readings only (and k_min); meters without readings "
+                        "are not listed")
+        if feeder is not None and feeder not in (known := store.feeders()):
+            registered = sorted({r.feeder for r in registry}) if registry is not None else []
+            note = " (registered, but no readings yet)" if feeder in registered else ""
+            raise InputError(f"feeder {feeder} has no readings in {args.db}{note}; feeders with readings: "
+                             f"{', '.join(known) or 'none'}")
+        policy = (Policy.from_registry(registry, k_min=args.k_min, daily_budget_milli=daily_budget_milli)
+                  if registry is not None else Policy(k_min=args.k_min, daily_budget_milli=daily_budget_milli))
+        if getattr(args, "out", None):
+            _check_out(args.out)
+        role = DecryptionRole(priv, AuditLog(args.db), args.actor or getpass.getuser(), policy)
+    except BaseException:
+        store.close()
+        raise
     return store, role, registry
 
 
@@ -130,19 +196,42 @@ def _fail(e: Exception) -> int:
     return 2
 
 
+def _input_errors() -> tuple[type[Exception], ...]:
+    """What bill and feeder-load report as one line (exit 2) instead of a traceback."""
+    from .decryptor import PolicyError
+    from .keys import KeyFileError
+    from .store import StoreError
+    from .store_sqlite import StoreVersionError
+
+    return (InputError, PolicyError, KeyFileError, StoreError, StoreVersionError, FileNotFoundError,
+            IsADirectoryError, PermissionError)
+
+
+def _wrong_key_errors() -> tuple[type[Exception], ...]:
+    """Ciphertexts out of range for the key, or decrypted sums that are no packed sums: the secret key
+    belongs to another key pair than the one the gateway encrypted with."""
+    from .aggregate import AggregateError
+    from .packing import PackingError
+
+    return (AggregateError, PackingError)
+
+
 def bill_cmd(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .billing import CSV_COLUMNS, BillingError, bill_rows, kwh_str
-    from .decryptor import PolicyError
-    from .keys import KeyFileError
     from .tariff import TariffError
 
     try:
         tariff, bills, refusals = run_bills(args)
-    except (TariffError, BillingError, PolicyError, KeyFileError, FileNotFoundError) as e:
+    except _wrong_key_errors() as e:
+        return _fail(InputError(f"{WRONG_KEY} ({e})"))
+    except (TariffError, BillingError, *_input_errors()) as e:
         return _fail(e)
-    _write_csv(args.out, CSV_COLUMNS, bill_rows(bills))
+    try:
+        _write_csv(args.out, CSV_COLUMNS, bill_rows(bills))
+    except OSError as e:
+        return _fail(InputError(f"--out {args.out}: {e.strerror or e} (the bills were decrypted and audited)"))
     table = pd.DataFrame([
         {"meter_id": b.meter_id,
          **{f"{line.band} kWh": kwh_str(line.wh or 0) for line in b.lines if line.kind in ("energy", "surcharge")},
@@ -165,7 +254,7 @@ def bill_cmd(args: argparse.Namespace) -> int:
 
 def run_feeder_load(args: argparse.Namespace):
     budget = None if args.daily_budget is None else int(args.daily_budget * 1000)
-    store, role, _ = _role(args, budget)
+    store, role, _ = _role(args, budget, feeder=args.feeder)
     try:
         return role.feeder_load(store, args.feeder, args.t_from, args.t_to)
     finally:
@@ -177,12 +266,11 @@ def run_feeder_load(args: argparse.Namespace):
 def feeder_load_cmd(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .decryptor import PolicyError
-    from .keys import KeyFileError
-
     try:
         loads = run_feeder_load(args)
-    except (PolicyError, KeyFileError, FileNotFoundError) as e:
+    except _wrong_key_errors() as e:
+        return _fail(InputError(f"{WRONG_KEY} ({e})"))
+    except _input_errors() as e:
         return _fail(e)
     rows = []
     for fl in loads:
@@ -194,22 +282,36 @@ def feeder_load_cmd(args: argparse.Namespace) -> int:
             "clamp_wh": fl.clamp_wh, "status": fl.status,
             "analytics_sum_wh": "" if fl.analytics_sum_wh is None else fl.analytics_sum_wh,
         })
-    _write_csv(args.out, FEEDER_COLUMNS, rows)
+    try:
+        _write_csv(args.out, FEEDER_COLUMNS, rows)
+    except OSError as e:
+        return _fail(InputError(f"--out {args.out}: {e.strerror or e} (the sums were decrypted and audited)"))
     refused = sum(not fl.allowed for fl in loads)
     print(f"feeder {args.feeder}: {len(loads) - refused} intervals released, {refused} refused -> {args.out}")
     if rows:
         print(pd.DataFrame(rows).drop(columns=["interval_start_epoch", "feeder"]).head(40).to_string(index=False))
-    return 0
+    if refused:
+        print(f"error: {refused} of {len(loads)} intervals of feeder {args.feeder} refused by policy (audited; "
+              f"reasons in {args.out})", file=sys.stderr)
+    return 3 if refused else 0
+
+
+def _check_audit_db(path: str) -> None:
+    """An existing SQLite file holding a store or an audit log; never creates one (StoreError)."""
+    from .store import StoreError
+    from .store_sqlite import inspect_file
+
+    if not {"readings", "audit_log"} & inspect_file(path):
+        raise StoreError(f"store {path} is an SQLite database but holds no meterveil store or audit log")
 
 
 def audit_verify_cmd(args: argparse.Namespace) -> int:
     from .audit import AuditLog, parse_anchor
 
-    if not Path(args.db).exists():
-        return _fail(FileNotFoundError(f"store {args.db} does not exist"))
     try:
+        _check_audit_db(args.db)
         anchor = parse_anchor(args.anchor) if args.anchor else None
-    except ValueError as e:
+    except ValueError as e:  # StoreError, bad anchor
         return _fail(e)
     with AuditLog(args.db) as audit:
         result = audit.verify(anchor)
@@ -220,8 +322,10 @@ def audit_verify_cmd(args: argparse.Namespace) -> int:
 def audit_head_cmd(args: argparse.Namespace) -> int:
     from .audit import AuditLog
 
-    if not Path(args.db).exists():
-        return _fail(FileNotFoundError(f"store {args.db} does not exist"))
+    try:
+        _check_audit_db(args.db)
+    except ValueError as e:
+        return _fail(e)
     with AuditLog(args.db) as audit:
         seq, h = audit.head()
     print(f"{seq}:{h}")

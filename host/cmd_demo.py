@@ -23,13 +23,30 @@ def _speed(text: str) -> float | None:
     return v
 
 
+def _day(text: str | None) -> date | None:
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError as e:
+        raise DemoError(f"--start {text!r} is not a date YYYY-MM-DD ({e})") from None
+
+
 def _demo(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except DemoError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 130 if "interrupted" in str(exc) else 1
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg = DemoConfig(
         meters=args.meters, feeders=args.feeders, days=args.days, interval_min=args.interval_min,
         broker=args.broker, tariff=Path(args.tariff), out=Path(args.out),
         workspace=Path(args.workspace) if args.workspace else None, speed=args.speed,
         epsilon=args.epsilon, max_household_kw=args.max_household_kw, k_min=args.k_min, seed=args.seed,
-        start=date.fromisoformat(args.start) if args.start else None, start_hour=args.start_hour,
+        start=_day(args.start), start_hour=args.start_hour,
         key_bits=args.key_bits,
         timeout_s=args.timeout, sim_mode=args.sampling, block_s=args.block_s, heapsize=args.heapsize,
         progress=not args.quiet,
@@ -37,11 +54,7 @@ def _demo(args: argparse.Namespace) -> int:
     if not args.verbose:
         # paho/amqtt/gateway chatter would break the progress bar; warnings still show.
         logging.getLogger().setLevel(logging.WARNING)
-    try:
-        result = run_demo(cfg)
-    except DemoError as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        return 130 if "interrupted" in str(exc) else 1
+    result = run_demo(cfg)
     print_summary(result)
     return 0
 

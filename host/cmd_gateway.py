@@ -6,30 +6,78 @@ import argparse
 import json
 import logging
 import signal
+import ssl
 import threading
 from pathlib import Path
+
+from meterveil.tools.fileio import ToolError
 
 from . import keys
 from .gateway import Gateway, IngestConfig, stats_summary
 from .mqtt_ingest import MqttConfig, MqttIngest
 from .paillier_fast import PACKED_STRATEGIES, make_encryptor
-from .store import open_store
+from .store import StoreError, open_store
+from .store_sqlite import StoreVersionError
 
 log = logging.getLogger("meterveil.gateway")
 
 
-def _gateway(args: argparse.Namespace) -> int:
-    password = Path(args.password_file).read_text().strip() if args.password_file else None
-    cfg = MqttConfig.from_url(args.broker, tls_ca=args.tls_ca, username=args.username, password=password,
-                              client_id=args.client_id, share_group=args.share_group,
-                              batch_size=args.batch_size, batch_ms=args.batch_ms,
-                              quarantine_retry_s=args.quarantine_retry_s)
-    pub = keys.load_public(Path(args.keys) / keys.PUBLIC_NAME)
-    if (Path(args.keys) / keys.SECRET_NAME).exists():
+def _read_file(what: str, path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise ToolError(f"{what} {p} {'is a directory' if p.is_dir() else 'does not exist'}")
+    try:
+        return p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ToolError(f"{what} {p}: cannot read ({e})") from None
+
+
+def _load_keys(keys_dir: str):
+    """(public key, registry) from the gateway's keys dir; ToolError naming what is missing."""
+    d = Path(keys_dir)
+    if not d.is_dir():
+        what = "is not a directory" if d.exists() else "does not exist"
+        raise ToolError(f"keys dir {d} {what} (create it with `meterveil keys init --dir {d}`)")
+    if not (d / keys.PUBLIC_NAME).is_file():
+        raise ToolError(f"no {keys.PUBLIC_NAME} in {d} (create it with `meterveil keys init --dir {d}`)")
+    try:
+        pub = keys.load_public(d / keys.PUBLIC_NAME)
+        registry = keys.MeterRegistry.load(d)
+    except (OSError, ValueError) as e:  # KeyFileError, malformed JSON, unreadable file
+        raise ToolError(f"keys dir {d}: {e}") from None
+    if (d / keys.SECRET_NAME).exists():
         log.warning("%s is next to the gateway's keys: the gateway needs only the public key; "
                     "move the secret key to the decryption role", keys.SECRET_NAME)
-    registry = keys.MeterRegistry.load(args.keys)
-    store = open_store(args.db)
+    return pub, registry
+
+
+def _open_store(path: str, *, create: bool):
+    try:
+        return open_store(path, create=create)
+    except (StoreError, StoreVersionError) as e:
+        raise ToolError(str(e)) from None
+    except OSError as e:  # e.g. a folder that cannot be created
+        raise ToolError(f"store {path}: {e.strerror or e}") from None
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    # every input is checked before the store is opened (created), so a typo leaves nothing behind
+    password = _read_file("--password-file", args.password_file).strip() if args.password_file else None
+    if args.tls_ca:
+        _read_file("--tls-ca", args.tls_ca)
+        try:
+            ssl.create_default_context(cafile=args.tls_ca)
+        except (ssl.SSLError, ValueError) as e:
+            raise ToolError(f"--tls-ca {args.tls_ca}: not a PEM CA certificate ({e})") from None
+    try:
+        cfg = MqttConfig.from_url(args.broker, tls_ca=args.tls_ca, username=args.username, password=password,
+                                  client_id=args.client_id, share_group=args.share_group,
+                                  batch_size=args.batch_size, batch_ms=args.batch_ms,
+                                  quarantine_retry_s=args.quarantine_retry_s)
+    except ValueError as e:
+        raise ToolError(str(e)) from None
+    pub, registry = _load_keys(args.keys)
+    store = _open_store(args.db, create=True)
     encryptor = make_encryptor(args.encryption, pub, exp_bits=args.djn_exp_bits)
     gw = Gateway(store, registry, encryptor, IngestConfig(duplicate_window_s=args.duplicate_window_s))
     ingest = MqttIngest(gw, cfg)
@@ -54,7 +102,7 @@ def _gateway(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    store = open_store(args.db)
+    store = _open_store(args.db, create=False)
     try:
         out = stats_summary(store)
         if args.per_meter:

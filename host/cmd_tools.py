@@ -1,30 +1,17 @@
 """Registers the board/pilot tool subcommands (broker-config, build, flash, provision, calibrate).
 
-Why a wrapper: every tool raises ToolError for user mistakes; here it becomes one clear line on
-stderr and exit status 1, instead of a traceback.
+Why a wrapper: every tool raises ToolError for user mistakes; `cli.guard` (which `cli.main` applies to
+every subcommand) turns it into one clear line on stderr and exit status 1, instead of a traceback.
+The tools' parsers are wrapped here as well, for callers that run a parser's `func` directly.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import sys
-from collections.abc import Callable
 
-from meterveil.tools.fileio import ToolError
+from .cli import guard as _guard
 
 TOOL_MODULES = ("broker_config", "build", "flash", "provision", "calibrate")
-
-
-def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args) or 0)
-        except ToolError as e:
-            print(f"meterveil {args.command}: error: {e}", file=sys.stderr)
-            return 1
-
-    return run
 
 
 def register(sub) -> None:

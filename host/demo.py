@@ -42,6 +42,7 @@ from .demo_outputs import (
 )
 from .demo_setup import GATEWAY_USER, DemoConfig, DemoError, Workspace, provision, write_meter_configs
 from .store import open_store
+from .tariff import TariffError, load_tariff
 
 log = logging.getLogger("meterveil.demo")
 
@@ -165,12 +166,32 @@ def _stored_keys(db: Path) -> Counter:
         store.close()
 
 
+def check_config(cfg: DemoConfig, out: Path, root: Path) -> None:
+    """Inputs a run would trip over later, as DemoError before anything is created."""
+    for what, path in (("--out", out), ("--workspace", root)):
+        if path.exists() and not path.is_dir():
+            raise DemoError(f"{what} {path} exists and is not a directory; choose a folder")
+        for parent in path.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise DemoError(f"{what} {path}: {parent} is not a directory")
+                break
+    try:
+        load_tariff(cfg.tariff)
+    except TariffError as e:
+        raise DemoError(f"--tariff: {e}") from None
+
+
 def run_demo(cfg: DemoConfig) -> DemoResult:
     """Run the whole demo; raises DemoError with a clear message on timeout, failure or Ctrl-C."""
     t_start = time.monotonic()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     root = Path(cfg.workspace) if cfg.workspace else out / "workspace"
+    check_config(cfg, out, root)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DemoError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
     embedded = cfg.broker is None
     ws = provision(cfg, root, with_passwords=embedded)
     block_s = auto_block_s(cfg)

@@ -25,7 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from . import firmware_runner, keys, profiles
-from .tariff import Tariff, load_tariff
+from .tariff import Tariff, TariffError, load_tariff
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TARIFF = REPO / "tariffs" / "tou3.toml"
@@ -141,6 +141,8 @@ def dp_params(cfg: DemoConfig, feeder_sizes: dict[str, int]) -> DpParams:
 
 
 def _prepare_dir(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise DemoError(f"workspace {root} exists and is not a directory; choose another")
     if root.exists() and any(root.iterdir()):
         if not (root / MARKER).exists():
             raise DemoError(f"workspace {root} is not empty and was not made by the demo; choose another")
@@ -170,7 +172,10 @@ def meter_config(plan: MeterPlan, dp: DpParams, cfg: DemoConfig, start: datetime
 
 def provision(cfg: DemoConfig, root: Path, *, with_passwords: bool, now: datetime | None = None) -> Workspace:
     """Create the workspace from scratch: keys, registry, profiles (configs follow once the broker runs)."""
-    tariff = load_tariff(cfg.tariff)
+    try:
+        tariff = load_tariff(cfg.tariff)
+    except TariffError as e:
+        raise DemoError(f"--tariff: {e}") from None
     tz = tariff.tz
     if not 0 <= cfg.start_hour < 24:
         raise DemoError("start hour must be in 0..23")

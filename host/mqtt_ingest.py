@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ from .gateway import Gateway, Message
 log = logging.getLogger("meterveil.mqtt_ingest")
 
 TOPICS = ("meterveil/v1/+/reading", "meterveil/v1/+/status")
+# paho's reconnect backoff: doubles from MIN to MAX seconds between attempts
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,16 @@ class MqttConfig:
     def from_url(cls, url: str, **kwargs) -> MqttConfig:
         """``mqtt://host:port`` or ``mqtts://host:port`` (TLS)."""
         u = urlparse(url)
+        if "://" not in url:
+            raise ValueError(f"broker URL {url!r} has no scheme: use mqtt://{url} (or mqtts:// for TLS)")
         if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
             raise ValueError(f"broker URL must be mqtt://HOST:PORT or mqtts://HOST:PORT, got {url!r}")
+        try:
+            port = u.port
+        except ValueError:
+            raise ValueError(f"broker URL {url!r}: the port must be a number in 0..65535") from None
         tls = u.scheme == "mqtts" or bool(kwargs.get("tls_ca"))
-        return cls(host=u.hostname, port=u.port or (8883 if tls else 1883), tls=tls, **kwargs)
+        return cls(host=u.hostname, port=port or (8883 if tls else 1883), tls=tls, **kwargs)
 
     def topics(self) -> list[str]:
         prefix = f"$share/{self.share_group}/" if self.share_group else ""
@@ -86,6 +96,7 @@ class MqttIngest:
         self.subscribed = threading.Event()
         self.error: BaseException | None = None
         self.acked = 0
+        self.connect_failures = 0  # failed TCP/TLS connection attempts since start (each logged)
         if config.mqtt_version not in (5, 311):
             raise ValueError("mqtt_version must be 5 or 311")
         if config.mqtt_version == 311 and config.share_group:
@@ -101,10 +112,11 @@ class MqttIngest:
         if config.tls:
             c.tls_set(ca_certs=config.tls_ca, cert_reqs=ssl.CERT_REQUIRED)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
-        c.reconnect_delay_set(1, 30)
+        c.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         self.client = c
         self._worker = threading.Thread(target=self._run, name="gateway-ingest", daemon=True)
 
@@ -146,6 +158,19 @@ class MqttIngest:
             client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.config.topics()])
         else:
             client.subscribe([(t, 1) for t in self.config.topics()])
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        """A connection attempt failed before CONNACK (refused, unreachable, DNS, TLS).
+
+        paho calls this from inside its ``except OSError`` around the attempt, so the exception being
+        handled is the reason. One WARNING per attempt: paho spaces attempts by its backoff
+        (RECONNECT_MIN_S doubling to RECONNECT_MAX_S), which is the rate limit.
+        """
+        self.connect_failures += 1
+        exc = sys.exc_info()[1]
+        reason = (str(exc) or type(exc).__name__) if exc is not None else "unknown reason"
+        log.warning("cannot connect to broker %s:%d (attempt %d): %s; retrying (backoff up to %d s)",
+                    self.config.host, self.config.port, self.connect_failures, reason, RECONNECT_MAX_S)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         bad = [rc for rc in reason_codes if rc.is_failure]

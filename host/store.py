@@ -8,8 +8,10 @@ interval, DP parameters, privacy-neutral flags and the Paillier ciphertext of th
 (see packing.py) as an int (stored as big-endian BLOB).
 
 Interface (stable; back office = aggregation, billing, decryption role):
-- ``open_store(path) -> SqliteStore``; ``store.conn`` is the sqlite3 connection (audit_log lives in the
-  same file); ``store.close()``.
+- ``open_store(path, create=True) -> SqliteStore``; ``store.conn`` is the sqlite3 connection (audit_log lives
+  in the same file); ``store.close()``. ``create=False`` (every command that only reads a store) raises
+  ``StoreError`` for a missing path, a file that is not an SQLite database or one without the store schema,
+  instead of creating an empty store; only the gateway (and the demo) create stores.
 - ``write_batch(batch) -> list[bool]``: one transaction: inserts readings idempotently keyed by
   (meter_id, counter) (True = inserted, False = already there), upserts latest statuses, adds
   ``batch.counts`` / ``batch.meter_counts`` to the counters, and counts ``accepted`` / ``duplicate``
@@ -39,6 +41,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 SCHEME_PACKED_V1 = "paillier-packed-v1"
+
+
+class StoreError(ValueError):
+    """The store path is missing, not an SQLite database or not a meterveil store (a one-line message)."""
 
 
 @dataclass(frozen=True)
@@ -151,8 +157,13 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(path: str | os.PathLike[str], **kwargs: Any):
-    """Open (creating and migrating) the SQLite store at ``path``. Returns a SqliteStore."""
+def open_store(path: str | os.PathLike[str], *, create: bool = True, **kwargs: Any):
+    """Open (and migrate) the SQLite store at ``path``. Returns a SqliteStore.
+
+    ``create=True`` (gateway, demo) creates the file and its folder if missing. ``create=False`` (commands
+    that only read a store) raises ``StoreError`` unless ``path`` is an existing meterveil store, so a
+    mistyped path is an error instead of a new empty store.
+    """
     from .store_sqlite import SqliteStore
 
-    return SqliteStore(path, **kwargs)
+    return SqliteStore(path, create=create, **kwargs)

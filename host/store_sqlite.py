@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .store import Batch, Coverage, MeterInfo, QuarantinedFrame, StatusRecord, StoredReading
+from .store import Batch, Coverage, MeterInfo, QuarantinedFrame, StatusRecord, StoredReading, StoreError
 
 
 class StoreVersionError(RuntimeError):
@@ -67,6 +67,28 @@ _COLS = ("meter_id, counter, feeder, interval_start, interval_len, epsilon_milli
 _MAX_INTERVAL_S = 86400
 
 
+def inspect_file(path: str | os.PathLike[str]) -> set[str]:
+    """Table names of an existing SQLite file, opened read-only (nothing is created or migrated).
+
+    Raises StoreError when ``path`` does not exist, is a directory or is not an SQLite database.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"store {p} does not exist")
+    if p.is_dir():
+        raise StoreError(f"store {p} is a directory, not an SQLite file")
+    if p.stat().st_size == 0:
+        raise StoreError(f"store {p} is an empty file, not a meterveil store")
+    try:
+        conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"store {p} is not an SQLite database ({e})") from None
+
+
 def int_to_blob(x: int) -> bytes:
     return int(x).to_bytes((int(x).bit_length() + 7) // 8 or 1, "big")
 
@@ -80,19 +102,37 @@ def _row_to_reading(r: tuple[Any, ...]) -> StoredReading:
 class SqliteStore:
     """The default store. Thread-safe by one lock (ingest writes from its worker thread)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", timeout: float = 30.0):
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", timeout: float = 30.0,
+                 create: bool = True):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Owner-only from the first byte: the file holds meter ids, feeders, timing and the audit
-        # log (SQLite gives the -wal/-shm files the same mode).
-        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        if not create:
+            # read-only commands: a mistyped path must not become a new empty store
+            if "readings" not in inspect_file(self.path):
+                raise StoreError(f"store {self.path} is an SQLite database but not a meterveil store "
+                                 f"(no readings table; only `meterveil gateway` creates a store)")
+        elif self.path.is_dir():
+            raise StoreError(f"store {self.path} is a directory, not an SQLite file")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only from the first byte: the file holds meter ids, feeders, timing and the audit
+            # log (SQLite gives the -wal/-shm files the same mode).
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
                                     check_same_thread=False)
         self._lock = threading.RLock()
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute(f"PRAGMA synchronous={synchronous}")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(f"PRAGMA synchronous={synchronous}")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            if isinstance(e, sqlite3.OperationalError):  # locked, read-only, ...: not about the file's kind
+                raise
+            raise StoreError(f"store {self.path} is not a usable SQLite database ({e})") from None
+        except BaseException:
+            self.conn.close()
+            raise
 
     # -- schema -------------------------------------------------------------------------------
     def schema_version(self) -> int:

@@ -309,7 +309,7 @@ def test_cli_feeder_load(fleet, keypair, tmp_path):
            "--secret-key", str(keys / "utility.key.json"), "--feeder", "F1", "--from", "2026-10-31T18:30:00Z",
            "--to", "2026-10-31T19:15:00+00:00", "--out", str(out), "--actor", "grid-ops"]
     res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
+    assert res.returncode == 3, res.stderr  # an interval was refused (exit 3, as for bill)
     assert "2 intervals released, 1 refused" in res.stdout
     rows = list(csv.DictReader(out.open()))
     assert [r["status"] for r in rows] == ["ok", "refused: 3 < m=5", "ok"]
