@@ -188,3 +188,41 @@ def test_power_cut_around_the_outbox_append_loses_and_repeats_nothing(tmp_path, 
         assert sorted(starts) == list(range(first, last + iv, iv)), sorted(starts)  # none lost
     finally:
         sub.close()
+
+
+def test_replacement_board_with_a_new_key_is_accepted_not_counter_reuse(tmp_path, mosquitto):
+    """A meter's board dies and a fresh one (new key, empty flash) takes over the meter id: its frame
+    counters must not collide with the old board's stored ones, or the gateway rejects every reading
+    as counter reuse. Counters follow seconds since 2020 once the clock is set."""
+    from fwutil import START
+    from phe import paillier
+
+    from meterveil.host.gateway import Gateway, Message
+    from meterveil.host.keys import MeterRegistry
+    from meterveil.host.paillier_fast import make_encryptor
+    from meterveil.host.store import open_store
+
+    sub = Subscriber(mosquitto.port)
+    try:
+        old_key, new_key = bytes(range(32)), bytes(range(100, 132))
+        runs = [("old", old_key, START), ("new", new_key, START + 6 * 3600)]  # replaced 6 h later
+        for name, key, start in runs:
+            (tmp_path / name).mkdir()
+            cfg = meter_config(tmp_path / name, mosquitto.url, master_key=key.hex(), sim={"start_time": start})
+            meter = fr.MeterProcess(cfg, tmp_path / name / "state", intervals=3, drain_timeout=60)
+            meter.start()
+            assert meter.wait(120) == fr.EXIT_OK, meter.output[-2000:]
+        assert sub.wait_count(lambda msgs: len([t for t, _ in msgs if t.endswith("/reading")]) >= 6, 30)
+        reg = MeterRegistry.load(tmp_path / "meters.json")
+        reg.add("m0001", feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=10, key=old_key)
+        reg.rotate("m0001", new_key)  # what `meterveil provision m0001 --rotate-key` records
+        pub, _ = paillier.generate_paillier_keypair(n_length=1024)
+        store = open_store(tmp_path / "gw.db")
+        gw = Gateway(store, reg, make_encryptor("djn+packed", pub, exp_bits=256),
+                     clock=lambda: START + 7 * 3600)
+        outcomes = [gw.process(Message(t, p)).reason for t, p in sub.msgs if t.endswith("/reading")]
+        gw.commit()
+        assert outcomes == ["accepted"] * 6, outcomes
+        store.close()
+    finally:
+        sub.close()

@@ -20,6 +20,7 @@ _MAX_GAP_INTERVALS = 2  # a clock step larger than this restarts measuring (NTP 
 # The running interval is checkpointed to flash this often (meter clock), so a reset loses at most
 # this much energy instead of the whole interval. 5 min: ~290 small writes a day (flash wear).
 _CHECKPOINT_MS = 300000
+_COUNTER_EPOCH_S = 1577836800  # 2020-01-01: frame counters follow seconds since then (u32 until 2156)
 
 
 def _line(s):
@@ -74,6 +75,14 @@ class Meter:
 
     # -- frames -------------------------------------------------------------------------
     def _header(self, kind, start_s, length):
+        # A replacement board (new key, empty flash) starts counting at 1, below what the old board
+        # used: the gateway would take its frames for counter reuse. With a set clock, a counter far
+        # behind the seconds since 2020 jumps to them once; frames are far rarer than one a second,
+        # so a board never catches up with that floor, and every later jump only moves forward.
+        if self.hal.clock_synced():
+            floor = self.hal.now_ms() // 1000 - _COUNTER_EPOCH_S
+            if self.counter.peek() < floor // 2:
+                self.counter.raise_to(floor)
         return {"kind": kind, "meter_id": self.meter_id, "counter": self.counter.take(),
                 "interval_start": start_s, "interval_len": length,
                 "epsilon_milli": self.eps, "clamp_wh": self.clamp, "m": self.m}

@@ -107,6 +107,11 @@ class FrameCounter:
     def peek(self):
         return self._next
 
+    def raise_to(self, floor):
+        # Skip ahead (never back): see Meter._header, counters across a board replacement.
+        if floor > self._next:
+            self._next = floor
+
 
 def bump_boot_count(path):
     vals = read_ints(path, 1)
