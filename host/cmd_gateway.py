@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import ssl
 import threading
@@ -113,6 +114,17 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_seconds(text: str) -> float:
+    """A finite number of seconds > 0 (0 would spin the worker, nan/inf would stop it)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
+    return v
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("gateway", help="ingest sealed frames from MQTT into the ciphertext store")
     g.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
@@ -128,7 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--batch-ms", type=int, default=100)
     g.add_argument("--duplicate-window-s", type=int, default=IngestConfig.duplicate_window_s)
-    g.add_argument("--quarantine-retry-s", type=float, default=60.0,
+    g.add_argument("--quarantine-retry-s", type=_positive_seconds, default=60.0,
                    help="retry frames kept in quarantine (unknown meter, clock, DP params) this often")
     g.set_defaults(func=_gateway)
     s = sub.add_parser("stats", help="ingest counters as JSON")

@@ -70,7 +70,7 @@ KIND_BY_LEAF = {"reading": frame.KIND_READING, "status": frame.KIND_STATUS}
 STORED_FLAGS = frame.FLAG_CLOCK_UNSYNCED | frame.FLAG_PARTIAL_INTERVAL
 REASONS = ("oversize", "bad_topic", *frame_errors.REASONS, "wrong_kind", "unknown_meter", "duplicate",
            "replay", "counter_reuse", "clock_unsynced", "bad_interval", "future", "stale", "out_of_range",
-           "dp_mismatch", "interval_overlap", "quarantine_full", "internal_error")
+           "dp_mismatch", "interval_overlap", "quarantine_full", "quarantine_expired", "internal_error")
 # Counters that are outcomes, not rejections (everything else in the counters table is a rejection).
 NOT_REJECTIONS = ("accepted", "duplicate", "status", "status_superseded", "quarantine_released")
 # Rejections that can pass later: the frame is kept (sealed) and retried, not lost.
@@ -184,20 +184,33 @@ class Gateway:
         return len(self.batch)
 
     def release_quarantine(self, limit: int = 1000) -> dict[str, int]:
-        """Retry up to `limit` quarantined frames (oldest first) and commit; outcome -> count
-        ("kept" for those still waiting)."""
+        """Retry up to `limit` quarantined frames (least recently tried first, so every held frame
+        gets its turn) and commit; outcome -> count ("kept" for those still waiting).
+
+        A frame leaves the quarantine on a definite outcome: accepted, duplicate, or rejected for a
+        lasting reason. `internal_error` keeps it (the meter has forgotten it; a passing fault must not
+        lose it). A frame still held after `max_age_s` (a meter never registered, a clock years ahead)
+        expires: counted `quarantine_expired`, a loss that stats reports.
+        """
         out: dict[str, int] = {}
+        now = int(self.clock())
         for q in self.store.quarantined(limit):
             self._replaying = True
             try:
                 res = self.process(Message(q.topic, q.payload))
             finally:
                 self._replaying = False
-            key = "kept" if res.status == "quarantined" else res.reason
+            key = "kept" if res.status == "quarantined" or res.reason == "internal_error" else res.reason
+            if key == "kept" and now - q.received_at > self.config.max_age_s:
+                key = "quarantine_expired"
+                self.batch.count(key, q.meter_id)
             out[key] = out.get(key, 0) + 1
-            if key != "kept":
+            if key == "kept":
+                self.batch.retried.append((q.digest, res.reason))
+            else:
                 self.batch.released.append(q.digest)
-                self.batch.count("quarantine_released", q.meter_id)
+                if key != "quarantine_expired":
+                    self.batch.count("quarantine_released", q.meter_id)
         self.commit()
         return out
 

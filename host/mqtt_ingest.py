@@ -18,6 +18,7 @@ stateless workers split the load (ingest is idempotent by (meter_id, counter)).
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import ssl
 import sys
@@ -63,6 +64,10 @@ class MqttConfig:
     ack_on_receipt: bool = False
     # how often the worker retries quarantined frames (gateway.py: unknown meter, clock, DP params)
     quarantine_retry_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.quarantine_retry_s) or self.quarantine_retry_s <= 0:
+            raise ValueError(f"quarantine_retry_s must be finite and > 0, got {self.quarantine_retry_s}")
 
     @classmethod
     def from_url(cls, url: str, **kwargs) -> MqttConfig:

@@ -21,7 +21,8 @@ Interface (stable; back office = aggregation, billing, decryption role):
 - ``counters() -> dict[reason, n]``; ``meter_counters() -> {meter_id: {reason: n}}``.
 - quarantine: ``write_batch`` also keeps ``batch.quarantine`` frames (sealed, as received; at most
   ``QUARANTINE_PER_METER`` per meter id and ``QUARANTINE_MAX`` in all, the rest counted
-  ``quarantine_full``) and deletes ``batch.released`` digests; ``quarantined(limit)`` oldest first;
+  ``quarantine_full``), deletes ``batch.released`` digests and stamps ``batch.retried`` ones;
+  ``quarantined(limit)`` least recently tried first (every held frame gets its turn);
   ``quarantine_counts() -> {reason: n}``.
 - ``latest_status(meter_id) -> StatusRecord | None``; ``statuses() -> list[StatusRecord]``.
 - ``iter_readings(feeder=None, meter_id=None, t_from=None, t_to=None)`` (interval_start in [t_from, t_to),
@@ -97,6 +98,7 @@ class Batch:
     statuses: list[StatusRecord] = field(default_factory=list)
     quarantine: list[QuarantinedFrame] = field(default_factory=list)
     released: list[bytes] = field(default_factory=list)  # digests of quarantined frames now settled
+    retried: list[tuple[bytes, str]] = field(default_factory=list)  # (digest, reason) tried, still held
     counts: Counter[str] = field(default_factory=Counter)
     meter_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -107,6 +109,7 @@ class Batch:
 
     def __len__(self) -> int:
         return (len(self.readings) + len(self.statuses) + sum(self.counts.values()) + len(self.quarantine)
+                + len(self.retried)
                 + len(self.released))
 
 

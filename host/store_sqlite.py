@@ -48,8 +48,10 @@ def _m1_initial(c: sqlite3.Connection) -> None:
 
 def _m2_quarantine(c: sqlite3.Connection) -> None:
     c.execute("""CREATE TABLE quarantine(digest BLOB PRIMARY KEY, meter_id TEXT NOT NULL, topic TEXT NOT NULL,
-        payload BLOB NOT NULL, reason TEXT NOT NULL, received_at INTEGER NOT NULL)""")
+        payload BLOB NOT NULL, reason TEXT NOT NULL, received_at INTEGER NOT NULL,
+        last_try INTEGER NOT NULL DEFAULT 0)""")  # retry round of the last attempt
     c.execute("CREATE INDEX quarantine_meter ON quarantine(meter_id)")
+    c.execute("CREATE INDEX quarantine_retry ON quarantine(last_try, received_at)")
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_quarantine]
@@ -185,9 +187,13 @@ class SqliteStore:
                         counts["quarantine_full"] += 1
                         meter_counts[(q.meter_id, "quarantine_full")] += 1
                         continue
-                    c.execute("INSERT OR IGNORE INTO quarantine VALUES (?,?,?,?,?,?)",
-                              (q.digest, q.meter_id, q.topic, q.payload, q.reason, q.received_at))
+                    c.execute("INSERT OR IGNORE INTO quarantine(digest, meter_id, topic, payload, reason, received_at) "
+                              "VALUES (?,?,?,?,?,?)", (q.digest, q.meter_id, q.topic, q.payload, q.reason, q.received_at))
                 c.executemany("DELETE FROM quarantine WHERE digest=?", [(d,) for d in batch.released])
+                if batch.retried:  # to the back of the line: a retry round number, not a clock
+                    stamp = int(c.execute("SELECT COALESCE(MAX(last_try), 0) FROM quarantine").fetchone()[0]) + 1
+                    c.executemany("UPDATE quarantine SET last_try=?, reason=? WHERE digest=?",
+                                  [(stamp, r, d) for d, r in batch.retried])
                 for s in batch.statuses:
                     c.execute("INSERT INTO meter_status(meter_id, counter, received_at, status_json) "
                               "VALUES (?,?,?,?) ON CONFLICT(meter_id) DO UPDATE SET counter=excluded.counter, "
@@ -213,7 +219,7 @@ class SqliteStore:
     def quarantined(self, limit: int = 1000) -> list[QuarantinedFrame]:
         with self._lock:
             rows = self.conn.execute("SELECT digest, meter_id, topic, payload, reason, received_at FROM quarantine "
-                                     "ORDER BY received_at, rowid LIMIT ?", (limit,)).fetchall()
+                                     "ORDER BY last_try, received_at, rowid LIMIT ?", (limit,)).fetchall()
         return [QuarantinedFrame(bytes(r[0]), r[1], r[2], bytes(r[3]), r[4], int(r[5])) for r in rows]
 
     def quarantine_counts(self) -> dict[str, int]:

@@ -201,6 +201,38 @@ def test_frames_that_may_pass_later_are_quarantined_then_released(gw):
     assert gw.release_quarantine() == {"stale": 1} and gw.store.quarantine_counts() == {}
 
 
+def test_quarantine_retries_every_frame_in_turn_keeps_on_faults_and_expires(gw, monkeypatch):
+    """Frames of a meter that is never registered must neither starve the others (retry order is
+    least recently tried) nor stay forever (expire after max_age_s, counted); an internal fault during
+    a retry keeps the frame."""
+    reg, clock = gw.registry, gw.clock_ref
+    for c in range(1, 6):  # an unregistered meter, first in line
+        gw.process(Message(topic("m0006"), seal(reg, "m0001", c, key=bytes([6]) * 32, meter_id="m0006")))
+    late = seal(reg, "m0001", 1, key=bytes([5]) * 32, meter_id="m0005")
+    gw.process(Message(topic("m0005"), late))
+    gw.commit()
+    reg.add("m0005", feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=10, key=bytes([5]) * 32)
+    gw.registry = MeterRegistry.load(reg.path)
+    real = gw.encryptor.encrypt_reading
+    calls = []
+
+    def flaky(b, a):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("transient")
+        return real(b, a)
+
+    monkeypatch.setattr(gw.encryptor, "encrypt_reading", flaky)
+    passes = [gw.release_quarantine(limit=3) for _ in range(4)]
+    # rounds: m0006 #1-3; m0006 #4-5 + m0005 (fault: kept); m0006 #1-3 again; then m0005 is stored
+    assert passes[:3] == [{"kept": 3}] * 3, passes
+    assert passes[3] == {"kept": 2, "accepted": 1}, passes
+    assert [r.meter_id for r in gw.store.iter_readings()] == ["m0005"]
+    clock.now += gw.config.max_age_s + 1
+    assert gw.release_quarantine(limit=10) == {"quarantine_expired": 5}
+    assert gw.store.quarantine_counts() == {} and gw.store.counters()["quarantine_expired"] == 5
+
+
 def test_quarantine_is_bounded_per_meter(gw, monkeypatch):
     from meterveil.host import store_sqlite
 
