@@ -164,17 +164,21 @@ class ExportResult:
     warnings: tuple[str, ...] = ()
 
 
-def _months(store, tz: ZoneInfo) -> list[str]:
-    """Calendar months (in `tz`, the billing zone) from the first to the last stored reading."""
+def _months(store, tz: ZoneInfo, now: datetime | None = None) -> list[str]:
+    """Calendar months (in `tz`, the billing zone) from the first to the last stored reading that have
+    ended: a running month is incomplete for research, and decrypting it would be an interim bill."""
     row = store.conn.execute("SELECT MIN(interval_start), MAX(interval_start) FROM readings").fetchone()
     if row[0] is None:
         return []
+    now = now or datetime.now(tz)
     t0 = datetime.fromtimestamp(row[0], tz)
     t1 = datetime.fromtimestamp(row[1], tz)
     out, y, mo = [], t0.year, t0.month
     while (y, mo) <= (t1.year, t1.month):
-        out.append(f"{y:04d}-{mo:02d}")
-        y, mo = (y + 1, 1) if mo == 12 else (y, mo + 1)
+        nxt = (y + 1, 1) if mo == 12 else (y, mo + 1)
+        if datetime(nxt[0], nxt[1], 1, tzinfo=tz) <= now:
+            out.append(f"{y:04d}-{mo:02d}")
+        y, mo = nxt
     return out
 
 

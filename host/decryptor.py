@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS ledger_settings (
 );
 """
 # Added after the first release: which readings the last decrypted bill summed (re-bill policy).
-_BILL_COLUMNS = (("members_digest", "TEXT NOT NULL DEFAULT ''"), ("readings", "INTEGER NOT NULL DEFAULT 0"))
+_BILL_COLUMNS = (("members_digest", "TEXT NOT NULL DEFAULT ''"), ("readings", "INTEGER NOT NULL DEFAULT 0"),
+                 ("closed", "INTEGER NOT NULL DEFAULT 0"))
 # The ledger is a cache of the hash-chained audit log: rows missing from it (deleted by someone with
 # write access to the file) are restored from the audit entries at every session start.
 _RECONCILE_RELEASES = """
@@ -84,15 +85,20 @@ INSERT OR IGNORE INTO dp_release (feeder, interval_start, day, epsilon_milli, me
 SELECT json_extract(query, '$.feeder'), json_extract(query, '$.interval_start'),
        date(json_extract(query, '$.interval_start'), 'unixepoch'), json_extract(query, '$.dp_params[0][0]'),
        json_extract(query, '$.members_digest')
-FROM audit_log WHERE action = 'feeder-load' AND decision = 'allow' ORDER BY seq
+FROM audit_log WHERE action = 'feeder-load' AND decision = 'allow' AND seq > ? ORDER BY seq
+"""
+_RECONCILE_PARTITIONS = """
+INSERT OR IGNORE INTO partition_cells (partition, labels)
+SELECT json_extract(query, '$.partition'), json_extract(query, '$.labels')
+FROM audit_log WHERE action = 'partition' AND seq > ?
 """
 _RECONCILE_BILLS = """
-INSERT OR IGNORE INTO bill_partition (meter_id, period, t_from, t_to, partition, members_digest, readings)
+INSERT OR IGNORE INTO bill_partition (meter_id, period, t_from, t_to, partition, members_digest, readings, closed)
 SELECT json_extract(query, '$.meter_id'), json_extract(query, '$.period'), json_extract(query, '$.t_from'),
        json_extract(query, '$.t_to'), json_extract(query, '$.partition'), json_extract(query, '$.members_digest'),
-       json_extract(query, '$.readings')
+       json_extract(query, '$.readings'), COALESCE(json_extract(query, '$.closed'), 0)
 FROM audit_log WHERE action = 'bill' AND decision = 'allow' AND json_extract(query, '$.partition') IS NOT NULL
-ORDER BY seq DESC
+AND seq > ? ORDER BY seq DESC
 """
 
 
@@ -197,10 +203,29 @@ class DecryptionRole:
         for name, decl in _BILL_COLUMNS:
             if name not in have:
                 self._ledger.execute(f"ALTER TABLE bill_partition ADD COLUMN {name} {decl}")
-        with self._tx():
-            self._ledger.execute(_RECONCILE_RELEASES)
-            self._ledger.execute(_RECONCILE_BILLS)
+        self._reconcile()
         self.daily_budget_milli = self._settle_budget(self.policy.daily_budget_milli)
+
+    def _reconcile(self) -> None:
+        """Restore ledger rows from the audit log: only entries after the last reconciled one, unless
+        ledger rows went missing since (counted), then all of them (SQLite walks the JSON, not Python:
+        ~2 s per million entries, only after tampering or on first use)."""
+        counts = tuple(int(self._ledger.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
+                       for t in ("dp_release", "bill_partition", "partition_cells"))
+        row = self._ledger.execute("SELECT value FROM ledger_settings WHERE key = 'reconciled'").fetchone()
+        since = 0
+        if row is not None:
+            seq, *before = (int(x) for x in row[0].split(":"))
+            if all(now >= b for now, b in zip(counts, before, strict=True)):
+                since = seq
+        with self._tx():
+            for sql in (_RECONCILE_PARTITIONS, _RECONCILE_RELEASES, _RECONCILE_BILLS):
+                self._ledger.execute(sql, (since,))
+            head = int(self._ledger.execute("SELECT COALESCE(MAX(seq), 0) FROM audit_log").fetchone()[0])
+            counts = tuple(int(self._ledger.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
+                           for t in ("dp_release", "bill_partition", "partition_cells"))
+            self._ledger.execute("INSERT INTO ledger_settings VALUES ('reconciled', ?) ON CONFLICT(key) DO UPDATE "
+                                 "SET value = excluded.value", (":".join(str(x) for x in (head, *counts)),))
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -271,11 +296,17 @@ class DecryptionRole:
         labels = _canonical([tariff.band_of(t) for t in range(t_from, t_to, _SLOT_S)])
         refined: dict[str | None, tuple[int, ...]] = {}
         out = []
+        as_of_t = time.time() if as_of is None else as_of
         for hs in sums.values():
+            new_partition = None
             with self._tx():  # check and ledger row atomically; record before decrypting
-                reason, digest = self._bill_check(hs, period, labels, refined)
+                reason, digest = self._bill_check(hs, period, labels, refined, closed, t_to - as_of_t)
                 if reason is None and hs.bands:
-                    self._pin_partition(hs, period, refined[digest])
+                    new_partition = self._pin_partition(hs, period, refined[digest], closed)
+            if new_partition is not None:  # so the ledger can be restored from the audit log
+                self.audit.append(self.actor, "partition", {"partition": new_partition[0],
+                                                            "labels": json.loads(new_partition[1])},
+                                  "allow", "band partition of a billing period, recorded for the ledger")
             if reason is not None:
                 self._refuse_bill(tariff, period, hs.meter_id, reason)
                 self.refusals.append((hs.meter_id, reason))
@@ -284,8 +315,17 @@ class DecryptionRole:
         return out
 
     def _bill_check(self, hs: HouseholdSums, period: str, labels: tuple[int, ...],
-                    refined: dict[str | None, tuple[int, ...]]) -> tuple[str | None, str | None]:
-        """(refusal reason or None, pinned partition digest) for one household's bill."""
+                    refined: dict[str | None, tuple[int, ...]], closed: bool,
+                    time_left: float) -> tuple[str | None, str | None]:
+        """(refusal reason or None, pinned partition digest) for one household's bill.
+
+        Re-bills: an interim bill (period still open) is refused in the period's last
+        `rebill_min_new` slots, so the closing bill, always allowed once, differs from any interim
+        one by at least that much time; later re-bills of a closed period need the same readings or
+        `rebill_min_new` more (late data)."""
+        if not closed and time_left < self.policy.rebill_min_new * _SLOT_S:
+            return (f"refused: interim bill within the last {self.policy.rebill_min_new * _SLOT_S // 3600} h "
+                    f"of the period (the closing bill would expose the difference); bill after it ends"), None
         if hs.straddling:
             return (f"refused: {hs.straddling} readings straddle a tariff band or period boundary (their "
                     f"interval length does not fit this tariff's bands and time zone)"), None
@@ -293,11 +333,13 @@ class DecryptionRole:
         if prev is None:
             refined.setdefault(None, labels)
             return None, None
-        pinned, bounds, members, n_prev = prev
+        pinned, bounds, members, n_prev, was_closed = prev
         if bounds != (hs.t_from, hs.t_to):
             return (f"refused: period already billed over [{_iso(bounds[0])}, {_iso(bounds[1])}); "
                     f"a shifted window (other time zone) would expose the difference"), pinned
-        if members and members != hs.members_digest and hs.readings - n_prev < self.policy.rebill_min_new:
+        closing = closed and not was_closed  # the first bill after the period ended
+        if members and members != hs.members_digest and not closing \
+                and hs.readings - n_prev < self.policy.rebill_min_new:
             return (f"refused: period already billed over {n_prev} readings; a bill over {hs.readings} "
                     f"(< {self.policy.rebill_min_new} more) would expose the difference"), pinned
         if pinned not in refined:
@@ -308,12 +350,13 @@ class DecryptionRole:
                     f"max_bands={self.policy.max_bands}"), pinned
         return None, pinned
 
-    def _pinned(self, meter_id: str, period: str) -> tuple[str, tuple[int, int], str, int] | None:
-        """(partition digest, (t_from, t_to), readings digest, readings) last decrypted for this
-        household and period, if any."""
-        row = self._ledger.execute("SELECT partition, t_from, t_to, members_digest, readings FROM bill_partition "
-                                   "WHERE meter_id=? AND period=?", (meter_id, period)).fetchone()
-        return None if row is None else (str(row[0]), (int(row[1]), int(row[2])), str(row[3]), int(row[4]))
+    def _pinned(self, meter_id: str, period: str) -> tuple[str, tuple[int, int], str, int, bool] | None:
+        """(partition digest, (t_from, t_to), readings digest, readings, closed) last decrypted for
+        this household and period, if any."""
+        row = self._ledger.execute("SELECT partition, t_from, t_to, members_digest, readings, closed "
+                                   "FROM bill_partition WHERE meter_id=? AND period=?", (meter_id, period)).fetchone()
+        return None if row is None else (str(row[0]), (int(row[1]), int(row[2])), str(row[3]), int(row[4]),
+                                         bool(row[5]))
 
     def _partition_labels(self, digest: str) -> tuple[int, ...]:
         row = self._ledger.execute("SELECT labels FROM partition_cells WHERE partition=?", (digest,)).fetchone()
@@ -321,22 +364,26 @@ class DecryptionRole:
             raise PolicyError(f"partition {digest[:16]} is referenced but not stored (ledger damaged)")
         return tuple(json.loads(row[0]))
 
-    def _pin_partition(self, hs: HouseholdSums, period: str, labels: tuple[int, ...]) -> None:
+    def _pin_partition(self, hs: HouseholdSums, period: str, labels: tuple[int, ...],
+                       closed: bool) -> tuple[str, str] | None:
+        """Record the bill in the ledger; returns (digest, labels text) of a partition seen first."""
         text = json.dumps(labels, separators=(",", ":"))
         digest = hashlib.sha256(text.encode()).hexdigest()
-        self._ledger.execute("INSERT OR IGNORE INTO partition_cells VALUES (?, ?)", (digest, text))
+        new = self._ledger.execute("INSERT OR IGNORE INTO partition_cells VALUES (?, ?)", (digest, text)).rowcount == 1
         self._ledger.execute("INSERT INTO bill_partition (meter_id, period, t_from, t_to, partition, members_digest, "
-                             "readings) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(meter_id, period) DO UPDATE SET "
-                             "partition = excluded.partition, members_digest = excluded.members_digest, "
-                             "readings = excluded.readings",
-                             (hs.meter_id, period, hs.t_from, hs.t_to, digest, hs.members_digest, hs.readings))
+                             "readings, closed) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(meter_id, period) DO "
+                             "UPDATE SET partition = excluded.partition, members_digest = excluded.members_digest, "
+                             "readings = excluded.readings, closed = MAX(closed, excluded.closed)",
+                             (hs.meter_id, period, hs.t_from, hs.t_to, digest, hs.members_digest, hs.readings,
+                              int(closed)))
+        return (digest, text) if new else None
 
     def _refuse_bill(self, tariff: Tariff, period: str, meter_id: str, reason: str) -> None:
         self.audit.append(self.actor, "bill", {"meter_id": meter_id, "period": period, "tariff": tariff.name},
                           "refuse", reason)
 
     def _decrypt_household(self, hs: HouseholdSums, tariff: Tariff, period: str, horizon: int,
-                           pinned: tuple[str, tuple[int, int], str, int] | None) -> HouseholdTotals:
+                           pinned: tuple[str, tuple[int, int], str, int, bool] | None) -> HouseholdTotals:
         if (hs.t_from, hs.t_to) != tariff.period_bounds(period):
             self._refuse_bill(tariff, period, hs.meter_id, "refused: sums do not span the whole billing period")
             raise PolicyError(f"{hs.meter_id}: sums do not span billing period {period}")
@@ -353,6 +400,7 @@ class DecryptionRole:
                  "readings": hs.readings, "members_digest": hs.members_digest}
         if pinned is not None:  # what the ledger holds, so it can be restored from this entry
             query["partition"] = pinned[0]
+            query["closed"] = pinned[4]
         self.audit.append(self.actor, "bill", query, "allow", "ok: household band totals for a whole period",
                           self.result_hash({"band_wh": band_wh}))
         return totals

@@ -112,17 +112,19 @@ class Workspace:
 
 
 def choose_start(tz: ZoneInfo, days: float, now: datetime | None = None, start_hour: int = 0) -> datetime:
-    """Local midnight on the 1st of the latest month whose run ends before now.
+    """Local midnight on the 1st of the latest month that has ended and whose run ends before now.
 
-    Why: bills cover whole calendar months from their first day, and the gateway rejects readings
-    from the future; starting on a 1st that already passed satisfies both without a fixed date
-    that would age past the gateway's staleness limit.
+    Why: bills cover whole calendar months from their first day, the gateway rejects readings from
+    the future, and a month that has ended can be billed and exported as a whole (an export covers
+    only ended months); the previous month's 1st is at most 62 days back, inside the gateway's
+    staleness limit, without a fixed date that would age past it.
     """
     now = now or datetime.now(tz)
     y, mo = now.year, now.month
     for _ in range(24):
         start = datetime(y, mo, 1, tzinfo=tz)
-        if start + timedelta(seconds=days * 86400 + start_hour * 3600) <= now:
+        month_end = datetime(y + mo // 12, mo % 12 + 1, 1, tzinfo=tz)
+        if start + timedelta(seconds=days * 86400 + start_hour * 3600) <= now and month_end <= now:
             return start
         y, mo = (y, mo - 1) if mo > 1 else (y - 1, 12)
     raise DemoError(f"--days {days} is too long")

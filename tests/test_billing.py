@@ -231,9 +231,12 @@ def test_bill_audited_and_cli_matches(tmp_path, keypair):
         lines = [x for x in rows if x["meter_id"] == m and x["band"] != "TOTAL"]
         assert sum(int(x["amount_minor"]) for x in lines) == int(r["amount_minor"])
     with AuditLog(db) as audit:
-        entries = list(audit.entries())
+        everything = list(audit.entries())
         assert audit.verify().ok
-    assert len(entries) == 5 and {e.actor for e in entries} == {"alice"}
+    # one "partition" entry for the tariff's band layout (the ledger can be rebuilt from it), then bills
+    assert [e.action for e in everything].count("partition") == 1
+    entries = [e for e in everything if e.action == "bill"]
+    assert len(entries) == 5 and {e.actor for e in everything} == {"alice"}
     assert {e.query["meter_id"] for e in entries} == set(ref) and all(e.decision == "allow" for e in entries)
     assert all(len(e.result_hash) == 64 for e in entries)
     bad = subprocess.run(cmd[:-4] + ["--period", "2026-13", "--out", str(out)], capture_output=True, text=True)
@@ -435,5 +438,61 @@ def test_hourly_readings_that_straddle_a_band_are_refused_not_misbilled(tmp_path
             "bands": [{"name": "flat", "price_minor_per_kwh": "1", "windows": [{"days": "all", "hours": "00-24"}]}]}),
             "2026-11")
         assert flat.band_wh == {"flat": 48 * 50}
+        role.close()
+    store.close()
+
+
+def test_interim_bill_refused_near_the_end_and_the_closing_bill_always_runs(tmp_path, keypair):
+    """An interim bill is allowed early in the month, not in its last day; the first bill after the
+    month ends runs whatever arrived since (billing must not be blocked by an earlier interim bill)."""
+    pub, priv = keypair
+    db = tmp_path / "s.db"
+    tariff = load_tariff(TARIFFS / "tou3.toml")
+    t_from, t_to = tariff.period_bounds("2026-11")
+    fill_store(db, pub, [("h1", "F1", t_from + i * IV, 10, 0) for i in range(27 * 96)])  # days 1-27
+    store = open_store(db)
+    with AuditLog(db) as audit:
+        role = DecryptionRole(priv, audit, "clerk", Policy(rebill_min_new=96))
+        assert role.household_totals(store, tariff, "2026-11", as_of=t_to - 86400 + 1) == []
+        assert "interim bill within the last 24 h" in role.refusals[0][1]
+        (interim,) = role.household_totals(store, tariff, "2026-11", as_of=t_to - 2 * 86400)
+        assert interim.readings == 27 * 96
+        enc = pool_encrypt(pub)
+        store.write_batch(Batch(readings=[StoredReading("h1", 27 * 96 + 1 + i, "F1", t_from + (27 * 96 + i) * IV,
+                                                        IV, 1000, 1000, 5, enc(i, packing.pack(10, 0)))
+                                          for i in range(5)]))  # only 5 more readings before the end
+        (closing,) = role.household_totals(store, tariff, "2026-11", as_of=t_to)
+        assert closing.readings == 27 * 96 + 5 and sum(closing.band_wh.values()) == 10 * closing.readings
+        store.write_batch(Batch(readings=[StoredReading("h1", 9000, "F1", t_to - IV, IV, 1000, 1000, 5,
+                                                        enc(0, packing.pack(10, 0)))]))  # one late reading
+        assert role.household_totals(store, tariff, "2026-11", as_of=t_to + 3600) == []  # < 96 more: refused
+        role.close()
+    store.close()
+
+
+def test_bill_ledger_and_partitions_are_restored_from_the_audit_log(tmp_path, keypair):
+    """Deleting the ledger tables (someone with write access to the file) neither breaks billing
+    (partition labels come back from their audit entry) nor reopens a re-bill over a few readings."""
+    import sqlite3
+
+    pub, priv = keypair
+    db = tmp_path / "s.db"
+    tariff = load_tariff(TARIFFS / "tou3.toml")
+    t_from, t_to = tariff.period_bounds("2026-11")
+    fill_store(db, pub, [("h1", "F1", t_from + i * IV, 10, 0) for i in range(200)])
+    store = open_store(db)
+    with AuditLog(db) as audit:
+        role = DecryptionRole(priv, audit, "clerk", Policy())
+        assert len(role.household_totals(store, tariff, "2026-11", as_of=t_to)) == 1
+        role.close()
+    con = sqlite3.connect(db)
+    con.executescript("DELETE FROM bill_partition; DELETE FROM partition_cells;")
+    con.close()
+    store.write_batch(Batch(readings=[StoredReading("h1", 999, "F1", t_to - IV, IV, 1000, 1000, 5,
+                                                    pool_encrypt(pub)(0, packing.pack(7, 0)))]))
+    with AuditLog(db) as audit:
+        role = DecryptionRole(priv, audit, "clerk", Policy())
+        assert role.household_totals(store, tariff, "2026-11", as_of=t_to + 60) == []
+        assert "over 200 readings; a bill over 201" in role.refusals[0][1]
         role.close()
     store.close()
