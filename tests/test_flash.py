@@ -176,7 +176,12 @@ def test_romfs_probe_refuses_a_board_without_a_romfs_partition(built, tmp_path):
     check_device(built.manifest, out)  # fine for a filesystem flash
     with pytest.raises(ToolError, match="no ROMFS partition"):
         check_device(built.manifest, out, romfs=True)
-    assert check_device(built.manifest, out.replace(" 0\n", " 1\n"), romfs=True).version == 6
+    assert out.split()[4] == "0"  # no /rom/meter on the unix port
+    assert check_device(built.manifest, out.replace(" 0 0\n", " 1 0\n"), romfs=True).version == 6
+    # a board already running the meter from ROMFS: a plain flash to /lib would never be imported
+    with pytest.raises(ToolError, match="runs the meter from its ROMFS partition"):
+        check_device(built.manifest, out.replace(" 0 0\n", " 1 1\n"))
+    assert check_device(built.manifest, out.replace(" 0 0\n", " 1 1\n"), romfs=True).version == 6
 
 
 def test_rom_hash_snippet_on_the_unix_port(built, tmp_path):

@@ -38,6 +38,8 @@ def test_example_config_is_valid():
     (lambda c: c["dp"].update(epsilon_milli=1, clamp_wh=1000000), "dp.clamp_wh"),
     # CONNECT with will must fit the 384-byte packet buffer, else the meter never connects
     (lambda c: c["broker"].update(username="u", password="p" * 220), "broker.username"),
+    # the default client id (the meter id) counts too
+    (lambda c: c["broker"].update(username="u" * 100, password="p" * 96), "broker.username"),
 ])
 def test_validate_names_the_field(tmp_path, mutate, field):
     cfg = _base(tmp_path)

@@ -25,13 +25,18 @@ from .fileio import ToolError
 from .mpy import DeviceMpy, arch_compatible
 
 # Device-side snippets use double quotes only, so --dry-run prints them cleanly single-quoted.
-PROBE = """import sys
+PROBE = """import sys, os
 try:
     import vfs
     rom = int(hasattr(vfs, "rom_ioctl"))
 except ImportError:
     rom = 0
-print("MVPROBE", getattr(sys.implementation, "_mpy", -1), sys.platform, rom)
+try:
+    os.stat("/rom/meter")
+    rom_meter = 1
+except OSError:
+    rom_meter = 0
+print("MVPROBE", getattr(sys.implementation, "_mpy", -1), sys.platform, rom, rom_meter)
 """
 
 PREPARE = """import os
@@ -134,6 +139,10 @@ def check_device(manifest: dict[str, Any], probe_out: str, *, romfs: bool = Fals
         raise ToolError(f"the board did not run the probe (output: {probe_out.strip()[-200:]!r}): {INSTALL_HINT}")
     fields = line.split()
     value = int(fields[1])
+    if not romfs and fields[4:5] == ["1"]:
+        raise ToolError("the board runs the meter from its ROMFS partition (/rom/meter comes before /lib on "
+                        "sys.path): a filesystem flash would not take effect; flash with --romfs, or deploy "
+                        "an image without meter/ to the partition first")
     if romfs and fields[3:4] != ["1"]:
         raise ToolError("this board's MicroPython has no ROMFS partition (vfs.rom_ioctl missing; stock ESP32 "
                         "and Pico builds do not enable it): flash without --romfs (the .mpy files then load "

@@ -179,16 +179,10 @@ class Meter:
         start = now - now % iv_ms
         partial = now != start      # the first interval after boot misses its beginning
         covered = samples = clipped = 0
+        # Energy measured before a reset, applied once the clock can place it (a board's clock is
+        # set by NTP after boot; sealed before that, the reading would carry the unsynced flag and
+        # the gateway would drop it).
         cp = persist.read_ints(self.cp_path, 6)
-        if cp and cp[0] > self.last_interval and cp[0] * 1000 <= start:
-            # Energy measured before a reset: resume this interval, or seal the one the reset cut
-            # short (flagged partial; missing_s counts the time nobody measured).
-            acc = sensing.EnergyAccumulator(cp[1], cp[2])
-            if cp[0] * 1000 == start:
-                covered, samples, clipped = cp[3], cp[4], cp[5]
-                self.log("resumed interval %d from checkpoint (%d mWh)" % (cp[0], cp[1]))
-            elif cp[3]:  # something was measured in it (else only the sub-Wh remainder carries)
-                self._seal_reading(cp[0] * 1000, acc, cp[3], cp[4], cp[5], True)
         next_cp = now + _CHECKPOINT_MS
         while True:
             t0 = hal.now_ms()
@@ -205,6 +199,22 @@ class Meter:
                 partial = True
                 covered = samples = clipped = 0
                 continue
+            if cp is not None and hal.clock_synced():
+                if cp[0] > self.last_interval and cp[0] * 1000 <= start:
+                    # Resume this interval, or seal the one the reset cut short (flagged partial;
+                    # missing_s counts the time nobody measured).
+                    old = sensing.EnergyAccumulator(cp[1], cp[2])
+                    if cp[0] * 1000 == start:
+                        covered += cp[3]
+                        samples += cp[4]
+                        clipped += cp[5]
+                        self.log("resumed interval %d from checkpoint (%d mWh)" % (cp[0], cp[1]))
+                    elif cp[3]:  # something was measured in it (else only the sub-Wh remainder carries)
+                        self._seal_reading(cp[0] * 1000, old, cp[3], cp[4], cp[5], True)
+                    acc.mwh += old.mwh
+                    acc.rem += old.rem
+                    acc.add(0, 0)
+                cp = None
             b0 = t1 - cov  # the block stands for [t1 - cov, t1)
             samples += n
             clipped += stats[0]

@@ -178,6 +178,8 @@ def validate(cfg, board=False):
         for k in ("username", "password", "client_id"):
             if isinstance(br.get(k), str):
                 creds += len(br[k].encode())
+        if not isinstance(br.get("client_id"), str) and isinstance(cfg.get("meter_id"), str):
+            creds += len(cfg["meter_id"].encode())  # the default client id
         if creds > _CREDS_MAX:
             errs.append(("broker.username", "username + password + client_id are %d bytes, at most %d fit "
                          "the CONNECT packet buffer" % (creds, _CREDS_MAX)))
