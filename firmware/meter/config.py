@@ -3,6 +3,11 @@
 # tool can never disagree about what a valid config is. Runs on MicroPython and CPython.
 import json
 
+try:  # imported while the heap is still unfragmented (frame.py may compile from source here)
+    from protocol.frame import valid_meter_id as _valid_id
+except ImportError:  # CPython tools and tests import this module with only firmware/ on the path
+    from meterveil.protocol.frame import valid_meter_id as _valid_id
+
 from meter.mqtt import parse_url
 
 INTERVALS_PER_DAY_MAX = 1440  # interval_s >= 60
@@ -100,11 +105,7 @@ def _opt_str(errs, sec, key, name):
 
 def valid_meter_id(s):
     # The protocol's rule (the id is also the MQTT username and topic segment).
-    try:
-        from protocol.frame import valid_meter_id as valid
-    except ImportError:  # CPython tools and tests import this module with only firmware/ on the path
-        from meterveil.protocol.frame import valid_meter_id as valid
-    return isinstance(s, str) and valid(s)
+    return isinstance(s, str) and _valid_id(s)
 
 
 def _unknown(errs, cfg):
@@ -147,10 +148,11 @@ def validate(cfg, board=False):
         _int(errs, dp, "epsilon_milli", "dp.epsilon_milli", 1, 65535)
         _int(errs, dp, "clamp_wh", "dp.clamp_wh", 1, 1000000)
         _int(errs, dp, "m", "dp.m", 1, 65535)
-        if _is_int(dp.get("clamp_wh")) and _is_int(dp.get("epsilon_milli")) and dp["epsilon_milli"] > 0 \
-                and dp["clamp_wh"] * 1000 // dp["epsilon_milli"] > 1000000:
-            errs.append(("dp.clamp_wh", "clamp_wh/epsilon (the noise scale) must be at most 1,000,000 Wh, "
-                         "so every noisy value fits the frame"))
+        try:  # noise scale clamp/epsilon: noisy values must fit the frame
+            if dp["clamp_wh"] * 1000 // dp["epsilon_milli"] > 1000000:
+                errs.append(("dp.clamp_wh", "clamp_wh/epsilon must be <= 1e6 Wh"))
+        except Exception:  # noqa: BLE001 - bad types/zero are reported above
+            pass
     cal = cfg.get("calibration")
     if isinstance(cal, dict):
         _int(errs, cal, "ct_turns", "calibration.ct_turns", 1, 100000)
@@ -165,6 +167,27 @@ def validate(cfg, board=False):
                 _num(errs, cal, k, "calibration." + k, 0, hi)
         if "gain" in cal:
             _num(errs, cal, "gain", "calibration.gain", 0.5, 2.0)
+    _broker(errs, cfg)
+    ob = cfg.get("outbox")
+    if isinstance(ob, dict):
+        _int(errs, ob, "segment_bytes", "outbox.segment_bytes", 256, 1 << 20)
+        _int(errs, ob, "max_bytes", "outbox.max_bytes", 1024, 1 << 26)
+        if _is_int(ob.get("segment_bytes")) and _is_int(ob.get("max_bytes")) \
+                and ob["max_bytes"] < 2 * ob["segment_bytes"]:
+            errs.append(("outbox.max_bytes", "must be at least two segments"))
+    wifi = cfg.get("wifi")
+    if isinstance(wifi, dict):
+        _opt_str(errs, wifi, "ssid", "wifi.ssid")
+        _opt_str(errs, wifi, "password", "wifi.password")
+        if board and not wifi.get("ssid"):
+            errs.append(("wifi.ssid", "required on a board"))
+    _sim(errs, cfg, board)
+    return errs
+
+
+# Sections in their own functions: compiling one big function from source needs one big block
+# of heap, and config.py must compile on a 64 KB board (provisioning checks, HIL).
+def _broker(errs, cfg):
     br = cfg.get("broker")
     if isinstance(br, dict):
         if parse_url(br.get("url")) is None:
@@ -174,15 +197,11 @@ def validate(cfg, board=False):
             _opt_str(errs, br, k, "broker." + k)
         if (br.get("password") is not None) and br.get("username") is None:
             errs.append(("broker.password", "given without broker.username"))
-        creds = 0
-        for k in ("username", "password", "client_id"):
-            if isinstance(br.get(k), str):
-                creds += len(br[k].encode())
-        if not isinstance(br.get("client_id"), str) and isinstance(cfg.get("meter_id"), str):
-            creds += len(cfg["meter_id"].encode())  # the default client id
-        if creds > _CREDS_MAX:
-            errs.append(("broker.username", "username + password + client_id are %d bytes, at most %d fit "
-                         "the CONNECT packet buffer" % (creds, _CREDS_MAX)))
+        # client id defaults to the meter id
+        n = len(str(br.get("username") or "") + str(br.get("password") or "")
+                + str(br.get("client_id") or cfg.get("meter_id") or ""))
+        if n > _CREDS_MAX:
+            errs.append(("broker.username", "username+password+client_id over %d bytes" % _CREDS_MAX))
         _int(errs, br, "keepalive_s", "broker.keepalive_s", 5, 65535)
         _int(errs, br, "backoff_min_ms", "broker.backoff_min_ms", 10, 3600000)
         _int(errs, br, "backoff_max_ms", "broker.backoff_max_ms", 10, 3600000)
@@ -198,19 +217,9 @@ def validate(cfg, board=False):
             errs.append(("interval_s", "must divide a day (86400 s) so intervals align to midnight"))
     if "status_every" in cfg:
         _int(errs, cfg, "status_every", "status_every", 1, 10000)
-    ob = cfg.get("outbox")
-    if isinstance(ob, dict):
-        _int(errs, ob, "segment_bytes", "outbox.segment_bytes", 256, 1 << 20)
-        _int(errs, ob, "max_bytes", "outbox.max_bytes", 1024, 1 << 26)
-        if _is_int(ob.get("segment_bytes")) and _is_int(ob.get("max_bytes")) \
-                and ob["max_bytes"] < 2 * ob["segment_bytes"]:
-            errs.append(("outbox.max_bytes", "must be at least two segments"))
-    wifi = cfg.get("wifi")
-    if isinstance(wifi, dict):
-        _opt_str(errs, wifi, "ssid", "wifi.ssid")
-        _opt_str(errs, wifi, "password", "wifi.password")
-        if board and not wifi.get("ssid"):
-            errs.append(("wifi.ssid", "required on a board"))
+
+
+def _sim(errs, cfg, board):
     sim = cfg.get("sim")
     if isinstance(sim, dict) and not board:
         if not isinstance(sim.get("profile"), str) or not sim["profile"]:
@@ -236,7 +245,6 @@ def validate(cfg, board=False):
     if isinstance(run, dict):
         _int(errs, run, "intervals", "run.intervals", 0, 0x7FFFFFFF)
         _num(errs, run, "drain_timeout_s", "run.drain_timeout_s", 0, 1e9)
-    return errs
 
 
 def _exists(path):
