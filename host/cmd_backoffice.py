@@ -11,13 +11,14 @@ import argparse
 import csv
 import getpass
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
+
+from .outpath import OutputError, prepare_output
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +88,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.set_defaults(func=audit_head_cmd)
 
 
-def _check_out(path: str) -> None:
-    """Checked before anything is decrypted (each decryption is audited): a folder is refused, missing
-    parent folders are created, the target must be writable."""
-    p = Path(path)
-    if p.is_dir():
-        raise InputError(f"--out {p} is a directory; give the path of the CSV file to write")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"--out {p}: cannot create folder {p.parent} ({e.strerror or e})") from None
-    if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise InputError(f"--out {p} is not writable")
-
-
 def _load_registry(keys_arg: str):
     from .keys import REGISTRY_NAME, MeterRegistry
 
@@ -153,7 +140,7 @@ def _role(args: argparse.Namespace, daily_budget_milli: int | None = None, feede
         policy = (Policy.from_registry(registry, k_min=args.k_min, daily_budget_milli=daily_budget_milli)
                   if registry is not None else Policy(k_min=args.k_min, daily_budget_milli=daily_budget_milli))
         if getattr(args, "out", None):
-            _check_out(args.out)
+            prepare_output(args.out)
         role = DecryptionRole(priv, AuditLog(args.db), args.actor or getpass.getuser(), policy)
     except BaseException:
         store.close()
@@ -203,7 +190,7 @@ def _input_errors() -> tuple[type[Exception], ...]:
     from .store import StoreError
     from .store_sqlite import StoreVersionError
 
-    return (InputError, PolicyError, KeyFileError, StoreError, StoreVersionError, FileNotFoundError,
+    return (InputError, OutputError, PolicyError, KeyFileError, StoreError, StoreVersionError, FileNotFoundError,
             IsADirectoryError, PermissionError)
 
 

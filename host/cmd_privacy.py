@@ -31,28 +31,12 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
+from .outpath import OutputError, prepare_output
+
 log = logging.getLogger(__name__)
 
 EXPORT_TARIFF_NAME = "export-monthly-kwh"
 MIN_EXPORT_K = 2
-
-
-class OutputError(ValueError):
-    """An output path that cannot be written (checked before anything is decrypted)."""
-
-
-def prepare_output(path: str | Path, what: str = "--out") -> Path:
-    """Check `path` can be written as a file; create its parent folder. One-line OutputError if not."""
-    p = Path(path)
-    if p.is_dir():
-        raise OutputError(f"{what} {p} is a directory; give a file name")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{what} {p}: cannot create folder {p.parent} ({e.strerror or e})") from None
-    if not p.parent.is_dir():
-        raise OutputError(f"{what} {p}: {p.parent} is not a folder")
-    return p
 
 
 def export_tariff(zone: str):
