@@ -209,7 +209,7 @@ class DecryptionRole:
     def _reconcile(self) -> None:
         """Restore ledger rows from the audit log: only entries after the last reconciled one, unless
         ledger rows went missing since (counted), then all of them (SQLite walks the JSON, not Python:
-        ~2 s per million entries, only after tampering or on first use)."""
+        2-3 s per million entries, only after tampering or on first use)."""
         counts = tuple(int(self._ledger.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
                        for t in ("dp_release", "bill_partition", "partition_cells"))
         row = self._ledger.execute("SELECT value FROM ledger_settings WHERE key = 'reconciled'").fetchone()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from brokerutil import wait_until
 from fwutil import MASTER_KEY, Subscriber, meter_config
 
 from meterveil.host import firmware_runner as fr
@@ -154,24 +155,13 @@ class FakeBroker:
             c.close()
 
 
-def _wait_for(pred, timeout: float) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return pred()
-
-
 def test_broker_closing_during_connect_is_retried(tmp_path):
     """EOF while waiting for CONNACK must not end the publisher task (it once did, silently)."""
     fake = FakeBroker("eof")
     try:
         cfg = meter_config(tmp_path, f"mqtt://127.0.0.1:{fake.port}")
         meter = fr.MeterProcess(cfg, tmp_path / "state", log_path=tmp_path / "m.log").start()
-        assert _wait_for(lambda: fake.connections >= 3, 30), meter.output[-1500:]
+        assert wait_until(lambda: fake.connections >= 3, 30), meter.output[-1500:]
         assert meter.running and "EOFError" in meter.output
         meter.kill()
     finally:
@@ -186,7 +176,7 @@ def test_half_open_link_with_messages_in_flight_reconnects(tmp_path):
         cfg = meter_config(tmp_path, f"mqtt://127.0.0.1:{fake.port}",
                            broker={"keepalive_s": 5, "ack_timeout_ms": 1000})
         meter = fr.MeterProcess(cfg, tmp_path / "state", log_path=tmp_path / "m.log").start()
-        assert _wait_for(lambda: fake.connections >= 2, 40), meter.output[-1500:]
+        assert wait_until(lambda: fake.connections >= 2, 40), meter.output[-1500:]
         assert "no PUBACK for a keepalive period" in meter.output
         meter.kill()
     finally:

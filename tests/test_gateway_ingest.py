@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 import pytest
+from brokerutil import wait_until
 from phe import paillier
 
 from meterveil.host import cli, packing
@@ -328,15 +329,6 @@ def _publish(url_port: int, items: list[tuple[str, bytes]]) -> None:
         c.loop_stop()
 
 
-def _wait(pred, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
-
-
 def test_mosquitto_bad_frames_rejected_and_gateway_keeps_accepting(tmp_path, mosquitto, capsys):
     reg = make_registry(tmp_path / "meters.json")
     store = open_store(tmp_path / "gw.db")
@@ -360,13 +352,13 @@ def test_mosquitto_bad_frames_rejected_and_gateway_keeps_accepting(tmp_path, mos
             (topic("ghost"), seal(reg, "m0001", 3, start=start, meter_id="ghost")),  # unknown_meter
         ]
         _publish(mosquitto.port, bad)
-        assert _wait(lambda: sum(store.counters().values()) >= len(bad))
+        assert wait_until(lambda: sum(store.counters().values()) >= len(bad))
         clock.now += 7 * 3600  # replay of the stored frame long after the duplicate window
         _publish(mosquitto.port, [(topic("m0001"), ok1)])
-        assert _wait(lambda: store.counters().get("replay") == 1)
+        assert wait_until(lambda: store.counters().get("replay") == 1)
         # still alive: a good frame afterwards is stored
         _publish(mosquitto.port, [(topic("m0002"), seal(reg, "m0002", 1, start=start))])
-        assert _wait(lambda: store.count_readings() == 2)
+        assert wait_until(lambda: store.count_readings() == 2)
         assert ingest.error is None
     finally:
         ingest.stop()
@@ -395,9 +387,9 @@ def test_mosquitto_frame_from_a_meter_registered_later_is_not_lost(tmp_path, mos
         key = os.urandom(32)
         early = seal(reg, "m0001", 1, start=start, key=key, meter_id="m0042")
         _publish(mosquitto.port, [(topic("m0042"), early)])
-        assert _wait(lambda: store.quarantine_counts() == {"unknown_meter": 1})
+        assert wait_until(lambda: store.quarantine_counts() == {"unknown_meter": 1})
         reg.add("m0042", feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=10, key=key)  # saved to disk
-        assert _wait(lambda: store.count_readings() == 1)
+        assert wait_until(lambda: store.count_readings() == 1)
         assert store.quarantine_counts() == {} and ingest.acked == 1
         assert [r.counter for r in store.readings_for_meter("m0042", 0, 2**32)] == [1]
     finally:
@@ -419,7 +411,7 @@ def test_mosquitto_shared_subscription_splits_load_and_stores_once(tmp_path, mos
         start = int(time.time()) // 900 * 900 - 60 * 900
         items = [(topic(mid), seal(reg, mid, c, start=start + c * 900)) for c in range(1, 41) for mid in ("m0001", "m0002")]
         _publish(mosquitto.port, items)
-        assert _wait(lambda: workers[0][1].count_readings() == 80)
+        assert wait_until(lambda: workers[0][1].count_readings() == 80)
     finally:
         for ing, _ in workers:
             ing.stop()
@@ -448,14 +440,14 @@ def test_failed_commit_acks_nothing_and_the_broker_redelivers(tmp_path, mosquitt
     try:
         assert ing.wait_subscribed()
         _publish(mosquitto.port, [(topic("m0001"), seal(reg, "m0001", 1, start=start))])
-        assert _wait(lambda: ing.error is not None)
+        assert wait_until(lambda: ing.error is not None)
         assert ing.acked == 0 and store.count_readings() == 0
     finally:
         ing.stop()
     store.write_batch = real_write
     ing2 = MqttIngest(Gateway(store, reg, make_encryptor("djn+packed", PUB, exp_bits=256)), cfg).start()
     try:
-        assert _wait(lambda: store.count_readings() == 1)
+        assert wait_until(lambda: store.count_readings() == 1)
     finally:
         ing2.stop()
     assert calls["n"] >= 1 and store.counters() == {"accepted": 1}
@@ -481,7 +473,7 @@ def test_mosquitto_with_passwords_and_acl(tmp_path, mosquitto_factory):
         c.publish(topic("m0001"), seal(reg, "m0001", 1, start=start), qos=1).wait_for_publish(10)
         c.disconnect()
         c.loop_stop()
-        assert _wait(lambda: store.count_readings() == 1)
+        assert wait_until(lambda: store.count_readings() == 1)
         time.sleep(0.3)
     finally:
         ing.stop()
@@ -518,7 +510,7 @@ def test_mosquitto_over_tls_with_ca_check(tmp_path, mosquitto_factory):
         c.publish(topic("m0001"), seal(reg, "m0001", 1, start=start), qos=1).wait_for_publish(10)
         c.disconnect()
         c.loop_stop()
-        assert _wait(lambda: store.count_readings() == 1)
+        assert wait_until(lambda: store.count_readings() == 1)
     finally:
         ing.stop()
     store.close()
@@ -541,7 +533,7 @@ def test_persistent_session_keeps_frames_published_while_gateway_is_down(tmp_pat
     mosquitto.restart()  # and the broker restarts meanwhile (persistence on)
     ing = run()
     try:
-        assert _wait(lambda: store.count_readings() == 10)
+        assert wait_until(lambda: store.count_readings() == 10)
     finally:
         ing.stop()
     assert store.counters() == {"accepted": 10}

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from brokerutil import wait_until
 from phe import paillier
 
 from meterveil.host import keys, packing
@@ -45,15 +46,6 @@ def _start_gateway(port: int, db: Path, keydir: Path, log: Path) -> subprocess.P
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
 
 
-def _wait(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.005)
-    return pred()
-
-
 def test_sigkill_mid_burst_loses_nothing_and_stores_nothing_twice(tmp_path, mosquitto):
     keydir, db, log = tmp_path / "keys", tmp_path / "gw.db", tmp_path / "gw.log"
     pub, priv = paillier.generate_paillier_keypair(n_length=1024)
@@ -76,7 +68,7 @@ def test_sigkill_mid_burst_loses_nothing_and_stores_nothing_twice(tmp_path, mosq
 
     gw = _start_gateway(mosquitto.port, db, keydir, log)
     try:
-        assert _wait(lambda: b"gateway ready" in log.read_bytes() if log.exists() else False, 30), log.read_text()
+        assert wait_until(lambda: b"gateway ready" in log.read_bytes() if log.exists() else False, 30, poll=0.005), log.read_text()
         publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="kill-pub", protocol=mqtt.MQTTv5)
         publisher.connect("127.0.0.1", mosquitto.port)
         publisher.loop_start()
@@ -88,7 +80,7 @@ def test_sigkill_mid_burst_loses_nothing_and_stores_nothing_twice(tmp_path, mosq
 
         th = threading.Thread(target=burst)
         th.start()
-        assert _wait(lambda: _rows(db) >= 200, 60), log.read_text()
+        assert wait_until(lambda: _rows(db) >= 200, 60, poll=0.005), log.read_text()
         gw.send_signal(signal.SIGKILL)
         gw.wait(10)
         rows_at_kill = _rows(db)
@@ -100,7 +92,7 @@ def test_sigkill_mid_burst_loses_nothing_and_stores_nothing_twice(tmp_path, mosq
         assert 200 <= rows_at_kill < 500, f"kill did not land mid-burst: {rows_at_kill} rows"
 
         gw = _start_gateway(mosquitto.port, db, keydir, log)
-        assert _wait(lambda: _rows(db) >= 500, 120), log.read_text()[-3000:]
+        assert wait_until(lambda: _rows(db) >= 500, 120, poll=0.005), log.read_text()[-3000:]
         time.sleep(0.5)  # let redelivered copies (committed before the kill, never acked) be processed
         gw.send_signal(signal.SIGTERM)
         assert gw.wait(20) == 0
