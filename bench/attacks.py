@@ -44,7 +44,7 @@ SMALL = {"households": 40, "days": 4, "feeder_size": 20, "m_list": [5, 20], "eps
 
 def simulate(households: int, days: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(H, T) Wh per 15 min and (H, T) 0/1 'someone home and awake' labels."""
-    from meterveil.host import profiles
+    from meterveil.host.demo import profiles
 
     start = datetime(2026, 1, 5, tzinfo=timezone.utc)
     wh, lab = [], []
@@ -178,11 +178,12 @@ def feeder_series(wh: np.ndarray, feeder_size: int, rng: np.random.Generator, ep
 
 def differencing_policy(eps: float, clamp: int, m: int, seed: int) -> dict[str, Any]:
     """Ask the real decryption role for one interval twice, before and after a late meter's reading."""
-    from meterveil.host import dp, packing
-    from meterveil.host.audit import AuditLog
-    from meterveil.host.decryptor import DecryptionRole, Policy
-    from meterveil.host.keys import generate_keypair
-    from meterveil.host.store import Batch, StoredReading, open_store
+    from meterveil.host.audit.chain import AuditLog
+    from meterveil.host.backoffice import dp
+    from meterveil.host.common import packing
+    from meterveil.host.common.keys import generate_keypair
+    from meterveil.host.decryption.role import DecryptionRole, Policy
+    from meterveil.host.store.base import Batch, StoredReading, open_store
 
     pub, priv = generate_keypair(512)
     rng = np.random.default_rng(seed)

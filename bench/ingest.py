@@ -27,10 +27,10 @@ from pathlib import Path
 
 from phe import paillier
 
-from meterveil.host.gateway import Gateway, IngestConfig, Message
-from meterveil.host.keys import MeterRegistry
-from meterveil.host.paillier_fast import ReadingEncryptor, make_encryptor
-from meterveil.host.store import Batch, StoredReading, open_store
+from meterveil.host.common.keys import MeterRegistry
+from meterveil.host.gateway.encryptor import ReadingEncryptor, make_encryptor
+from meterveil.host.gateway.ingest import Gateway, IngestConfig, Message
+from meterveil.host.store.base import Batch, StoredReading, open_store
 from meterveil.protocol import frame
 
 METERS = 50

@@ -63,7 +63,7 @@ def load_firmware_privacy():
 def household_day_pool(n_households: int, days: int, seed: int = 1,
                        start: datetime = datetime(2026, 1, 5, tzinfo=timezone.utc)) -> np.ndarray:
     """(n_households * days, 96) integer Wh per 15-minute interval from host/profiles.py."""
-    from meterveil.host import profiles
+    from meterveil.host.demo import profiles
 
     rows = []
     for p in profiles.generate(n_households, start, days=days, base_seed=seed):
@@ -92,7 +92,7 @@ def ks_two_sample(a: np.ndarray, b: np.ndarray) -> float:
 
 def sampler_check(eps: float, clamp: int, m: int, draws: int, seed: int) -> dict[str, Any]:
     """Firmware sampler vs numpy equivalent vs theory for one share."""
-    from meterveil.host import dp
+    from meterveil.host.backoffice import dp
 
     fw = load_firmware_privacy()
     rb = random.Random(seed).randbytes
@@ -126,7 +126,7 @@ def noise(mech: str, rng: np.random.Generator, n: int, eps: float, clamp: int, m
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    from meterveil.host import dp
+    from meterveil.host.backoffice import dp
 
     t_start = time.perf_counter()
     rng = np.random.default_rng(cfg["seed"])

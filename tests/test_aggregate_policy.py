@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import csv
-import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from roles import audit_db, role_dir_for, role_for
 
-from meterveil.host import packing
-from meterveil.host.aggregate import AggregateError, billing_sums, feeder_sums, hom_sum
-from meterveil.host.audit import AuditLog
-from meterveil.host.decryptor import DecryptionRole, Policy, PolicyError
-from meterveil.host.keys import MeterRegistry, generate_keypair, write_keypair
-from meterveil.host.paillier_fast import make_encryptor
-from meterveil.host.store import Batch, StoredReading, open_store
-from meterveil.host.tariff import load_tariff
+from meterveil.host.audit.chain import AuditLog
+from meterveil.host.backoffice.aggregate import AggregateError, billing_sums, feeder_sums, hom_sum
+from meterveil.host.backoffice.tariff import load_tariff
+from meterveil.host.common import packing
+from meterveil.host.common.registry import MeterRecord, MeterRegistry
+from meterveil.host.decryption.policy import Policy, PolicyError
+from meterveil.host.decryption.role import DecryptionRole
+from meterveil.host.decryption.secret_key import generate_keypair
+from meterveil.host.gateway.encryptor import make_encryptor
+from meterveil.host.store.base import Batch, StoredReading, open_store
 
 T0 = 1793471400  # 2026-11-01 00:00 IST, a multiple of 900
 IV = 900
@@ -52,9 +55,9 @@ class Fleet:
         return sum(p[3] for p in rows), sum(p[4] for p in rows)
 
 
-def role_for(db, priv, **policy):
-    audit = AuditLog(db)
-    return DecryptionRole(priv, audit, "ops", Policy(**policy))
+def releases(role):
+    """(action, decision) of the role's audit entries, membership bookkeeping left out."""
+    return [(e.action, e.decision) for e in role.audit.entries() if e.action != "membership"]
 
 
 def load(db, role, feeder, t_from, t_to):
@@ -96,9 +99,8 @@ def test_feeder_sums_released_and_refused_with_audit(fleet, keypair):
     assert rows[2].analytics_sum_wh == fleet.sums("F1", T0 + 2 * IV)[1]
     assert rows[1].analytics_sum_wh is None
     assert (rows[0].epsilon_milli, rows[0].clamp_wh, rows[0].m) == (1000, 1000, 5)
-    entries = list(role.audit.entries())
-    assert [(e.action, e.decision) for e in entries] == [("feeder-load", "allow"), ("feeder-load", "refuse"),
-                                                         ("feeder-load", "allow")]
+    entries = [e for e in role.audit.entries() if e.action != "membership"]
+    assert releases(role) == [("feeder-load", "allow"), ("feeder-load", "refuse"), ("feeder-load", "allow")]
     refusal = entries[1]
     assert refusal.reason == "refused: 3 < m=5" and refusal.result_hash == ""
     assert refusal.query["interval_start"] == T0 + IV and refusal.query["contributors"] == 3
@@ -132,8 +134,8 @@ def test_m_from_registry_and_k_min_floor(fleet, keypair):
 def test_policy_from_registry(tmp_path):
     reg = MeterRegistry.load(tmp_path)
     for i, m in enumerate((5, 8, 5)):
-        reg.add(f"a{i}", feeder="FA", epsilon_milli=1000, clamp_wh=1000, m=m)
-    reg.add("b0", feeder="FB", epsilon_milli=1000, clamp_wh=1000, m=3)
+        reg.put(MeterRecord(f"a{i}", "FA", 1000, 1000, m))
+    reg.put(MeterRecord("b0", "FB", 1000, 1000, 3))
     p = Policy.from_registry(reg)
     assert p.required_m("FA", 5) == 8 and p.required_m("FB", 3) == 5 and p.required_m("FC", 7) == 7
     with pytest.raises(PolicyError):
@@ -188,7 +190,7 @@ def test_mixed_params_and_double_readings_refused(tmp_path, keypair):
     rows = load(f.db, role, "F2", T0, T0 + 2 * IV)
     assert rows[0].status.startswith("refused: mixed DP parameters")
     assert rows[1].status == "refused: a meter contributed 2 readings to one interval"
-    assert [e.decision for e in role.audit.entries()] == ["refuse", "refuse"]
+    assert [d for _, d in releases(role)] == ["refuse", "refuse"]
     role.close()
     f.enc.close()
 
@@ -201,8 +203,10 @@ def test_differencing_refused_and_rerelease_free(fleet, keypair):
     again = load(fleet.db, role, "F1", T0, T0 + IV)[0]
     assert again.allowed and again.analytics_sum_wh == first.analytics_sum_wh
     assert role.spent_milli("F1", "2026-10-31") == 1000  # same contributor set: no new spend
-    fleet.add("late", "F1", T0, 999, 555)  # a late reading changes the set by one meter
-    diff = load(fleet.db, role, "F1", T0, T0 + IV)[0]
+    t2 = T0 + 2 * IV  # 5 of the 6 members reported; m5's reading arrives late
+    assert load(fleet.db, role, "F1", t2, t2 + IV)[0].allowed
+    fleet.add("m5", "F1", t2, 999, 555)  # a late reading changes the set by one meter
+    diff = load(fleet.db, role, "F1", t2, t2 + IV)[0]
     assert not diff.allowed and "different contributor set" in diff.status
     assert list(role.audit.entries())[-1].decision == "refuse"
     role.close()
@@ -219,7 +223,7 @@ def test_daily_budget_refuses_and_audits(tmp_path, keypair):
     assert [r.allowed for r in rows] == [True, True, False, False]
     assert rows[2].status == "refused: daily DP budget 2000+1000 > 2500 milli-epsilon on 2026-11-01"
     assert role.spent_milli("F3", "2026-11-01") == 2000
-    entries = list(role.audit.entries())
+    entries = [e for e in role.audit.entries() if e.action != "membership"]
     assert (entries[0].action, entries[0].query["daily_budget_milli"]) == ("policy", 2500)
     assert [e.decision for e in entries[1:]] == ["allow", "allow", "refuse", "refuse"]
     role.close()
@@ -231,52 +235,41 @@ def test_daily_budget_refuses_and_audits(tmp_path, keypair):
     f.enc.close()
 
 
-def test_ledger_rows_deleted_from_the_file_come_back_from_the_audit_log(fleet, keypair):
-    """The release ledger is a cache of the hash-chained audit log: deleting its rows does not reopen
-    a differencing attack (a different contributor set for a released interval)."""
-    _, priv = keypair
-    role = role_for(fleet.db, priv)
-    assert load(fleet.db, role, "F1", T0, T0 + IV)[0].allowed
-    role.close()
-    con = sqlite3.connect(fleet.db)
-    con.execute("DELETE FROM dp_release")
-    con.commit()
-    con.close()
-    fleet.add("late", "F1", T0, 999, 555)
-    role = role_for(fleet.db, priv)
-    again = load(fleet.db, role, "F1", T0, T0 + IV)[0]
-    assert not again.allowed and "different contributor set" in again.status
-    role.close()
-
-
 def test_two_sessions_cannot_both_release_different_sets(fleet, keypair, monkeypatch):
-    """Check and ledger row are one transaction: while session A is between its check and its
-    ledger row, session B cannot even start its check; afterwards B sees A's release."""
+    """Check, decryption and audit entry are one decision under the role's lock: while session A is
+    between its check and its entry, session B's decision waits; afterwards B sees A's release."""
     _, priv = keypair
-    a, b = role_for(fleet.db, priv), role_for(fleet.db, priv)  # both open before either releases
-    b._ledger.execute("PRAGMA busy_timeout=200")
-    store = open_store(fleet.db)
-    b_cell = feeder_sums(store.iter_readings(feeder="F1", t_from=T0, t_to=T0 + IV), a.public_key.nsquare)[0]
-    store.close()
-    blocked = []
+    t2 = T0 + 2 * IV
+    a = role_for(fleet.db, priv)
+    order: list[str] = []
+
+    def session_b():
+        b = role_for(fleet.db, priv)
+        order.append("B " + load(fleet.db, b, "F1", t2, t2 + IV)[0].status)
+        b.close()
+
     original = DecryptionRole._check_feeder
+    b_thread: list[threading.Thread] = []
 
     def check_then_race(self, cell, m):
-        if self is a and not blocked:
-            t0 = time.monotonic()
-            with pytest.raises(sqlite3.OperationalError, match="locked"):
-                b._feeder_cell(b_cell)
-            blocked.append(time.monotonic() - t0)
+        if self is a and not b_thread:
+            fleet.add("m5", "F1", t2, 999, 555)  # B will see one more contributor than A
+            t = threading.Thread(target=session_b)
+            b_thread.append(t)
+            t.start()
+            time.sleep(0.5)  # B is blocked on the lock meanwhile
+            order.append("A checked")
         return original(self, cell, m)
 
     monkeypatch.setattr(DecryptionRole, "_check_feeder", check_then_race)
-    assert load(fleet.db, a, "F1", T0, T0 + IV)[0].allowed
-    assert len(blocked) == 1 and blocked[0] < 10  # B's own busy timeout, not some other lock
-    monkeypatch.setattr(DecryptionRole, "_check_feeder", original)
-    fleet.add("late2", "F1", T0, 999, 555)
-    assert not load(fleet.db, b, "F1", T0, T0 + IV)[0].allowed
+    store = open_store(fleet.db)
+    cells = feeder_sums((r for r in store.iter_readings(t_from=t2, t_to=t2 + IV) if r.meter_id != "m5"),
+                        a.public_key.nsquare)
+    store.close()
+    assert a._feeder_cell(cells[0]).allowed
+    b_thread[0].join(30)
+    assert order[0] == "A checked" and "different contributor set" in order[1]
     a.close()
-    b.close()
 
 
 def test_aggregate_input_checks(keypair):
@@ -302,11 +295,12 @@ def test_empty_range_is_a_policy_error(fleet, keypair):
 
 def test_cli_feeder_load(fleet, keypair, tmp_path):
     pub, priv = keypair
-    keys = tmp_path / "keys"
-    write_keypair(keys, pub, priv)
+    role_dir = role_dir_for(fleet.db, priv)
+    from roles import registry_from_store
+    reg = registry_from_store(fleet.db)
     out = tmp_path / "f.csv"
     cmd = [sys.executable, "-m", "meterveil.host.cli", "feeder-load", "--db", str(fleet.db),
-           "--secret-key", str(keys / "utility.key.json"), "--feeder", "F1", "--from", "2026-10-31T18:30:00Z",
+           "--role-dir", str(role_dir), "--registry", str(reg.path), "--feeder", "F1", "--from", "2026-10-31T18:30:00Z",
            "--to", "2026-10-31T19:15:00+00:00", "--out", str(out), "--actor", "grid-ops"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 3, res.stderr  # an interval was refused (exit 3, as for bill)
@@ -315,8 +309,9 @@ def test_cli_feeder_load(fleet, keypair, tmp_path):
     assert [r["status"] for r in rows] == ["ok", "refused: 3 < m=5", "ok"]
     assert int(rows[0]["analytics_sum_wh"]) == fleet.sums("F1", T0)[1] and rows[1]["analytics_sum_wh"] == ""
     assert rows[0]["epsilon"] == "1" and rows[0]["clamp_wh"] == "1000" and rows[0]["contributors"] == "6"
-    verify = subprocess.run([sys.executable, "-m", "meterveil.host.cli", "audit", "verify", "--db", str(fleet.db)],
-                            capture_output=True, text=True)
-    assert verify.returncode == 0 and "3 entries" in verify.stdout
-    with AuditLog(fleet.db) as audit:
+    assert out.stat().st_mode & 0o777 == 0o600  # released results are for whoever asked
+    verify = subprocess.run([sys.executable, "-m", "meterveil.host.cli", "audit", "verify", "--db",
+                             str(audit_db(fleet.db))], capture_output=True, text=True)
+    assert verify.returncode == 0 and "4 entries" in verify.stdout, verify.stdout + verify.stderr
+    with AuditLog(audit_db(fleet.db)) as audit:
         assert {e.actor for e in audit.entries()} == {"grid-ops"}

@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from meterveil.host import anonymize as an
-from meterveil.host import packing, profiles
-from meterveil.host.audit import AuditLog
-from meterveil.host.cli import main
-from meterveil.host.keys import MeterRegistry, generate_keypair, write_keypair
-from meterveil.host.store import Batch, StoredReading, open_store
+from meterveil.host.audit.chain import AuditLog
+from meterveil.host.backoffice import anonymize as an
+from meterveil.host.cli.main import main
+from meterveil.host.common import packing
+from meterveil.host.common.keys import MeterRegistry, generate_keypair, write_keypair
+from meterveil.host.demo import profiles
+from meterveil.host.store.base import Batch, StoredReading, open_store
 
 QI = list(an.QUASI_IDENTIFIERS)
 

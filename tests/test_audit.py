@@ -9,7 +9,14 @@ import threading
 
 import pytest
 
-from meterveil.host.audit import GENESIS, AuditError, AuditLog, canonical_json, parse_anchor, result_digest
+from meterveil.host.audit.chain import (
+    GENESIS,
+    AuditError,
+    AuditLog,
+    canonical_json,
+    parse_anchor,
+    result_digest,
+)
 
 
 def _fill(path, n: int = 6) -> list:
@@ -184,11 +191,11 @@ def test_concurrent_appends_keep_one_chain(tmp_path):
 def test_cli_audit_verify_exit_codes(tmp_path):
     db = tmp_path / "s.db"
     _fill(db)
-    cmd = [sys.executable, "-m", "meterveil.host.cli", "audit", "verify", "--db", str(db)]
+    cmd = [sys.executable, "-m", "meterveil.host.cli.main", "audit", "verify", "--db", str(db)]
     ok = subprocess.run(cmd, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "intact: 6 entries" in ok.stdout
-    head = subprocess.run([sys.executable, "-m", "meterveil.host.cli", "audit", "head", "--db", str(db)],
+    head = subprocess.run([sys.executable, "-m", "meterveil.host.cli.main", "audit", "head", "--db", str(db)],
                           capture_output=True, text=True)
     assert head.returncode == 0 and head.stdout.startswith("6:")
     _tamper(db, "UPDATE audit_log SET reason = 'ok (edited)' WHERE seq = 3")

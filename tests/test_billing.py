@@ -21,10 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterveil.host import packing
-from meterveil.host.aggregate import hom_sum
-from meterveil.host.audit import AuditLog
-from meterveil.host.billing import (
+from meterveil.host.audit.chain import AuditLog
+from meterveil.host.backoffice.aggregate import hom_sum
+from meterveil.host.backoffice.billing import (
     BillingError,
     bill_rows,
     compute_bill,
@@ -33,11 +32,12 @@ from meterveil.host.billing import (
     line_amount,
     round_half_up,
 )
-from meterveil.host.decryptor import DecryptionRole, Policy, PolicyError
-from meterveil.host.keys import MeterRegistry, generate_keypair, write_keypair
-from meterveil.host.paillier_fast import make_encryptor
-from meterveil.host.store import Batch, StoredReading, open_store
-from meterveil.host.tariff import load_tariff, parse_tariff
+from meterveil.host.backoffice.tariff import load_tariff, parse_tariff
+from meterveil.host.common import packing
+from meterveil.host.common.keys import MeterRegistry, generate_keypair, write_keypair
+from meterveil.host.decryption.role import DecryptionRole, Policy, PolicyError
+from meterveil.host.gateway.encryptor import make_encryptor
+from meterveil.host.store.base import Batch, StoredReading, open_store
 
 TARIFFS = Path(__file__).resolve().parent.parent / "tariffs"
 IV = 900
@@ -215,7 +215,7 @@ def test_bill_audited_and_cli_matches(tmp_path, keypair):
     db = tmp_path / "s.db"
     fill_store(db, pub, readings)
     out = tmp_path / "bills.csv"
-    cmd = [sys.executable, "-m", "meterveil.host.cli", "bill", "--db", str(db), "--secret-key", str(keys),
+    cmd = [sys.executable, "-m", "meterveil.host.cli.main", "bill", "--db", str(db), "--secret-key", str(keys),
            "--keys", str(keys), "--tariff", str(TARIFFS / "slabs.toml"), "--period", "2026-11",
            "--out", str(out), "--actor", "alice"]
     res = subprocess.run(cmd, capture_output=True, text=True)

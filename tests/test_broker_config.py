@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from brokerutil import MOSQUITTO, free_port, make_readable_by_broker
 
-from meterveil.host.cli import main as cli_main
+from meterveil.host.cli.main import main as cli_main
 from meterveil.tools import mqtt_auth
 from meterveil.tools.broker_config import generate
 from meterveil.tools.workspace import Workspace

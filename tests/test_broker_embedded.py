@@ -8,7 +8,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from meterveil.host.broker_embedded import EmbeddedBroker, meter_acls
+from meterveil.host.demo.broker import EmbeddedBroker, meter_acls
 
 
 def _client(cid: str, user: str | None = None, pw: str | None = None, *, clean: bool = True,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from meterveil.host.cli import main as cli_main
+from meterveil.host.cli.main import main as cli_main
 from meterveil.protocol import frame
 from meterveil.tools.build import REPO_ROOT, build, load_manifest
 from meterveil.tools.fileio import ToolError
@@ -131,7 +131,7 @@ def test_built_romfs_image_runs_the_meter_in_a_64k_heap_budget(portable, tmp_pat
     sys.path.insert(0, str(Path(__file__).parent))
     from fwutil import meter_config
 
-    from meterveil.host import firmware_runner as fr
+    from meterveil.host.demo import firmware_runner as fr
 
     image = portable.out / "romfs.img"
     cfg = meter_config(tmp_path, mosquitto.url)

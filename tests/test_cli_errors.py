@@ -19,15 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from meterveil.host import cli, keys
-from meterveil.host.audit import AuditLog
-from meterveil.host.demo import run_demo
-from meterveil.host.demo_setup import DemoConfig
-from meterveil.host.mqtt_ingest import MqttConfig, MqttIngest
-from meterveil.host.store import open_store
+from meterveil.host.audit.chain import AuditLog
+from meterveil.host.cli import main as cli
+from meterveil.host.common import keys
+from meterveil.host.demo.run import run_demo
+from meterveil.host.demo.setup import DemoConfig
+from meterveil.host.gateway.mqtt import MqttConfig, MqttIngest
+from meterveil.host.store.base import open_store
 
 TARIFF = Path(__file__).resolve().parents[1] / "tariffs" / "tou3.toml"
-CLI = [sys.executable, "-m", "meterveil.host.cli"]
+CLI = [sys.executable, "-m", "meterveil.host.cli.main"]
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,7 @@ def test_file_that_is_not_a_store_is_one_line(demo, tmp_path, capsys):
 
 
 def test_open_store_create_flag(tmp_path):
-    from meterveil.host.store import StoreError
+    from meterveil.host.store.base import StoreError
 
     p = tmp_path / "sub" / "s.sqlite"
     with pytest.raises(StoreError, match="does not exist"):

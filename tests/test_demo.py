@@ -22,10 +22,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from meterveil.host import keys
-from meterveil.host.demo import run_demo
-from meterveil.host.demo_setup import DEFAULT_TARIFF, DemoConfig
-from meterveil.host.store import open_store
+from meterveil.host.backoffice.tariff import DEFAULT_TARIFF
+from meterveil.host.common import keys
+from meterveil.host.demo.run import run_demo
+from meterveil.host.demo.setup import DemoConfig
+from meterveil.host.store.base import open_store
 
 try:  # Python 3.11+
     import tomllib
@@ -183,7 +184,7 @@ def _meter_pids(marker: str) -> list[int]:
 def test_sigint_stops_every_meter(tmp_path):
     out = tmp_path / "out"
     ws = tmp_path / "ws"
-    cmd = [sys.executable, "-m", "meterveil.host.cli", "demo", "--meters", "6", "--feeders", "1",
+    cmd = [sys.executable, "-m", "meterveil.host.cli.main", "demo", "--meters", "6", "--feeders", "1",
            "--days", "3", "--speed", "2000", "--out", str(out), "--workspace", str(ws), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -204,8 +205,8 @@ def test_sigint_stops_every_meter(tmp_path):
 
 
 def test_truth_cross_check_names_a_meter_whose_bill_differs():
-    from meterveil.host.demo_outputs import bill_mismatches, bills_from_truth
-    from meterveil.host.tariff import load_tariff
+    from meterveil.host.backoffice.tariff import load_tariff
+    from meterveil.host.demo.outputs import bill_mismatches, bills_from_truth
 
     tariff = load_tariff(Path(__file__).resolve().parents[1] / "tariffs" / "tou3.toml")
     lo, _ = tariff.period_bounds("2026-11")

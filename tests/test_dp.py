@@ -8,12 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from meterveil.host import dp, packing
-from meterveil.host.audit import AuditLog
-from meterveil.host.cli import main
-from meterveil.host.decryptor import DecryptionRole, Policy
-from meterveil.host.keys import generate_keypair
-from meterveil.host.store import Batch, StoredReading, open_store
+from meterveil.host.audit.chain import AuditLog
+from meterveil.host.backoffice import dp
+from meterveil.host.cli.main import main
+from meterveil.host.common import packing
+from meterveil.host.common.keys import generate_keypair
+from meterveil.host.decryption.role import DecryptionRole, Policy
+from meterveil.host.store.base import Batch, StoredReading, open_store
 
 T0 = 1793491200  # 2026-11-01 00:00 UTC, a multiple of 900
 IV = 900

@@ -42,9 +42,10 @@ from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as paho
 
-from meterveil.host import keys
-from meterveil.host.demo_setup import DEFAULT_TARIFF, DemoConfig, provision, write_meter_configs
-from meterveil.host.firmware_runner import EXIT_OK, MeterProcess, build_firmware
+from meterveil.host.backoffice.tariff import DEFAULT_TARIFF
+from meterveil.host.common import keys
+from meterveil.host.demo.firmware_runner import EXIT_OK, MeterProcess, build_firmware
+from meterveil.host.demo.setup import DemoConfig, provision, write_meter_configs
 from meterveil.protocol import frame, opener
 
 try:  # Python 3.11+
@@ -119,7 +120,7 @@ class GatewayProc:
     """`meterveil gateway` as a subprocess; 'gateway ready' lines in its log count subscriptions."""
 
     def __init__(self, url: str, db: Path, keys_dir: Path, log: Path):
-        self.cmd = [sys.executable, "-m", "meterveil.host.cli", "gateway", "--broker", url, "--db", str(db),
+        self.cmd = [sys.executable, "-m", "meterveil.host.cli.main", "gateway", "--broker", url, "--db", str(db),
                     "--keys", str(keys_dir), "--client-id", GW_CLIENT_ID, "--batch-ms", "50"]
         self.log = log
         self.proc: subprocess.Popen | None = None
@@ -389,7 +390,7 @@ def test_faults_end_to_end(tmp_path, mosquitto):
 
     # -- gateway counters -----------------------------------------------------------------------
     stats = json.loads(subprocess.run(
-        [sys.executable, "-m", "meterveil.host.cli", "stats", "--db", str(ws.db)],
+        [sys.executable, "-m", "meterveil.host.cli.main", "stats", "--db", str(ws.db)],
         capture_output=True, text=True, check=True).stdout)
     assert stats["rejected_total"] == 0, stats["rejected"]
     assert set(counters) <= {"accepted", "duplicate", "status", "status_superseded"}, counters
@@ -417,7 +418,7 @@ def test_faults_end_to_end(tmp_path, mosquitto):
     for period in sorted({p for _, p in expected}):
         out = tmp_path / f"bills-{period}.csv"
         res = subprocess.run(
-            [sys.executable, "-m", "meterveil.host.cli", "bill", "--db", str(ws.db),
+            [sys.executable, "-m", "meterveil.host.cli.main", "bill", "--db", str(ws.db),
              "--secret-key", str(backoffice), "--keys", str(ws.keys_dir), "--tariff", str(DEFAULT_TARIFF),
              "--period", period, "--out", str(out), "--actor", "e2e-test"],
             capture_output=True, text=True)
@@ -437,7 +438,7 @@ def test_faults_end_to_end(tmp_path, mosquitto):
             assert got[mid]["FIXED"][1] == lines["FIXED"][1]
             assert got[mid]["TOTAL"] == lines["TOTAL"], (mid, period)
     assert used == bands, "the run did not cross all three bands"
-    audit = subprocess.run([sys.executable, "-m", "meterveil.host.cli", "audit", "verify", "--db", str(ws.db)],
+    audit = subprocess.run([sys.executable, "-m", "meterveil.host.cli.main", "audit", "verify", "--db", str(ws.db)],
                            capture_output=True, text=True)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     print(f"e2e faults: {len(expect)} readings, {len(orphans)} sealed without TRUTH line, "

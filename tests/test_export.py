@@ -19,13 +19,14 @@ import pandas as pd
 import pytest
 from test_billing import IV, TARIFFS, fill_store, pool_encrypt
 
-from meterveil.host import packing, profiles
-from meterveil.host.audit import AuditLog
-from meterveil.host.cli import main
-from meterveil.host.decryptor import DecryptionRole, Policy
-from meterveil.host.keys import MeterRegistry, generate_keypair, load_private, write_keypair
-from meterveil.host.store import Batch, StoredReading, open_store
-from meterveil.host.tariff import load_tariff
+from meterveil.host.audit.chain import AuditLog
+from meterveil.host.backoffice.tariff import load_tariff
+from meterveil.host.cli.main import main
+from meterveil.host.common import packing
+from meterveil.host.common.keys import MeterRegistry, generate_keypair, load_private, write_keypair
+from meterveil.host.decryption.role import DecryptionRole, Policy
+from meterveil.host.demo import profiles
+from meterveil.host.store.base import Batch, StoredReading, open_store
 
 ZONE = ZoneInfo("Asia/Kolkata")
 T0 = int(datetime(2026, 11, 1, tzinfo=ZONE).timestamp())  # 2026-10-31 18:30 UTC

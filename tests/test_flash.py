@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from meterveil.host.cli import main as cli_main
+from meterveil.host.cli.main import main as cli_main
 from meterveil.tools import device
 from meterveil.tools.build import build
 from meterveil.tools.fileio import ToolError

@@ -8,7 +8,7 @@ import sys
 import pytest
 from fwutil import meter_config
 
-from meterveil.host import firmware_runner as fr
+from meterveil.host.demo import firmware_runner as fr
 
 sys.path.insert(0, str(fr.FIRMWARE))
 from meter import config  # noqa: E402  (firmware module; pure, imports on CPython)

@@ -7,7 +7,7 @@ import random
 import pytest
 from fwutil import Subscriber, meter_config
 
-from meterveil.host import firmware_runner as fr
+from meterveil.host.demo import firmware_runner as fr
 from meterveil.protocol import frame
 
 
@@ -197,10 +197,10 @@ def test_replacement_board_with_a_new_key_is_accepted_not_counter_reuse(tmp_path
     from fwutil import START
     from phe import paillier
 
-    from meterveil.host.gateway import Gateway, Message
-    from meterveil.host.keys import MeterRegistry
-    from meterveil.host.paillier_fast import make_encryptor
-    from meterveil.host.store import open_store
+    from meterveil.host.common.keys import MeterRegistry
+    from meterveil.host.gateway.encryptor import make_encryptor
+    from meterveil.host.gateway.ingest import Gateway, Message
+    from meterveil.host.store.base import open_store
 
     sub = Subscriber(mosquitto.port)
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 from fwutil import Subscriber, meter_config
 
-from meterveil.host import firmware_runner as fr
+from meterveil.host.demo import firmware_runner as fr
 from meterveil.protocol import frame
 
 INTERVALS = 6

@@ -10,7 +10,7 @@ from pathlib import Path
 from brokerutil import wait_until
 from fwutil import MASTER_KEY, Subscriber, meter_config
 
-from meterveil.host import firmware_runner as fr
+from meterveil.host.demo import firmware_runner as fr
 from meterveil.protocol import frame
 
 sys.path.insert(0, str(fr.FIRMWARE))

@@ -7,7 +7,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from meterveil.host import firmware_runner as fr
+from meterveil.host.demo import firmware_runner as fr
 
 MPY = Path(__file__).parent / "mpy"
 

@@ -13,12 +13,13 @@ import pytest
 from brokerutil import wait_until
 from phe import paillier
 
-from meterveil.host import cli, packing
-from meterveil.host.gateway import QUARANTINE_REASONS, Gateway, IngestConfig, Message, stats_summary
-from meterveil.host.keys import MeterRegistry
-from meterveil.host.mqtt_ingest import MqttConfig, MqttIngest
-from meterveil.host.paillier_fast import make_encryptor
-from meterveil.host.store import open_store
+from meterveil.host.cli import main as cli
+from meterveil.host.common import packing
+from meterveil.host.common.keys import MeterRegistry
+from meterveil.host.gateway.encryptor import make_encryptor
+from meterveil.host.gateway.ingest import QUARANTINE_REASONS, Gateway, IngestConfig, Message, stats_summary
+from meterveil.host.gateway.mqtt import MqttConfig, MqttIngest
+from meterveil.host.store.base import open_store
 from meterveil.protocol import frame
 
 PUB, PRIV = paillier.generate_paillier_keypair(n_length=1024)
@@ -235,7 +236,7 @@ def test_quarantine_retries_every_frame_in_turn_keeps_on_faults_and_expires(gw, 
 
 
 def test_quarantine_is_bounded_per_meter(gw, monkeypatch):
-    from meterveil.host import store_sqlite
+    from meterveil.host.store import sqlite as store_sqlite
 
     monkeypatch.setattr(store_sqlite, "QUARANTINE_PER_METER", 2)
     for c in range(1, 4):

@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 from brokerutil import wait_until
 from phe import paillier
 
-from meterveil.host import keys, packing
+from meterveil.host.common import keys, packing
 from meterveil.protocol import frame
 
 METERS = ("k01", "k02", "k03", "k04", "k05")
@@ -38,7 +38,7 @@ def _rows(db: Path) -> int:
 
 
 def _start_gateway(port: int, db: Path, keydir: Path, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "meterveil.host.cli", "gateway", "--broker", f"mqtt://127.0.0.1:{port}",
+    cmd = [sys.executable, "-m", "meterveil.host.cli.main", "gateway", "--broker", f"mqtt://127.0.0.1:{port}",
            "--db", str(db), "--keys", str(keydir), "--client-id", "gw-kill-test",
            # full r^n encryption: the gateway is then clearly slower than the publisher, so the kill
            # lands with hundreds of messages queued or in flight

@@ -10,7 +10,8 @@ import stat
 import pytest
 from phe import paillier
 
-from meterveil.host import cli, keys
+from meterveil.host.cli import main as cli
+from meterveil.host.common import keys
 
 
 def _mode(p) -> int:

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from phe import paillier
 
-from meterveil.host import packing
-from meterveil.host.paillier_fast import add_raw, make_encryptor
+from meterveil.host.common import packing
+from meterveil.host.gateway.encryptor import add_raw, make_encryptor
 
 billing = st.integers(0, (1 << packing.VALUE_BITS) - 1)
 analytics = st.integers(-packing.ANALYTICS_OFFSET, packing.ANALYTICS_OFFSET - 1)

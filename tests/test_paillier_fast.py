@@ -6,8 +6,8 @@ import gmpy2
 import pytest
 from phe import paillier
 
-from meterveil.host import packing
-from meterveil.host.paillier_fast import (
+from meterveil.host.common import packing
+from meterveil.host.gateway.encryptor import (
     STRATEGIES,
     DJNTable,
     ObfuscatorPool,

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from meterveil.host import profiles as P
+from meterveil.host.demo import profiles as P
 
 START = datetime(2026, 11, 2, tzinfo=timezone.utc)  # a Monday
 

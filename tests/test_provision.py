@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from brokerutil import MOSQUITTO, free_port
 
-from meterveil.host import keys as hostkeys
-from meterveil.host.anonymize import QUASI_IDENTIFIERS
-from meterveil.host.cli import main as cli_main
+from meterveil.host.backoffice.anonymize import QUASI_IDENTIFIERS
+from meterveil.host.cli.main import main as cli_main
+from meterveil.host.common import keys as hostkeys
 from meterveil.tools import mqtt_auth
 from meterveil.tools.batch import Progress, provision_batch
 from meterveil.tools.broker_config import generate

@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from meterveil.host import store_sqlite
-from meterveil.host.store import Batch, StatusRecord, StoredReading, open_store
+from meterveil.host.store import sqlite as store_sqlite
+from meterveil.host.store.base import Batch, StatusRecord, StoredReading, open_store
 
 BIG = (1 << 4095) + 12345  # a 4096-bit "ciphertext"
 

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from meterveil.host.tariff import TariffError, load_tariff, parse_tariff, period_bounds
+from meterveil.host.backoffice.tariff import TariffError, load_tariff, parse_tariff, period_bounds
 
 TARIFFS = Path(__file__).resolve().parent.parent / "tariffs"
 

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from meterveil.host import keys as hostkeys
+from meterveil.host.common.pubkey import KeyFileError
+from meterveil.host.common.registry import METER_ID_RE, REGISTRY_NAME
+from meterveil.host.gateway.meter_keys import MASTER_KEY_BYTES, KeyedRegistry
 
 from . import meter_config, mqtt_auth
 from .device import Step, check_port, mpremote, run_step
@@ -70,7 +72,7 @@ def check_attribute(key: str, value: Any) -> Any:
     Why a closed set: the export generalises these values by fixed hierarchies (flat / house,
     north+central / south+coast, ...); an unknown value would land in "other" and stand out.
     """
-    from meterveil.host.anonymize import ATTRIBUTE_VALUES, OCCUPANTS_RANGE
+    from meterveil.host.backoffice.anonymize import ATTRIBUTE_VALUES, OCCUPANTS_RANGE
 
     if key not in ATTRIBUTE_KEYS:
         raise ToolError(f"unknown attribute {key!r}: allowed {', '.join(ATTRIBUTE_KEYS)}")
@@ -118,7 +120,7 @@ def key_id(key: bytes) -> str:
 
 
 def check_spec(spec: MeterSpec) -> None:
-    if not hostkeys.METER_ID_RE.match(spec.meter_id):
+    if not METER_ID_RE.match(spec.meter_id):
         raise ToolError(f"meter id {spec.meter_id!r}: use 1-16 characters of A-Z a-z 0-9 _ - "
                         f"(it is also the MQTT user name)")
     if not spec.feeder:
@@ -141,14 +143,16 @@ def _broker_url(ws: Workspace, override: str | None) -> tuple[str, bool]:
     return f"mqtts://{info['host']}:{info['port']}", True
 
 
-def open_registry(ws: Workspace, registry: Path | None) -> hostkeys.MeterRegistry:
+def open_registry(ws: Workspace, registry: Path | None) -> KeyedRegistry:
+    """The shared registry (metadata) together with the gateway's meter keys: provisioning writes both."""
     path = Path(registry or ws.registry)
     if path.is_dir():
-        path = path / hostkeys.REGISTRY_NAME
+        path = path / REGISTRY_NAME
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ws.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        return hostkeys.MeterRegistry.load(path)
-    except (hostkeys.KeyFileError, ValueError) as e:
+        return KeyedRegistry.load(ws.keys_dir, path)
+    except (KeyFileError, ValueError) as e:
         raise ToolError(f"cannot read the meter registry: {e}") from None
 
 
@@ -226,7 +230,7 @@ def provision_one(workspace: Path, spec: MeterSpec, *, broker_url: str | None = 
             raise ToolError(f"meter {spec.meter_id} already exists in {', '.join(where)}; use --rotate-key to "
                             f"replace its key, or choose another id")
     check_spec(spec)
-    key = os.urandom(hostkeys.MASTER_KEY_BYTES)
+    key = os.urandom(MASTER_KEY_BYTES)
     password = mqtt_auth.new_password()
     calibration = dict(meter_config.DEFAULT_CALIBRATION, volts=spec.volts, rated_amps=spec.rated_amps)
     if rotate_key and ws.meter_config(spec.meter_id).exists():
@@ -301,7 +305,8 @@ def register(sub) -> None:
     p.add_argument("--push", action="store_true",
                    help="only push the existing config of METER_ID to --port (no new keys)")
     p.add_argument("--registry", type=Path, default=None,
-                   help="gateway meter registry (default WORKSPACE/keys/meters.json)")
+                   help="meter registry, metadata only (default WORKSPACE/registry/meters.json); master keys go "
+                        "to WORKSPACE/keys/meter-keys.json")
     p.add_argument("--broker-url", default=None, help="override the broker URL from broker-config")
     p.add_argument("--epsilon-milli", type=int, default=1000, help="DP epsilon per reading x 1000 (default 1000)")
     p.add_argument("--clamp-wh", type=int, default=1000, help="DP clamp per interval in Wh (default 1000)")

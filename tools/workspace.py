@@ -6,7 +6,9 @@ password file, the ACL, the CA and the meter registry are, and a typo in a path 
     DIR/broker/mosquitto.conf  passwd (0600)  acl  pki/{ca.crt,ca.der,ca.key,server.*}  data/  log/
     DIR/broker.json            how meters and the gateway reach the broker (host, port, CA) - public
     DIR/gateway.password       the gateway's broker password (0600; gateway --password-file)
-    DIR/keys/                  the gateway's keys dir: meters.json registry (host/keys.py, 0600)
+    DIR/keys/                  the gateway's keys: utility.pub.json, meter-keys.json (0600)
+    DIR/registry/meters.json   meter metadata, no keys (feeder, DP parameters, attributes)
+    DIR/decryption/            the decryption role's folder (keys init --secret-dir), never the gateway's
     DIR/meters/<id>/config.json  one meter's config incl. its master key (0600)
     DIR/rotation.log           one JSON line per key rotation (no key material)
 """
@@ -60,7 +62,11 @@ class Workspace:
 
     @property
     def registry(self) -> Path:
-        return self.keys_dir / "meters.json"
+        return self.root / "registry" / "meters.json"
+
+    @property
+    def role_dir(self) -> Path:
+        return self.root / "decryption"
 
     def meter_dir(self, meter_id: str) -> Path:
         return self.root / "meters" / meter_id

@@ -1,0 +1,122 @@
+"""The release ledger: what the decryption role has released so far, folded from its signed audit log.
+
+Why in audit/: the decryption role checks its policy against it, and auditors and the privacy
+report read the same fold without any key.
+
+Why derived and not stored: a ledger kept in tables can be edited by whoever can write the file
+(delete a release row and the differencing check is gone). Here the ledger is rebuilt from the
+audit entries, each of which is hash-chained and signed, and refreshed from new entries before
+every decision. The only way to change it is to forge a signature.
+
+What it remembers (from ``allow`` entries and bookkeeping entries):
+- ``feeder-load``: per (feeder, interval_start), the released contributor set digest and its epsilon;
+- ``bill`` / ``partition``: per (household, period), the band partition, window, readings digest and
+  count of the last decrypted bill, and the cell labels of every partition;
+- ``policy``: the daily DP budget;
+- ``membership``: per (feeder, month), the frozen set of meters whose readings make its sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from meterveil.host.audit.chain import AuditEntry
+
+
+def utc_day(t: int) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d")
+
+
+def utc_month(t: int) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m")
+
+
+@dataclass(frozen=True)
+class Release:
+    day: str
+    epsilon_milli: int
+    members_digest: str
+
+
+@dataclass(frozen=True)
+class PinnedBill:
+    """The last decrypted bill of one household and period."""
+
+    partition: str
+    bounds: tuple[int, int]
+    members_digest: str
+    readings: int
+    closed: bool
+
+
+@dataclass
+class Ledger:
+    releases: dict[tuple[str, int], Release] = field(default_factory=dict)
+    bills: dict[tuple[str, str], PinnedBill] = field(default_factory=dict)
+    partitions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    membership: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    daily_budget_milli: int | None = None
+    seq: int = 0
+
+    def apply_all(self, entries: Iterable[AuditEntry]) -> None:
+        for e in entries:
+            self.apply(e)
+
+    def apply(self, e: AuditEntry) -> None:
+        """Fold one (already verified) entry into the ledger."""
+        self.seq = e.seq
+        if e.decision != "allow":
+            return
+        q = e.query
+        if e.action == "feeder-load":
+            key = (str(q["feeder"]), int(q["interval_start"]))
+            if key not in self.releases:
+                self.releases[key] = Release(utc_day(key[1]), int(q["dp_params"][0][0]), str(q["members_digest"]))
+        elif e.action == "partition":
+            self.partitions.setdefault(str(q["partition"]), tuple(int(x) for x in q["labels"]))
+        elif e.action == "bill" and q.get("partition") is not None:
+            key = (str(q["meter_id"]), str(q["period"]))
+            before = self.bills.get(key)
+            closed = bool(q.get("closed")) or (before is not None and before.closed)
+            self.bills[key] = PinnedBill(str(q["partition"]), (int(q["t_from"]), int(q["t_to"])),
+                                         str(q["members_digest"]), int(q["readings"]), closed)
+        elif e.action == "policy" and "daily_budget_milli" in q:
+            self.daily_budget_milli = None if q["daily_budget_milli"] is None else int(q["daily_budget_milli"])
+        elif e.action == "membership":
+            self.membership.setdefault((str(q["feeder"]), str(q["month"])), tuple(str(m) for m in q["meters"]))
+
+    def spent_milli(self, feeder: str, day: str) -> int:
+        return sum(r.epsilon_milli for (f, _), r in self.releases.items() if f == feeder and r.day == day)
+
+    def released_per_day(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """(feeder, UTC day) -> (intervals released, epsilon spent)."""
+        out: dict[tuple[str, str], tuple[int, float]] = {}
+        for (feeder, _), r in self.releases.items():
+            n, s = out.get((feeder, r.day), (0, 0.0))
+            out[(feeder, r.day)] = (n + 1, s + r.epsilon_milli / 1000)
+        return out
+
+    def feeder_of(self, meter_id: str, month: str) -> str | None:
+        """The feeder whose frozen membership holds `meter_id` in `month`, if any."""
+        for (feeder, m), members in self.membership.items():
+            if m == month and meter_id in members:
+                return feeder
+        return None
+
+
+def fold_verified(audit_db: str | Path, verify_key: Ed25519PublicKey) -> Ledger:
+    """The ledger of a role database, read only; AuditError unless the whole chain verifies."""
+    from meterveil.host.audit.chain import AuditError, AuditLog
+
+    with AuditLog(audit_db) as log:
+        result = log.verify(verify_key)
+        if not result.ok:
+            raise AuditError(result.describe())
+        led = Ledger()
+        led.apply_all(log.entries())
+    return led

@@ -1,0 +1,449 @@
+"""The decryption role: holds the Paillier secret key and decrypts only what policy allows.
+
+Why the role computes its own sums: its public methods take the store and a query (household bill for
+a calendar month, feeder load for a time range), never a bare ciphertext, so no caller can have it
+decrypt one reading dressed up as a sum. Policy (policy.py):
+
+- bills: per household, per tariff band, per whole billing period (a calendar month in the tariff's
+  zone); the analytics slot is masked before decryption. At most `max_bands` cells in the common
+  refinement of every band partition ever decrypted for that household and period: billing the same
+  month again with other bands (a "spy" tariff per hour) would otherwise reveal the daily routine by
+  differences. Coarser re-queries (a flat total after a ToU bill) add nothing and pass; a re-bill
+  of the same period over a shifted window (a tariff in another time zone) is refused;
+- feeder loads: per feeder per interval, only with contributors >= m, where
+  m = max(k_min, the largest m provisioned for a meter on that feeder, the largest m the readings
+  carry); one reading per meter; one set of DP parameters; the billing slot is masked before
+  decryption (packing.blind_slot: the mask is drawn and forgotten inside, so the exact billing sum
+  never exists in this process). Which meters make a feeder comes from the registry, frozen per
+  month the first time the feeder is released in it (an audit entry), never from a column the
+  ingest side writes;
+- optional daily DP budget per feeder (UTC day of the interval start): releasing an interval spends
+  its epsilon once; re-releasing the same contributor set is free (same value, post-processing), a
+  different contributor set for an already released interval is refused (differencing attack).
+
+Every decryption and every refusal appends a signed audit entry; the ledger those checks read is
+folded from the verified audit log (ledger.py), under an exclusive lock per decision, so two
+sessions cannot both pass a check. The role holds no meter key and never opens one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from phe import paillier
+
+from meterveil.host.audit import anchors
+from meterveil.host.audit.chain import AuditError, AuditLog, result_digest
+from meterveil.host.audit.ledger import Ledger, utc_month
+from meterveil.host.backoffice.aggregate import FeederCell, HouseholdSums, billing_sums, feeder_sums
+from meterveil.host.backoffice.billing import expected_intervals as count_expected
+from meterveil.host.backoffice.tariff import Tariff
+from meterveil.host.common import packing
+from meterveil.host.common.registry import MeterRegistry
+from meterveil.host.decryption.policy import Policy, PolicyError
+from meterveil.host.store.base import Store, StoredReading
+
+_SLOT_S = 900  # band partitions are compared on the period's 15-minute slots (local hours align to them)
+
+__all__ = ["DecryptionRole", "FeederLoad", "HouseholdTotals", "Policy", "PolicyError"]
+
+
+@dataclass(frozen=True)
+class FeederLoad:
+    """One feeder interval as released (status 'ok') or refused (status 'refused: ...', no value)."""
+
+    feeder: str
+    interval_start: int
+    interval_len: int
+    readings: int
+    contributors: int
+    epsilon_milli: int
+    clamp_wh: int
+    m: int  # the m the policy required
+    status: str
+    analytics_sum_wh: int | None
+
+    @property
+    def allowed(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class HouseholdTotals:
+    """Decrypted billing totals of one household for one period (Wh per band) and coverage."""
+
+    meter_id: str
+    period: str
+    band_wh: dict[str, int]
+    readings: int
+    present_intervals: int
+    expected_intervals: int
+
+    @property
+    def missing_intervals(self) -> int:
+        return max(0, self.expected_intervals - self.present_intervals)
+
+
+def _canonical(keys: list[Any]) -> tuple[int, ...]:
+    """Relabel a partition of the period's slots by first appearance, so equal partitions compare equal."""
+    ids: dict[Any, int] = {}
+    return tuple(ids.setdefault(k, len(ids)) for k in keys)
+
+
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat()
+
+
+class DecryptionRole:
+    """Secret-key holder. One instance per actor session; every call is audited under `actor`.
+
+    `audit` must be opened with the signing key. `anchor_path` (default: next to the audit database)
+    receives the signed head when the session closes; at open, the chain must verify and reach the
+    newest anchor, or the role refuses to decrypt anything. `registry` (meter metadata, no keys) gives
+    feeder membership and the household list; without it feeder loads are refused.
+    """
+
+    def __init__(self, private_key: paillier.PaillierPrivateKey, audit: AuditLog, actor: str,
+                 policy: Policy | None = None, registry: MeterRegistry | None = None,
+                 anchor_path: str | os.PathLike[str] | None = None) -> None:
+        if not actor:
+            raise PolicyError("the decryption role needs an actor name (who is decrypting)")
+        if audit.verify_key is None:
+            raise PolicyError("the decryption role needs the audit log opened with its signing key")
+        self._priv = private_key
+        self.public_key = private_key.public_key
+        self.audit = audit
+        self.actor = actor
+        self.policy = policy or Policy()
+        self.registry = registry
+        self.refusals: list[tuple[str, str]] = []  # (meter_id, reason) of the last household_totals call
+        self._audit_key = hashlib.sha256(
+            b"meterveil/audit-result/v1" + private_key.p.to_bytes(512, "big") + private_key.q.to_bytes(512, "big")
+        ).digest()
+        self.anchor_path = Path(anchor_path) if anchor_path is not None else \
+            Path(audit.path).with_name(anchors.ANCHORS_NAME)
+        self._lock_fd = os.open(f"{audit.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self.ledger = Ledger()
+        self._last_hash = ""
+        with self._tx():
+            self._verify_at_open()
+            self.daily_budget_milli = self._settle_budget(self.policy.daily_budget_milli)
+
+    def _verify_at_open(self) -> None:
+        """Fail closed: a chain that does not verify, or misses the newest anchor, stops the role."""
+        head = self.audit.head()
+        anchor = None
+        if self.anchor_path.exists():
+            try:
+                newest = anchors.latest(self.anchor_path, self.audit.verify_key)
+            except anchors.AnchorError as e:
+                raise PolicyError(f"refusing to decrypt: {e}") from None
+            anchor = None if newest is None else (newest.seq, newest.hash)
+        elif head[0] > 0:
+            raise PolicyError(f"refusing to decrypt: the audit log has {head[0]} entries but the anchor file "
+                              f"{self.anchor_path} is missing (truncation could not be detected)")
+        else:  # a new role: the anchor log starts now, so a later session can tell "new" from "emptied"
+            fd = os.open(self.anchor_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.close(fd)
+        result = self.audit.verify(anchor=anchor)
+        if not result.ok:
+            raise PolicyError(f"refusing to decrypt: {result.describe()}")
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Fold audit entries appended since the last refresh (by this or another session) into the
+        ledger, checking each one's link, hash and signature on the way."""
+        key = self.audit.verify_key
+        try:
+            for e in self.audit.entries_after(self.ledger.seq):
+                if e.seq != self.ledger.seq + 1 or (self._last_hash and e.prev_hash != self._last_hash) \
+                        or e.compute_hash() != e.entry_hash or not e.signature_ok(key):
+                    raise PolicyError(f"refusing to decrypt: audit entry seq={e.seq} does not continue the "
+                                      f"verified chain (run `meterveil audit verify`)")
+                self.ledger.apply(e)
+                self._last_hash = e.entry_hash
+        except AuditError as e:
+            raise PolicyError(f"refusing to decrypt: {e}") from None
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One decision: exclusive lock, ledger brought up to date, check, audit entry. Two sessions
+        cannot both pass a check that only one of them may pass."""
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            self._refresh()
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _settle_budget(self, given: int | None) -> int | None:
+        """The daily budget lives in the ledger: a session without --daily-budget keeps the last one set."""
+        stored = self.ledger.daily_budget_milli
+        if given is None or given == stored:
+            return stored
+        self.record("policy", {"daily_budget_milli": given, "previous": stored}, "allow", "daily DP budget set")
+        return given
+
+    def record(self, action: str, query: dict[str, Any], decision: str, reason: str, result_hash: str = ""):
+        entry = self.audit.append(self.actor, action, query, decision, reason, result_hash)
+        self._refresh()
+        return entry
+
+    def close(self) -> None:
+        """Write the signed head to the anchor log and release the lock file."""
+        if self._lock_fd < 0:
+            return
+        try:
+            with self._tx():
+                seq, h = self.audit.head()
+                if seq > 0:
+                    anchors.append(self.anchor_path, seq, h, self.audit.signer)
+        finally:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # -- the only place a ciphertext is decrypted -------------------------------------------------
+    def _decrypt_masked(self, ciphertext: int, hide_slot: int) -> int:
+        """Mask `hide_slot` (fresh random mask, forgotten inside blind_slot), then decrypt."""
+        return int(self._priv.raw_decrypt(packing.blind_slot(self.public_key, ciphertext, hide_slot)))
+
+    def result_hash(self, result: Any) -> str:
+        return result_digest(result, self._audit_key)
+
+    # -- bills --------------------------------------------------------------------------------
+    def household_totals(self, store: Store, tariff: Tariff, period: str,
+                         meter_ids: Iterable[str] = (), as_of: float | None = None) -> list[HouseholdTotals]:
+        """Decrypted Wh per band for every household with readings in the period (plus `meter_ids`).
+
+        Households the partition policy refuses are audited, left out of the result and listed in
+        `self.refusals` as (meter_id, reason).
+
+        Missing intervals: once the period has ended (`as_of`, default now, at or after its end)
+        every slot of the period is expected. Before that, expected slots run to the end of the
+        latest interval stored by any meter in the period, so billing mid-month does not flag
+        intervals nobody could have sent yet.
+        """
+        t_from, t_to = tariff.period_bounds(period)  # raises on a malformed period
+        self.refusals = []
+        if len(tariff.bands) > self.policy.max_bands:
+            self._refuse_bill(tariff, period, "*", f"refused: tariff has {len(tariff.bands)} bands > "
+                              f"max_bands={self.policy.max_bands}")
+            raise PolicyError(f"tariff {tariff.name!r} has {len(tariff.bands)} bands; policy allows at most "
+                              f"{self.policy.max_bands} (finer bands would expose the daily routine)")
+        last_end = [t_from]  # end of the latest interval seen, tracked while streaming the readings
+
+        def stream() -> Iterable[StoredReading]:
+            for r in store.iter_readings(t_from=t_from, t_to=t_to):
+                last_end[0] = max(last_end[0], r.interval_start + r.interval_len)
+                yield r
+
+        sums = billing_sums(stream(), self.public_key.nsquare, tariff.band_of, t_from, t_to, meter_ids)
+        closed = (time.time() if as_of is None else as_of) >= t_to
+        horizon = t_to if closed else min(t_to, last_end[0])
+        labels = _canonical([tariff.band_of(t) for t in range(t_from, t_to, _SLOT_S)])
+        refined: dict[str | None, tuple[int, ...]] = {}
+        out = []
+        as_of_t = time.time() if as_of is None else as_of
+        for hs in sums.values():
+            with self._tx():  # check, decrypt and the audit entry that pins the bill: one decision
+                reason, digest = self._bill_check(hs, period, labels, refined, closed, t_to - as_of_t)
+                if reason is not None:
+                    self._refuse_bill(tariff, period, hs.meter_id, reason)
+                    self.refusals.append((hs.meter_id, reason))
+                    continue
+                partition = self._record_partition(refined[digest]) if hs.bands else None
+                out.append(self._decrypt_household(hs, tariff, period, horizon, partition, closed))
+        return out
+
+    def _bill_check(self, hs: HouseholdSums, period: str, labels: tuple[int, ...],
+                    refined: dict[str | None, tuple[int, ...]], closed: bool,
+                    time_left: float) -> tuple[str | None, str | None]:
+        """(refusal reason or None, pinned partition digest) for one household's bill.
+
+        Re-bills: an interim bill (period still open) is refused in the period's last
+        `rebill_min_new` slots, so the closing bill, always allowed once, differs from any interim
+        one by at least that much time; later re-bills of a closed period need the same readings or
+        `rebill_min_new` more (late data)."""
+        if not closed and time_left < self.policy.rebill_min_new * _SLOT_S:
+            return (f"refused: interim bill within the last {self.policy.rebill_min_new * _SLOT_S // 3600} h "
+                    f"of the period (the closing bill would expose the difference); bill after it ends"), None
+        if hs.straddling:
+            return (f"refused: {hs.straddling} readings straddle a tariff band or period boundary (their "
+                    f"interval length does not fit this tariff's bands and time zone)"), None
+        prev = self._pinned(hs.meter_id, period)
+        if prev is None:
+            refined.setdefault(None, labels)
+            return None, None
+        pinned, bounds, members, n_prev, was_closed = prev
+        if bounds != (hs.t_from, hs.t_to):
+            return (f"refused: period already billed over [{_iso(bounds[0])}, {_iso(bounds[1])}); "
+                    f"a shifted window (other time zone) would expose the difference"), pinned
+        closing = closed and not was_closed  # the first bill after the period ended
+        if members and members != hs.members_digest and not closing \
+                and hs.readings - n_prev < self.policy.rebill_min_new:
+            return (f"refused: period already billed over {n_prev} readings; a bill over {hs.readings} "
+                    f"(< {self.policy.rebill_min_new} more) would expose the difference"), pinned
+        if pinned not in refined:
+            refined[pinned] = _canonical(list(zip(self._partition_labels(pinned), labels, strict=True)))
+        cells = max(refined[pinned]) + 1
+        if cells > self.policy.max_bands:
+            return (f"refused: with earlier bills of this period the bands refine to {cells} cells > "
+                    f"max_bands={self.policy.max_bands}"), pinned
+        return None, pinned
+
+    def _pinned(self, meter_id: str, period: str) -> tuple[str, tuple[int, int], str, int, bool] | None:
+        """(partition digest, (t_from, t_to), readings digest, readings, closed) last decrypted for
+        this household and period, if any."""
+        b = self.ledger.bills.get((meter_id, period))
+        return None if b is None else (b.partition, b.bounds, b.members_digest, b.readings, b.closed)
+
+    def _partition_labels(self, digest: str) -> tuple[int, ...]:
+        labels = self.ledger.partitions.get(digest)
+        if labels is None:
+            raise PolicyError(f"partition {digest[:16]} is referenced but not in the audit log (ledger damaged)")
+        return labels
+
+    def _record_partition(self, labels: tuple[int, ...]) -> str:
+        """Digest of a band partition; a partition seen for the first time gets its own audit entry,
+        so the ledger can compare later bills with it."""
+        text = json.dumps(labels, separators=(",", ":"))
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        if digest not in self.ledger.partitions:
+            self.record("partition", {"partition": digest, "labels": list(labels)}, "allow",
+                         "band partition of a billing period, recorded for the ledger")
+        return digest
+
+    def _refuse_bill(self, tariff: Tariff, period: str, meter_id: str, reason: str) -> None:
+        self.record("bill", {"meter_id": meter_id, "period": period, "tariff": tariff.name},
+                          "refuse", reason)
+
+    def _decrypt_household(self, hs: HouseholdSums, tariff: Tariff, period: str, horizon: int,
+                           partition: str | None, closed: bool) -> HouseholdTotals:
+        if (hs.t_from, hs.t_to) != tariff.period_bounds(period):
+            self._refuse_bill(tariff, period, hs.meter_id, "refused: sums do not span the whole billing period")
+            raise PolicyError(f"{hs.meter_id}: sums do not span billing period {period}")
+        band_wh = {b: packing.billing_of(self._decrypt_masked(c.ciphertext, packing.SLOT_ANALYTICS))
+                   for b, c in sorted(hs.bands.items())}
+        totals = HouseholdTotals(
+            meter_id=hs.meter_id, period=period, band_wh=band_wh, readings=hs.readings,
+            present_intervals=len(hs.intervals),
+            expected_intervals=count_expected(hs.t_from, horizon, hs.interval_len),
+        )
+        query = {"meter_id": hs.meter_id, "period": period, "tariff": tariff.name, "timezone": tariff.timezone,
+                 "t_from": hs.t_from, "t_to": hs.t_to,
+                 "band_readings": {b: c.readings for b, c in sorted(hs.bands.items())},
+                 "readings": hs.readings, "members_digest": hs.members_digest}
+        if partition is not None:  # what the ledger folds from this entry
+            query["partition"] = partition
+            query["closed"] = closed
+        self.record("bill", query, "allow", "ok: household band totals for a whole period",
+                          self.result_hash({"band_wh": band_wh}))
+        return totals
+
+    # -- feeder load --------------------------------------------------------------------------
+    def feeder_load(self, store: Store, feeder: str, t_from: int, t_to: int) -> list[FeederLoad]:
+        """Per interval in [t_from, t_to) with readings of the feeder's frozen members: the DP analytics
+        sum, or a refusal."""
+        if t_to <= t_from:
+            raise PolicyError(f"empty time range [{_iso(t_from)}, {_iso(t_to)})")
+        if self.registry is None:
+            raise PolicyError("feeder loads need the meter registry (--registry): feeder membership comes "
+                              "from it, never from the store")
+        members = {m: set(self.members(feeder, m)) for m in _months(t_from, t_to)}
+
+        def relabelled() -> Iterator[StoredReading]:
+            for r in store.iter_readings(t_from=t_from, t_to=t_to):
+                if r.meter_id in members[utc_month(r.interval_start)]:
+                    yield r if r.feeder == feeder else replace(r, feeder=feeder)
+
+        cells = feeder_sums(relabelled(), self.public_key.nsquare)
+        return [self._feeder_cell(c) for c in cells]
+
+    def members(self, feeder: str, month: str) -> tuple[str, ...]:
+        """The meters whose readings make `feeder`'s sums in `month` (UTC, YYYY-MM): frozen from the
+        registry the first time they are asked for, so a feeder cannot be re-drawn mid-period to
+        release an interval again over another set of meters."""
+        with self._tx():
+            frozen = self.ledger.membership.get((feeder, month))
+            if frozen is not None:
+                return frozen
+            assert self.registry is not None
+            self.registry.reload_if_changed()
+            taken = [mid for mid in self.registry.feeders().get(feeder, [])
+                     if self.ledger.feeder_of(mid, month) not in (None, feeder)]
+            meters = tuple(mid for mid in self.registry.feeders().get(feeder, []) if mid not in taken)
+            note = f"; {len(taken)} meters already frozen into another feeder left out" if taken else ""
+            self.record("membership", {"feeder": feeder, "month": month, "meters": list(meters)}, "allow",
+                         f"feeder membership frozen for the month from the registry{note}")
+            return meters
+
+    def _check_feeder(self, cell: FeederCell, m: int) -> str | None:
+        """None if the cell may be released, else the refusal reason."""
+        if len({(e, c) for e, c, _ in cell.dp_params}) > 1:
+            return f"refused: mixed DP parameters {list(cell.dp_params)}"
+        if cell.max_per_meter > 1:
+            return f"refused: a meter contributed {cell.max_per_meter} readings to one interval"
+        if cell.contributors < m:
+            return f"refused: {cell.contributors} < m={m}"
+        return None
+
+    def _budget_check(self, cell: FeederCell) -> str | None:
+        """Refusal reason or None (re-releasing the same contributor set is free)."""
+        released = self.ledger.releases.get((cell.feeder, cell.interval_start))
+        if released is not None:
+            if released.members_digest != cell.members_digest:
+                return ("refused: interval already released with a different contributor set "
+                        "(a difference would expose single meters)")
+            return None
+        if self.daily_budget_milli is None:
+            return None
+        day = _iso(cell.interval_start)[:10]
+        spent = self.spent_milli(cell.feeder, day)
+        if spent + cell.epsilon_milli > self.daily_budget_milli:
+            return (f"refused: daily DP budget {spent}+{cell.epsilon_milli} > "
+                    f"{self.daily_budget_milli} milli-epsilon on {day}")
+        return None
+
+    def spent_milli(self, feeder: str, day: str) -> int:
+        """Privacy spent on `feeder` on UTC `day` (YYYY-MM-DD), in milli-epsilon, by released intervals."""
+        return self.ledger.spent_milli(feeder, day)
+
+    def _feeder_cell(self, cell: FeederCell) -> FeederLoad:
+        m = self.policy.required_m(cell.feeder, cell.m)
+        query = {"feeder": cell.feeder, "interval_start": cell.interval_start, "interval_len": cell.interval_len,
+                 "readings": cell.readings, "contributors": cell.contributors, "dp_params": cell.dp_params,
+                 "m_required": m, "members_digest": cell.members_digest}
+        base = dict(feeder=cell.feeder, interval_start=cell.interval_start, interval_len=cell.interval_len,
+                    readings=cell.readings, contributors=cell.contributors, epsilon_milli=cell.epsilon_milli,
+                    clamp_wh=cell.clamp_wh, m=m)
+        with self._tx():  # check, decrypt and the audit entry the ledger folds: one decision
+            reason = self._check_feeder(cell, m) or self._budget_check(cell)
+            if reason is not None:
+                self.record("feeder-load", query, "refuse", reason)
+                return FeederLoad(**base, status=reason, analytics_sum_wh=None)
+            value = packing.analytics_of(self._decrypt_masked(cell.ciphertext, packing.SLOT_BILLING), cell.readings)
+            self.record("feeder-load", query, "allow", f"ok: {cell.contributors} >= m={m}",
+                         self.result_hash({"analytics_sum_wh": value}))
+        return FeederLoad(**base, status="ok", analytics_sum_wh=value)
+
+
+def _months(t_from: int, t_to: int) -> list[str]:
+    """UTC months (YYYY-MM) touched by [t_from, t_to)."""
+    out, t = [], t_from
+    while t < t_to:
+        month = utc_month(t)
+        out.append(month)
+        d = datetime.strptime(month, "%Y-%m").replace(tzinfo=timezone.utc)
+        nxt = d.replace(year=d.year + 1, month=1) if d.month == 12 else d.replace(month=d.month + 1)
+        t = int(nxt.timestamp())
+    return out

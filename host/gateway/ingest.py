@@ -1,0 +1,390 @@
+"""Ingest pipeline: validate one sealed frame, Paillier-encrypt it, batch it for the store.
+
+Why pure of MQTT: every check and counter is unit-testable with plain bytes; mqtt_ingest.py only moves
+messages in and acknowledgements out (ack after ``commit``).
+
+Pipeline per message (first failing step names the reason code; each is counted in the store, per
+meter too, and logged once per (meter, reason) per ``log_interval_s``):
+
+1. size <= max_payload (``oversize``), topic ``meterveil/v1/<id>/<reading|status>`` (``bad_topic``);
+2. ``frame.parse_header`` (protocol reasons: truncated, bad_magic, bad_length, ...);
+3. header meter id == topic meter id (``wrong_meter``), header kind matches the topic (``wrong_kind``);
+4. meter in the registry (``unknown_meter``; the registry file is re-read when it changes);
+5. ``frame.open_frame`` with the meter's key, then its previous key after a rotation (``bad_tag``,
+   ``bad_padding``, ...);
+6. counter: if (meter, counter) is already stored (or pending in this batch):
+   same frame bytes -> ``duplicate`` (acked, counted, not stored again) when the broker flags it as a
+   redelivery or it comes within ``duplicate_window_s`` of the first copy, else ``replay``;
+   different bytes under the same counter -> ``counter_reuse``. A counter below the meter's high-water
+   mark that is *not* stored is accepted: with QoS 1 and an outbox that drains oldest first, such a
+   frame is a late delivery of a reading we never got (gaps are normal: status frames share the
+   counter space), and storing it is idempotent. Its MAC proves the meter made it, so accepting it
+   cannot inject data; refusing it would lose a real reading;
+7. reading ranges: clock synced (``clock_unsynced``), interval length allowed and start aligned
+   (``bad_interval``), not ending in the future beyond ``clock_skew_s`` (``future``), not older than
+   ``max_age_s`` (``stale``: also bounds replays after old rows are pruned), billing_wh within what the
+   meter's rated current can draw in the interval, analytics within clamp +- a noise bound, sample
+   counters consistent (``out_of_range``);
+8. DP parameters equal the registry's (``dp_mismatch``);
+9. no other reading of this meter, stored or pending, covers any of the interval
+   (``interval_overlap``): the firmware seals an interval once, so a second reading for it is a
+   faulty or cloned meter, and both would be billed;
+10. encrypt (packed plaintext, one ciphertext) and add to the batch. Plaintext values exist only in
+   this function's locals.
+
+Quarantine: a frame rejected as ``unknown_meter``, ``future`` or ``dp_mismatch`` may be genuine and pass
+later (meter registered after it started sending, gateway clock behind, DP parameters being
+re-provisioned). It is counted like any rejection and acked (the meter's outbox then forgets it), but
+kept sealed, as received, in the store's quarantine; ``release_quarantine`` (run by the MQTT worker
+every ``quarantine_retry_s``) puts it through the pipeline again and settles it when it is accepted,
+a duplicate, or rejected for a lasting reason (``stale`` after ``max_age_s`` ends every wait).
+
+Status frames pass steps 1-5 and are kept as the latest status per meter. A resend of the stored
+latest one counts as ``duplicate``; an older one arriving late (the meter's last will, sealed at
+connect time, is the usual case) is counted as ``status_superseded`` and not stored: neither is a
+rejection.
+Anything unexpected is ``internal_error``: counted and logged, never raised to the transport.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from meterveil.host.gateway.encryptor import ReadingEncryptor
+from meterveil.host.gateway.meter_keys import KeyedMeter, KeyedRegistry
+from meterveil.host.store.base import Batch, QuarantinedFrame, StatusRecord, Store, StoredReading
+from meterveil.protocol import errors as frame_errors
+from meterveil.protocol import frame
+
+log = logging.getLogger("meterveil.gateway")
+
+TOPIC_RE = re.compile(r"^meterveil/v1/([A-Za-z0-9_-]{1,16})/(reading|status)$")
+KIND_BY_LEAF = {"reading": frame.KIND_READING, "status": frame.KIND_STATUS}
+# Flags that say something about consumption (above clamp, ADC saturated) are not stored.
+STORED_FLAGS = frame.FLAG_CLOCK_UNSYNCED | frame.FLAG_PARTIAL_INTERVAL
+REASONS = ("oversize", "bad_topic", *frame_errors.REASONS, "wrong_kind", "unknown_meter", "duplicate",
+           "replay", "counter_reuse", "clock_unsynced", "bad_interval", "future", "stale", "out_of_range",
+           "dp_mismatch", "interval_overlap", "quarantine_full", "quarantine_expired", "internal_error")
+# Counters that are outcomes, not rejections (everything else in the counters table is a rejection).
+NOT_REJECTIONS = ("accepted", "duplicate", "status", "status_superseded", "quarantine_released")
+# Rejections that can pass later: the frame is kept (sealed) and retried, not lost.
+QUARANTINE_REASONS = ("unknown_meter", "future", "dp_mismatch")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Validation policy. Defaults suit 15-minute readings from single-phase household meters."""
+
+    max_payload: int = frame.MAX_FRAME
+    clock_skew_s: int = 300
+    max_age_s: int = 62 * 86400
+    duplicate_window_s: int = 6 * 3600
+    interval_lens: tuple[int, ...] = (60, 300, 600, 900, 1800, 3600)
+    rated_amps: float = 100.0     # registry attribute ``rated_amps`` overrides
+    volts: float = 250.0          # registry attribute ``volts`` overrides
+    phases: int = 1               # registry attribute ``phases`` overrides
+    range_margin: float = 1.25
+    noise_bound_scales: int = 64  # |noise| > 64 * clamp/epsilon has probability ~e^-64
+    log_interval_s: float = 60.0
+    registry_recheck_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Message:
+    """One MQTT message as the pipeline sees it (``dup``: broker marked it as a redelivery)."""
+
+    topic: str
+    payload: bytes
+    dup: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str               # "accepted", "duplicate", "status", "rejected", "quarantined"
+    reason: str               # reason code ("accepted"/"status" when not rejected)
+    meter_id: str | None = None
+    counter: int | None = None
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class _LogLimiter:
+    interval_s: float
+    clock: Callable[[], float]
+    _last: dict[tuple[str | None, str], tuple[float, int]] = field(default_factory=dict)
+
+    def log(self, meter_id: str | None, reason: str, detail: str, exc_info: bool = False) -> None:
+        key = (meter_id, reason)
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.interval_s:
+            self._last[key] = (last[0], last[1] + 1)
+            return
+        suppressed = last[1] if last else 0
+        self._last[key] = (now, 0)
+        more = f" (+{suppressed} suppressed)" if suppressed else ""
+        log.warning("rejected frame meter=%s reason=%s: %s%s", meter_id or "?", reason, detail, more,
+                    exc_info=exc_info)
+
+
+class Gateway:
+    """Validates and encrypts messages into a pending Batch; ``commit()`` makes it durable."""
+
+    def __init__(self, store: Store, registry: KeyedRegistry, encryptor: ReadingEncryptor,
+                 config: IngestConfig | None = None, clock: Callable[[], float] = time.time):
+        if not encryptor.packed:
+            raise ValueError("the store holds one ciphertext per reading: use a packed strategy")
+        self.store = store
+        self.registry = registry
+        self.encryptor = encryptor
+        self.config = config or IngestConfig()
+        self.clock = clock
+        self.batch = Batch()
+        self._pending: dict[tuple[str, int], bytes] = {}
+        self._pending_spans: dict[str, list[tuple[int, int]]] = {}
+        self._status_pending: dict[str, int] = {}
+        self._keys: dict[str, tuple[bytes, tuple[bytes, bytes], tuple[bytes, bytes] | None]] = {}
+        self._registry_checked = 0.0
+        self._replaying = False
+        self._limiter = _LogLimiter(self.config.log_interval_s, time.monotonic)
+
+    # -- public ---------------------------------------------------------------------------------
+    def process(self, msg: Message) -> Outcome:
+        """Run the pipeline on one message; never raises."""
+        m = TOPIC_RE.match(msg.topic) if isinstance(msg.topic, str) else None
+        topic_meter = m.group(1) if m else None
+        try:
+            if len(msg.payload) > self.config.max_payload:
+                raise Rejected("oversize", f"{len(msg.payload)} bytes > {self.config.max_payload}")
+            if m is None:
+                raise Rejected("bad_topic", f"topic {str(msg.topic)[:80]!r}")
+            return self._process(msg, m.group(1), m.group(2))
+        except Rejected as rej:
+            if rej.reason in QUARANTINE_REASONS and topic_meter is not None:
+                return self._quarantine(msg, topic_meter, rej.reason, rej.detail)
+            return self._reject(topic_meter, rej.reason, rej.detail)
+        except frame_errors.FrameError as exc:
+            return self._reject(topic_meter, exc.reason, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the gateway must survive any input
+            return self._reject(topic_meter, "internal_error", type(exc).__name__, exc_info=True)
+
+    def pending(self) -> int:
+        return len(self.batch)
+
+    def release_quarantine(self, limit: int = 1000) -> dict[str, int]:
+        """Retry up to `limit` quarantined frames (least recently tried first, so every held frame
+        gets its turn) and commit; outcome -> count ("kept" for those still waiting).
+
+        A frame leaves the quarantine on a definite outcome: accepted, duplicate, or rejected for a
+        lasting reason. `internal_error` keeps it (the meter has forgotten it; a passing fault must not
+        lose it). A frame still held after `max_age_s` (a meter never registered, a clock years ahead)
+        expires: counted `quarantine_expired`, a loss that stats reports.
+        """
+        out: dict[str, int] = {}
+        now = int(self.clock())
+        for q in self.store.quarantined(limit):
+            self._replaying = True
+            try:
+                res = self.process(Message(q.topic, q.payload))
+            finally:
+                self._replaying = False
+            key = "kept" if res.status == "quarantined" or res.reason == "internal_error" else res.reason
+            if key == "kept" and now - q.received_at > self.config.max_age_s:
+                key = "quarantine_expired"
+                self.batch.count(key, q.meter_id)
+            out[key] = out.get(key, 0) + 1
+            if key == "kept":
+                self.batch.retried.append((q.digest, res.reason))
+            else:
+                self.batch.released.append(q.digest)
+                if key != "quarantine_expired":
+                    self.batch.count("quarantine_released", q.meter_id)
+        self.commit()
+        return out
+
+    def commit(self) -> list[bool]:
+        """Write the pending batch in one durable transaction; afterwards the messages may be acked."""
+        batch, self.batch = self.batch, Batch()
+        self._pending.clear()
+        self._pending_spans.clear()
+        self._status_pending.clear()
+        if not len(batch):
+            return []
+        return self.store.write_batch(batch)
+
+    # -- steps ----------------------------------------------------------------------------------
+    def _quarantine(self, msg: Message, meter_id: str, reason: str, detail: str) -> Outcome:
+        if self._replaying:  # already held: nothing new to count or keep
+            return Outcome("quarantined", reason, meter_id)
+        payload = bytes(msg.payload)
+        self.batch.quarantine.append(QuarantinedFrame(hashlib.sha256(payload).digest(), meter_id, msg.topic,
+                                                      payload, reason, int(self.clock())))
+        self._reject(meter_id, reason, detail + " (kept in quarantine, retried later)")
+        return Outcome("quarantined", reason, meter_id)
+
+    def _reject(self, meter_id: str | None, reason: str, detail: str, exc_info: bool = False) -> Outcome:
+        self.batch.count(reason, meter_id)
+        self._limiter.log(meter_id, reason, detail, exc_info)
+        return Outcome("rejected", reason, meter_id)
+
+    def _reload_registry(self) -> bool:
+        """Re-read the registry if it changed on disk (at most once per registry_recheck_s)."""
+        now = time.monotonic()
+        if now - self._registry_checked < self.config.registry_recheck_s:
+            return False
+        self._registry_checked = now
+        if self.registry.reload_if_changed():
+            self._keys.clear()
+            return True
+        return False
+
+    def _record(self, meter_id: str) -> KeyedMeter:
+        rec = self.registry.get(meter_id)
+        if rec is None and self._reload_registry():
+            rec = self.registry.get(meter_id)
+        if rec is None:
+            raise Rejected("unknown_meter", "not in the meter registry")
+        return rec
+
+    def _open_with(self, rec: KeyedMeter, payload: bytes, topic_meter: str) -> dict:
+        cached = self._keys.get(rec.meter_id)
+        if cached is None or cached[0] != rec.key:
+            prev = frame.derive_keys(rec.previous_key) if rec.previous_key else None
+            cached = (rec.key, frame.derive_keys(rec.key), prev)
+            self._keys[rec.meter_id] = cached
+        try:
+            return frame.open_frame(cached[1], payload, topic_meter=topic_meter)
+        except frame_errors.BadTag:
+            if cached[2] is None:
+                raise
+            return frame.open_frame(cached[2], payload, topic_meter=topic_meter)
+
+    def _open(self, rec: KeyedMeter, payload: bytes, topic_meter: str) -> tuple[KeyedMeter, dict]:
+        """Open with the meter's key(s); on a bad tag, pick up a key rotated on disk and retry once."""
+        try:
+            return rec, self._open_with(rec, payload, topic_meter)
+        except frame_errors.BadTag:
+            if not self._reload_registry():
+                raise
+            fresh = self.registry.get(rec.meter_id)
+            if fresh is None or fresh.key == rec.key:
+                raise
+            return fresh, self._open_with(fresh, payload, topic_meter)
+
+    def _process(self, msg: Message, topic_meter: str, leaf: str) -> Outcome:
+        payload = bytes(msg.payload)
+        header = frame.parse_header(payload)
+        if header["meter_id"] != topic_meter:
+            raise Rejected("wrong_meter", f"header meter {header['meter_id']} on its topic")
+        if header["kind"] != KIND_BY_LEAF[leaf]:
+            raise Rejected("wrong_kind", f"kind {header['kind']} on {leaf} topic")
+        rec = self._record(topic_meter)
+        rec, opened = self._open(rec, payload, topic_meter)
+        header, fields = opened["header"], opened["fields"]
+        now = self.clock()
+        if header["kind"] == frame.KIND_STATUS:
+            return self._status(rec, header, fields, now)
+        digest = hashlib.sha256(payload).digest()[:16]
+        dup = self._check_counter(rec.meter_id, header["counter"], digest, msg.dup, now)
+        if dup is not None:
+            return dup
+        self._check_reading(rec, header, fields, now)
+        self._check_overlap(rec.meter_id, header["counter"], header["interval_start"], header["interval_len"])
+        (ciphertext,) = self.encryptor.encrypt_reading(fields["billing_wh"], fields["analytics_wh"])
+        self.batch.readings.append(StoredReading(
+            meter_id=rec.meter_id, counter=header["counter"], feeder=rec.feeder,
+            interval_start=header["interval_start"], interval_len=header["interval_len"],
+            epsilon_milli=header["epsilon_milli"], clamp_wh=header["clamp_wh"], m=header["m"],
+            ciphertext=ciphertext, flags=fields["flags"] & STORED_FLAGS, frame_digest=digest,
+            received_at=int(now)))
+        self._pending[(rec.meter_id, header["counter"])] = digest
+        self._pending_spans.setdefault(rec.meter_id, []).append(
+            (header["interval_start"], header["interval_start"] + header["interval_len"]))
+        return Outcome("accepted", "accepted", rec.meter_id, header["counter"])
+
+    def _check_overlap(self, meter_id: str, counter: int, start: int, length: int) -> None:
+        end = start + length
+        if any(s < end and start < e for s, e in self._pending_spans.get(meter_id, ())):
+            raise Rejected("interval_overlap", f"counter {counter}: interval {start}+{length} already pending")
+        other = self.store.overlapping(meter_id, start, end)
+        if other is not None:
+            raise Rejected("interval_overlap", f"counter {counter}: interval {start}+{length} overlaps "
+                                               f"stored counter {other}")
+
+    def _check_counter(self, meter_id: str, counter: int, digest: bytes, dup_flag: bool,
+                       now: float) -> Outcome | None:
+        pend = self._pending.get((meter_id, counter))
+        seen = (pend, int(now)) if pend is not None else self.store.lookup(meter_id, counter)
+        if seen is None:
+            return None
+        stored_digest, received_at = seen
+        if stored_digest != digest:
+            raise Rejected("counter_reuse", f"counter {counter} already stored with other content")
+        if dup_flag or now - received_at <= self.config.duplicate_window_s:
+            self.batch.count("duplicate", meter_id)
+            return Outcome("duplicate", "duplicate", meter_id, counter)
+        raise Rejected("replay", f"counter {counter} stored {int(now - received_at)} s ago")
+
+    def _check_reading(self, rec: KeyedMeter, h: dict, f: dict, now: float) -> None:
+        cfg = self.config
+        if f["flags"] & frame.FLAG_CLOCK_UNSYNCED:
+            raise Rejected("clock_unsynced", "meter clock not synchronised")
+        ilen, start = h["interval_len"], h["interval_start"]
+        if ilen not in cfg.interval_lens or start % ilen:
+            raise Rejected("bad_interval", f"interval {start}+{ilen}")
+        if start + ilen > now + cfg.clock_skew_s:
+            raise Rejected("future", f"interval ends {int(start + ilen - now)} s in the future")
+        if start < now - cfg.max_age_s:
+            raise Rejected("stale", f"interval {int(now - start)} s old")
+        attrs = rec.attributes
+        max_wh = (float(attrs.get("volts", cfg.volts)) * float(attrs.get("rated_amps", cfg.rated_amps))
+                  * int(attrs.get("phases", cfg.phases)) * ilen / 3600.0 * cfg.range_margin)
+        if not 0 <= f["billing_wh"] <= max_wh:
+            # no values in the message: logs must not carry readings
+            raise Rejected("out_of_range", f"billing_wh outside [0, {int(max_wh)}]")
+        eps = max(1, h["epsilon_milli"])
+        noise = cfg.noise_bound_scales * h["clamp_wh"] * 1000 // eps + 1
+        if not -noise <= f["analytics_wh"] <= h["clamp_wh"] + noise:
+            raise Rejected("out_of_range", "analytics_wh outside clamp +- noise bound")
+        if f["missing_s"] > ilen or f["clipped"] > f["samples"]:
+            raise Rejected("out_of_range", "sample counters inconsistent")
+        if (h["epsilon_milli"], h["clamp_wh"], h["m"]) != (rec.epsilon_milli, rec.clamp_wh, rec.m):
+            raise Rejected("dp_mismatch", f"dp params {h['epsilon_milli']}/{h['clamp_wh']}/{h['m']} "
+                                          f"!= registry {rec.epsilon_milli}/{rec.clamp_wh}/{rec.m}")
+
+    def _status(self, rec: KeyedMeter, h: dict, f: dict, now: float) -> Outcome:
+        latest = self._status_pending.get(rec.meter_id)
+        if latest is None:
+            stored = self.store.latest_status(rec.meter_id)
+            latest = stored.counter if stored else None
+        if latest is not None and h["counter"] <= latest:
+            # Counters never repeat on a meter and the MAC verified: an equal counter is a resend.
+            reason = "duplicate" if h["counter"] == latest else "status_superseded"
+            self.batch.count(reason, rec.meter_id)
+            return Outcome("duplicate" if reason == "duplicate" else "status", reason, rec.meter_id, h["counter"])
+        self._status_pending[rec.meter_id] = h["counter"]
+        self.batch.statuses.append(StatusRecord(rec.meter_id, h["counter"], int(now), dict(f)))
+        self.batch.count("status", rec.meter_id)
+        return Outcome("status", "status", rec.meter_id, h["counter"])
+
+
+def stats_summary(store: Store) -> dict:
+    """What `meterveil stats` prints: outcomes, each rejection reason, and the rejection total."""
+    counters = store.counters()
+    rejected = {k: v for k, v in counters.items() if k not in NOT_REJECTIONS}
+    return {"accepted": counters.get("accepted", 0), "duplicate": counters.get("duplicate", 0),
+            "status": counters.get("status", 0), "status_superseded": counters.get("status_superseded", 0),
+            "rejected_total": sum(rejected.values()), "rejected": rejected,
+            "quarantined": store.quarantine_counts(),
+            "readings": store.count_readings(), "meters": len(store.meters())}

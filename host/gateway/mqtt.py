@@ -1,0 +1,250 @@
+"""MQTT transport for the gateway: paho-mqtt 2.x, MQTT v5, persistent session, ack after commit.
+
+Why manual acks: paho normally sends PUBACK as soon as ``on_message`` returns. Then a crash between
+receipt and the SQLite commit would lose the reading (the broker has forgotten it). With
+``manual_ack=True`` we send PUBACK only after ``Gateway.commit`` returned, so a SIGKILL at any point
+leads to redelivery (handled as ``duplicate`` if it had been committed), never to loss.
+
+Threads: paho's network loop (``loop_start``) only enqueues messages; one worker thread runs the
+pipeline, commits (when the queue runs dry, at ``batch_size`` messages, or after ``batch_ms``) and then
+acks in arrival order. Acks of a previous connection are dropped: the broker redelivers those messages
+on the resumed session and they are then acked as duplicates.
+
+Session: fixed client id, ``clean_start=False`` and a long session expiry, so the broker queues QoS 1
+messages for us while the gateway is down. ``share_group`` subscribes ``$share/<group>/...`` so several
+stateless workers split the load (ingest is idempotent by (meter_id, counter)).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import ssl
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from meterveil.host.gateway.ingest import Gateway, Message
+
+log = logging.getLogger("meterveil.mqtt_ingest")
+
+TOPICS = ("meterveil/v1/+/reading", "meterveil/v1/+/status")
+# paho's reconnect backoff: doubles from MIN to MAX seconds between attempts
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    tls_ca: str | None = None
+    username: str | None = None
+    password: str | None = None
+    client_id: str = "meterveil-gateway"
+    share_group: str | None = None
+    session_expiry_s: int = 30 * 86400
+    keepalive: int = 30
+    receive_maximum: int = 1000
+    batch_size: int = 256
+    batch_ms: int = 100
+    mqtt_version: int = 5   # 5, or 311 for brokers without v5 (clean_session=False; no shared subs)
+    # Acknowledge on receipt instead of after the SQLite commit. Only for a broker living in the
+    # gateway's own process (the demo's amqtt, which gives up on a PUBACK after 5 s): a crash then
+    # loses the broker's queue anyway, so the later ack protects nothing. Never with a real broker.
+    ack_on_receipt: bool = False
+    # how often the worker retries quarantined frames (gateway.py: unknown meter, clock, DP params)
+    quarantine_retry_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.quarantine_retry_s) or self.quarantine_retry_s <= 0:
+            raise ValueError(f"quarantine_retry_s must be finite and > 0, got {self.quarantine_retry_s}")
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs) -> MqttConfig:
+        """``mqtt://host:port`` or ``mqtts://host:port`` (TLS)."""
+        u = urlparse(url)
+        if "://" not in url:
+            raise ValueError(f"broker URL {url!r} has no scheme: use mqtt://{url} (or mqtts:// for TLS)")
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            raise ValueError(f"broker URL must be mqtt://HOST:PORT or mqtts://HOST:PORT, got {url!r}")
+        try:
+            port = u.port
+        except ValueError:
+            raise ValueError(f"broker URL {url!r}: the port must be a number in 0..65535") from None
+        tls = u.scheme == "mqtts" or bool(kwargs.get("tls_ca"))
+        return cls(host=u.hostname, port=port or (8883 if tls else 1883), tls=tls, **kwargs)
+
+    def topics(self) -> list[str]:
+        prefix = f"$share/{self.share_group}/" if self.share_group else ""
+        return [prefix + t for t in TOPICS]
+
+
+class MqttIngest:
+    """Runs a Gateway on an MQTT subscription until ``stop()``."""
+
+    def __init__(self, gateway: Gateway, config: MqttConfig):
+        self.gateway = gateway
+        self.config = config
+        self._q: queue.Queue[tuple[int, int, int, Message] | None] = queue.Queue()
+        self._generation = 0
+        self._stop = threading.Event()
+        self.subscribed = threading.Event()
+        self.error: BaseException | None = None
+        self.acked = 0
+        self.connect_failures = 0  # failed TCP/TLS connection attempts since start (each logged)
+        if config.mqtt_version not in (5, 311):
+            raise ValueError("mqtt_version must be 5 or 311")
+        if config.mqtt_version == 311 and config.share_group:
+            raise ValueError("shared subscriptions need MQTT v5")
+        if config.mqtt_version == 5:
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id,
+                            protocol=mqtt.MQTTv5, manual_ack=True)
+        else:
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id,
+                            protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True)
+        if config.username:
+            c.username_pw_set(config.username, config.password)
+        if config.tls:
+            c.tls_set(ca_certs=config.tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+        c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        c.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        self.client = c
+        self._worker = threading.Thread(target=self._run, name="gateway-ingest", daemon=True)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> MqttIngest:
+        self._worker.start()
+        if self.config.mqtt_version == 5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.config.session_expiry_s
+            props.ReceiveMaximum = self.config.receive_maximum
+            self.client.connect_async(self.config.host, self.config.port, self.config.keepalive,
+                                      clean_start=False, properties=props)
+        else:
+            self.client.connect_async(self.config.host, self.config.port, self.config.keepalive)
+        self.client.loop_start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the current batch (commit + ack), then disconnect; unprocessed messages stay queued
+        at the broker for the next start."""
+        self._stop.set()
+        self._q.put(None)
+        self._worker.join(timeout)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def wait_subscribed(self, timeout: float = 10.0) -> bool:
+        return self.subscribed.wait(timeout)
+
+    # -- paho callbacks (network thread) ---------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused connection: %s", reason_code)
+            return
+        self._generation += 1
+        log.info("connected to %s:%d as %s (session present: %s)", self.config.host, self.config.port,
+                 self.config.client_id, flags.session_present)
+        if self.config.mqtt_version == 5:
+            client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.config.topics()])
+        else:
+            client.subscribe([(t, 1) for t in self.config.topics()])
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        """A connection attempt failed before CONNACK (refused, unreachable, DNS, TLS).
+
+        paho calls this from inside its ``except OSError`` around the attempt, so the exception being
+        handled is the reason. One WARNING per attempt: paho spaces attempts by its backoff
+        (RECONNECT_MIN_S doubling to RECONNECT_MAX_S), which is the rate limit.
+        """
+        self.connect_failures += 1
+        exc = sys.exc_info()[1]
+        reason = (str(exc) or type(exc).__name__) if exc is not None else "unknown reason"
+        log.warning("cannot connect to broker %s:%d (attempt %d): %s; retrying (backoff up to %d s)",
+                    self.config.host, self.config.port, self.connect_failures, reason, RECONNECT_MAX_S)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        bad = [rc for rc in reason_codes if rc.is_failure]
+        if bad:
+            log.error("subscription refused: %s", bad)
+            return
+        log.info("gateway ready: subscribed to %s", ", ".join(self.config.topics()))
+        self.subscribed.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not self._stop.is_set():
+            log.warning("disconnected from broker (%s); paho reconnects", reason_code)
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if self.config.ack_on_receipt and msg.qos > 0:
+            client.ack(msg.mid, msg.qos)
+            self.acked += 1
+        self._q.put((self._generation, msg.mid, msg.qos, Message(msg.topic, bytes(msg.payload), bool(msg.dup))))
+
+    # -- worker ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # commit failed: do not ack; the broker will redeliver
+            self.error = exc
+            log.exception("ingest worker stopped: nothing after the last commit was acknowledged")
+
+    def _loop(self) -> None:
+        cfg = self.config
+        to_ack: list[tuple[int, int, int]] = []
+        batch_started = 0.0
+        next_retry = time.monotonic() + cfg.quarantine_retry_s
+        while True:
+            if to_ack:
+                timeout = max(0.0, batch_started + cfg.batch_ms / 1000 - time.monotonic())
+            else:
+                if time.monotonic() >= next_retry and self.gateway.pending() == 0:
+                    self.gateway.release_quarantine()
+                    next_retry = time.monotonic() + cfg.quarantine_retry_s
+                timeout = max(0.0, next_retry - time.monotonic())
+            try:
+                item = self._q.get(timeout=timeout) if timeout != 0.0 else self._q.get_nowait()
+            except queue.Empty:
+                item = ()  # type: ignore[assignment]
+            if item is None:
+                self._flush(to_ack)
+                return
+            if item:
+                gen, mid, qos, msg = item  # type: ignore[misc]
+                if not to_ack:
+                    batch_started = time.monotonic()
+                self.gateway.process(msg)
+                if qos > 0:
+                    to_ack.append((gen, mid, qos))
+                elif self.gateway.pending() == 0:
+                    continue
+            full = len(to_ack) >= cfg.batch_size
+            late = to_ack and time.monotonic() - batch_started >= cfg.batch_ms / 1000
+            if full or late or self._q.empty():
+                self._flush(to_ack)
+
+    def _flush(self, to_ack: list[tuple[int, int, int]]) -> None:
+        self.gateway.commit()
+        if self.config.ack_on_receipt:
+            to_ack.clear()
+            return
+        gen_now = self._generation
+        for gen, mid, qos in to_ack:
+            if gen == gen_now:
+                self.client.ack(mid, qos)
+                self.acked += 1
+        to_ack.clear()

@@ -1,0 +1,172 @@
+"""The ciphertext store: records, the `Store` interface, and `open_store`.
+
+Why an interface: ingest and the back office talk only to `Store`, so a PostgreSQL backend for
+several gateway workers can be added without touching them. SQLite (store_sqlite.py) is the default.
+
+Nothing here is readable consumption: a reading row holds the meter id, frame counter, feeder,
+interval, DP parameters, privacy-neutral flags and the Paillier ciphertext of the packed plaintext
+(see packing.py) as an int (stored as big-endian BLOB).
+
+Interface (stable; back office = aggregation, billing, decryption role):
+- ``open_store(path, create=True) -> SqliteStore``; ``store.conn`` is the sqlite3 connection (audit_log lives
+  in the same file); ``store.close()``. ``create=False`` (every command that only reads a store) raises
+  ``StoreError`` for a missing path, a file that is not an SQLite database or one without the store schema,
+  instead of creating an empty store; only the gateway (and the demo) create stores.
+- ``write_batch(batch) -> list[bool]``: one transaction: inserts readings idempotently keyed by
+  (meter_id, counter) (True = inserted, False = already there), upserts latest statuses, adds
+  ``batch.counts`` / ``batch.meter_counts`` to the counters, and counts ``accepted`` / ``duplicate``
+  for the readings itself. Returns only after the commit is durable (ingest acks after this).
+- ``lookup(meter_id, counter) -> (frame_digest, received_at) | None``; ``max_counter(meter_id)``;
+  ``overlapping(meter_id, start, end) -> counter | None`` (a stored reading whose interval overlaps).
+- ``counters() -> dict[reason, n]``; ``meter_counters() -> {meter_id: {reason: n}}``.
+- quarantine: ``write_batch`` also keeps ``batch.quarantine`` frames (sealed, as received; at most
+  ``QUARANTINE_PER_METER`` per meter id and ``QUARANTINE_MAX`` in all, the rest counted
+  ``quarantine_full``), deletes ``batch.released`` digests and stamps ``batch.retried`` ones;
+  ``quarantined(limit)`` least recently tried first (every held frame gets its turn);
+  ``quarantine_counts() -> {reason: n}``.
+- ``latest_status(meter_id) -> StatusRecord | None``; ``statuses() -> list[StatusRecord]``.
+- ``iter_readings(feeder=None, meter_id=None, t_from=None, t_to=None)`` (interval_start in [t_from, t_to),
+  ordered by interval_start, meter_id, counter); ``readings_for_feeder(feeder, t_from, t_to)``,
+  ``readings_for_meter(meter_id, t_from, t_to)`` (lists).
+- ``meters() -> list[MeterInfo]``; ``feeders() -> list[str]``; ``count_readings() -> int``.
+- ``coverage(t_from, t_to, interval_len=900, meter_ids=None) -> list[Coverage]``: expected vs present
+  intervals per meter (present = distinct interval_start values in range).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+SCHEME_PACKED_V1 = "paillier-packed-v1"
+
+
+class StoreError(ValueError):
+    """The store path is missing, not an SQLite database or not a meterveil store (a one-line message)."""
+
+
+@dataclass(frozen=True)
+class StoredReading:
+    """One accepted reading as stored: metadata in clear, consumption only inside ``ciphertext``."""
+
+    meter_id: str
+    counter: int
+    feeder: str
+    interval_start: int
+    interval_len: int
+    epsilon_milli: int
+    clamp_wh: int
+    m: int
+    ciphertext: int = field(repr=False)
+    flags: int = 0
+    scheme: str = SCHEME_PACKED_V1
+    frame_digest: bytes = field(default=b"", repr=False)
+    received_at: int = 0
+
+
+@dataclass(frozen=True)
+class StatusRecord:
+    """Latest health report of a meter (no consumption data; see docs/ENCRYPTION.md on what it reveals)."""
+
+    meter_id: str
+    counter: int
+    received_at: int
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class QuarantinedFrame:
+    """A frame rejected for a reason that can pass later (unknown meter, gateway clock behind, DP
+    parameters being re-provisioned), kept exactly as received (sealed) so it is not lost."""
+
+    digest: bytes
+    meter_id: str
+    topic: str
+    payload: bytes = field(repr=False)
+    reason: str
+    received_at: int
+
+
+@dataclass
+class Batch:
+    """Everything one ingest commit writes: readings, statuses, counter increments, quarantine."""
+
+    readings: list[StoredReading] = field(default_factory=list)
+    statuses: list[StatusRecord] = field(default_factory=list)
+    quarantine: list[QuarantinedFrame] = field(default_factory=list)
+    released: list[bytes] = field(default_factory=list)  # digests of quarantined frames now settled
+    retried: list[tuple[bytes, str]] = field(default_factory=list)  # (digest, reason) tried, still held
+    counts: Counter[str] = field(default_factory=Counter)
+    meter_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def count(self, reason: str, meter_id: str | None = None, n: int = 1) -> None:
+        self.counts[reason] += n
+        if meter_id is not None:
+            self.meter_counts[(meter_id, reason)] += n
+
+    def __len__(self) -> int:
+        return (len(self.readings) + len(self.statuses) + sum(self.counts.values()) + len(self.quarantine)
+                + len(self.retried)
+                + len(self.released))
+
+
+@dataclass(frozen=True)
+class MeterInfo:
+    meter_id: str
+    feeder: str
+    readings: int
+    first_interval: int
+    last_interval: int
+    max_counter: int
+
+
+@dataclass(frozen=True)
+class Coverage:
+    meter_id: str
+    feeder: str
+    expected: int
+    present: int
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.expected - self.present)
+
+
+class Store(Protocol):
+    """What ingest and the back office need from a store (SQLite now, PostgreSQL later)."""
+
+    def write_batch(self, batch: Batch) -> list[bool]: ...
+    def lookup(self, meter_id: str, counter: int) -> tuple[bytes, int] | None: ...
+    def max_counter(self, meter_id: str) -> int | None: ...
+    def overlapping(self, meter_id: str, start: int, end: int) -> int | None: ...
+    def counters(self) -> dict[str, int]: ...
+    def quarantined(self, limit: int = 1000) -> list[QuarantinedFrame]: ...
+    def quarantine_counts(self) -> dict[str, int]: ...
+    def meter_counters(self) -> dict[str, dict[str, int]]: ...
+    def latest_status(self, meter_id: str) -> StatusRecord | None: ...
+    def statuses(self) -> list[StatusRecord]: ...
+    def iter_readings(self, *, feeder: str | None = None, meter_id: str | None = None,
+                      t_from: int | None = None, t_to: int | None = None) -> Iterator[StoredReading]: ...
+    def readings_for_feeder(self, feeder: str, t_from: int, t_to: int) -> list[StoredReading]: ...
+    def readings_for_meter(self, meter_id: str, t_from: int, t_to: int) -> list[StoredReading]: ...
+    def meters(self) -> list[MeterInfo]: ...
+    def feeders(self) -> list[str]: ...
+    def count_readings(self) -> int: ...
+    def coverage(self, t_from: int, t_to: int, interval_len: int = 900,
+                 meter_ids: Sequence[str] | None = None) -> list[Coverage]: ...
+    def close(self) -> None: ...
+
+
+def open_store(path: str | os.PathLike[str], *, create: bool = True, **kwargs: Any):
+    """Open (and migrate) the SQLite store at ``path``. Returns a SqliteStore.
+
+    ``create=True`` (gateway, demo) creates the file and its folder if missing. ``create=False`` (commands
+    that only read a store) raises ``StoreError`` unless ``path`` is an existing meterveil store, so a
+    mistyped path is an error instead of a new empty store.
+    """
+    from meterveil.host.store.sqlite import SqliteStore
+
+    return SqliteStore(path, create=create, **kwargs)

@@ -1,0 +1,336 @@
+"""SQLite implementation of the `Store` interface (see store.py for the contract).
+
+Durability choice: WAL with ``synchronous=FULL``. Ingest acknowledges a QoS 1 message to the broker
+only after ``write_batch`` returns, and the broker then forgets it, so a committed batch must survive
+power loss, not only a process crash. In WAL mode NORMAL survives a crash of the process but may lose
+the last commits on power loss (the WAL is fsync-ed only at checkpoints); FULL fsyncs the WAL at every
+commit. Batching amortises that one fsync over up to hundreds of readings.
+
+Schema is versioned by ``PRAGMA user_version``; ``MIGRATIONS[i]`` upgrades version i to i+1 inside one
+transaction. A database newer than this code is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from meterveil.host.store.base import (
+    Batch,
+    Coverage,
+    MeterInfo,
+    QuarantinedFrame,
+    StatusRecord,
+    StoredReading,
+    StoreError,
+)
+
+
+class StoreVersionError(RuntimeError):
+    """The database was written by a newer schema than this code knows."""
+
+
+def _m1_initial(c: sqlite3.Connection) -> None:
+    c.execute("""CREATE TABLE readings(
+        id INTEGER PRIMARY KEY,
+        meter_id TEXT NOT NULL, counter INTEGER NOT NULL, feeder TEXT NOT NULL,
+        interval_start INTEGER NOT NULL, interval_len INTEGER NOT NULL,
+        epsilon_milli INTEGER NOT NULL, clamp_wh INTEGER NOT NULL, m INTEGER NOT NULL,
+        flags INTEGER NOT NULL DEFAULT 0, scheme TEXT NOT NULL, ciphertext BLOB NOT NULL,
+        frame_digest BLOB NOT NULL, received_at INTEGER NOT NULL,
+        UNIQUE(meter_id, counter))""")
+    c.execute("CREATE INDEX readings_feeder_interval ON readings(feeder, interval_start)")
+    c.execute("CREATE INDEX readings_meter_interval ON readings(meter_id, interval_start)")
+    c.execute("CREATE TABLE counters(reason TEXT PRIMARY KEY, count INTEGER NOT NULL)")
+    c.execute("""CREATE TABLE meter_counters(meter_id TEXT NOT NULL, reason TEXT NOT NULL,
+        count INTEGER NOT NULL, PRIMARY KEY(meter_id, reason))""")
+    c.execute("""CREATE TABLE meter_status(meter_id TEXT PRIMARY KEY, counter INTEGER NOT NULL,
+        received_at INTEGER NOT NULL, status_json TEXT NOT NULL)""")
+
+
+def _m2_quarantine(c: sqlite3.Connection) -> None:
+    c.execute("""CREATE TABLE quarantine(digest BLOB PRIMARY KEY, meter_id TEXT NOT NULL, topic TEXT NOT NULL,
+        payload BLOB NOT NULL, reason TEXT NOT NULL, received_at INTEGER NOT NULL,
+        last_try INTEGER NOT NULL DEFAULT 0)""")  # retry round of the last attempt
+    c.execute("CREATE INDEX quarantine_meter ON quarantine(meter_id)")
+    c.execute("CREATE INDEX quarantine_retry ON quarantine(last_try, received_at)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_quarantine]
+# Quarantine bounds: a month of 15-minute readings per meter id; only broker users can publish, and the
+# broker ACL limits each to its own id, so the total bounds what a misprovisioned fleet can park here.
+QUARANTINE_PER_METER = 3000
+QUARANTINE_MAX = 200_000
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLS = ("meter_id, counter, feeder, interval_start, interval_len, epsilon_milli, clamp_wh, m, "
+         "flags, scheme, ciphertext, frame_digest, received_at")
+
+
+# Longest interval the gateway accepts: bounds the index range the overlap lookup scans.
+_MAX_INTERVAL_S = 86400
+
+
+def inspect_file(path: str | os.PathLike[str]) -> set[str]:
+    """Table names of an existing SQLite file, opened read-only (nothing is created or migrated).
+
+    Raises StoreError when ``path`` does not exist, is a directory or is not an SQLite database.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"store {p} does not exist")
+    if p.is_dir():
+        raise StoreError(f"store {p} is a directory, not an SQLite file")
+    if p.stat().st_size == 0:
+        raise StoreError(f"store {p} is an empty file, not a meterveil store")
+    try:
+        conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"store {p} is not an SQLite database ({e})") from None
+
+
+def int_to_blob(x: int) -> bytes:
+    return int(x).to_bytes((int(x).bit_length() + 7) // 8 or 1, "big")
+
+
+def _row_to_reading(r: tuple[Any, ...]) -> StoredReading:
+    return StoredReading(meter_id=r[0], counter=r[1], feeder=r[2], interval_start=r[3], interval_len=r[4],
+                         epsilon_milli=r[5], clamp_wh=r[6], m=r[7], flags=r[8], scheme=r[9],
+                         ciphertext=int.from_bytes(r[10], "big"), frame_digest=bytes(r[11]), received_at=r[12])
+
+
+class SqliteStore:
+    """The default store. Thread-safe by one lock (ingest writes from its worker thread)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", timeout: float = 30.0,
+                 create: bool = True):
+        self.path = Path(path)
+        if not create:
+            # read-only commands: a mistyped path must not become a new empty store
+            if "readings" not in inspect_file(self.path):
+                raise StoreError(f"store {self.path} is an SQLite database but not a meterveil store "
+                                 f"(no readings table; only `meterveil gateway` creates a store)")
+        elif self.path.is_dir():
+            raise StoreError(f"store {self.path} is a directory, not an SQLite file")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only from the first byte: the file holds meter ids, feeders, timing and the audit
+            # log (SQLite gives the -wal/-shm files the same mode).
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None,
+                                    check_same_thread=False)
+        self._lock = threading.RLock()
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(f"PRAGMA synchronous={synchronous}")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            self.conn.close()
+            if isinstance(e, sqlite3.OperationalError):  # locked, read-only, ...: not about the file's kind
+                raise
+            raise StoreError(f"store {self.path} is not a usable SQLite database ({e})") from None
+        except BaseException:
+            self.conn.close()
+            raise
+
+    # -- schema -------------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                v = self.schema_version()
+                if v > SCHEMA_VERSION:
+                    raise StoreVersionError(f"{self.path}: schema version {v} is newer than {SCHEMA_VERSION}")
+                for i in range(v, SCHEMA_VERSION):
+                    MIGRATIONS[i](self.conn)
+                    self.conn.execute(f"PRAGMA user_version={i + 1}")
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    # -- writes -------------------------------------------------------------------------------
+    def write_batch(self, batch: Batch) -> list[bool]:
+        """Insert/upsert/count in one durable transaction; returns per reading whether it was new."""
+        with self._lock:
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                inserted: list[bool] = []
+                counts = batch.counts.copy()
+                meter_counts = batch.meter_counts.copy()
+                for r in batch.readings:
+                    cur = c.execute(
+                        f"INSERT INTO readings({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                        "ON CONFLICT(meter_id, counter) DO NOTHING",
+                        (r.meter_id, r.counter, r.feeder, r.interval_start, r.interval_len, r.epsilon_milli,
+                         r.clamp_wh, r.m, r.flags, r.scheme, int_to_blob(r.ciphertext), r.frame_digest,
+                         r.received_at or int(time.time())))
+                    new = cur.rowcount == 1
+                    inserted.append(new)
+                    reason = "accepted" if new else "duplicate"
+                    counts[reason] += 1
+                    meter_counts[(r.meter_id, reason)] += 1
+                for q in batch.quarantine:
+                    held = c.execute("SELECT COUNT(*) FROM quarantine WHERE meter_id=?", (q.meter_id,)).fetchone()[0]
+                    if held >= QUARANTINE_PER_METER or self._quarantine_total(c) >= QUARANTINE_MAX:
+                        counts["quarantine_full"] += 1
+                        meter_counts[(q.meter_id, "quarantine_full")] += 1
+                        continue
+                    c.execute("INSERT OR IGNORE INTO quarantine(digest, meter_id, topic, payload, reason, received_at) "
+                              "VALUES (?,?,?,?,?,?)", (q.digest, q.meter_id, q.topic, q.payload, q.reason, q.received_at))
+                c.executemany("DELETE FROM quarantine WHERE digest=?", [(d,) for d in batch.released])
+                if batch.retried:  # to the back of the line: a retry round number, not a clock
+                    stamp = int(c.execute("SELECT COALESCE(MAX(last_try), 0) FROM quarantine").fetchone()[0]) + 1
+                    c.executemany("UPDATE quarantine SET last_try=?, reason=? WHERE digest=?",
+                                  [(stamp, r, d) for d, r in batch.retried])
+                for s in batch.statuses:
+                    c.execute("INSERT INTO meter_status(meter_id, counter, received_at, status_json) "
+                              "VALUES (?,?,?,?) ON CONFLICT(meter_id) DO UPDATE SET counter=excluded.counter, "
+                              "received_at=excluded.received_at, status_json=excluded.status_json "
+                              "WHERE excluded.counter > meter_status.counter",
+                              (s.meter_id, s.counter, s.received_at, json.dumps(s.status, sort_keys=True)))
+                c.executemany("INSERT INTO counters(reason, count) VALUES (?,?) "
+                              "ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
+                              [(k, v) for k, v in counts.items() if v])
+                c.executemany("INSERT INTO meter_counters(meter_id, reason, count) VALUES (?,?,?) "
+                              "ON CONFLICT(meter_id, reason) DO UPDATE SET count = count + excluded.count",
+                              [(m, k, v) for (m, k), v in meter_counts.items() if v])
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            return inserted
+
+    @staticmethod
+    def _quarantine_total(c: sqlite3.Connection) -> int:
+        return int(c.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
+
+    def quarantined(self, limit: int = 1000) -> list[QuarantinedFrame]:
+        with self._lock:
+            rows = self.conn.execute("SELECT digest, meter_id, topic, payload, reason, received_at FROM quarantine "
+                                     "ORDER BY last_try, received_at, rowid LIMIT ?", (limit,)).fetchall()
+        return [QuarantinedFrame(bytes(r[0]), r[1], r[2], bytes(r[3]), r[4], int(r[5])) for r in rows]
+
+    def quarantine_counts(self) -> dict[str, int]:
+        with self._lock:
+            return {r: int(n) for r, n in self.conn.execute(
+                "SELECT reason, COUNT(*) FROM quarantine GROUP BY reason ORDER BY reason")}
+
+    # -- point lookups used by ingest ---------------------------------------------------------
+    def lookup(self, meter_id: str, counter: int) -> tuple[bytes, int] | None:
+        with self._lock:
+            row = self.conn.execute("SELECT frame_digest, received_at FROM readings WHERE meter_id=? AND counter=?",
+                                    (meter_id, counter)).fetchone()
+        return (bytes(row[0]), int(row[1])) if row else None
+
+    def overlapping(self, meter_id: str, start: int, end: int) -> int | None:
+        """Counter of a stored reading of this meter whose interval overlaps [start, end), if any."""
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT counter FROM readings WHERE meter_id=? AND interval_start < ? AND interval_start >= ? "
+                "AND interval_start + interval_len > ? LIMIT 1",
+                (meter_id, end, start - _MAX_INTERVAL_S, start)).fetchone()
+        return None if row is None else int(row[0])
+
+    def max_counter(self, meter_id: str) -> int | None:
+        with self._lock:
+            row = self.conn.execute("SELECT MAX(counter) FROM readings WHERE meter_id=?", (meter_id,)).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    # -- counters and status ------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            return {k: int(v) for k, v in self.conn.execute("SELECT reason, count FROM counters ORDER BY reason")}
+
+    def meter_counters(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for m, k, v in self.conn.execute("SELECT meter_id, reason, count FROM meter_counters ORDER BY 1, 2"):
+                out.setdefault(m, {})[k] = int(v)
+        return out
+
+    def latest_status(self, meter_id: str) -> StatusRecord | None:
+        with self._lock:
+            row = self.conn.execute("SELECT meter_id, counter, received_at, status_json FROM meter_status "
+                                    "WHERE meter_id=?", (meter_id,)).fetchone()
+        return StatusRecord(row[0], row[1], row[2], json.loads(row[3])) if row else None
+
+    def statuses(self) -> list[StatusRecord]:
+        with self._lock:
+            rows = self.conn.execute("SELECT meter_id, counter, received_at, status_json FROM meter_status "
+                                     "ORDER BY meter_id").fetchall()
+        return [StatusRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    # -- back-office queries ------------------------------------------------------------------
+    def iter_readings(self, *, feeder: str | None = None, meter_id: str | None = None,
+                      t_from: int | None = None, t_to: int | None = None) -> Iterator[StoredReading]:
+        where, args = [], []
+        for col, op, val in (("feeder", "=", feeder), ("meter_id", "=", meter_id),
+                             ("interval_start", ">=", t_from), ("interval_start", "<", t_to)):
+            if val is not None:
+                where.append(f"{col} {op} ?")
+                args.append(val)
+        sql = f"SELECT {_COLS} FROM readings"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY interval_start, meter_id, counter"
+        with self._lock:
+            rows = self.conn.execute(sql, args).fetchall()
+        for r in rows:
+            yield _row_to_reading(r)
+
+    def readings_for_feeder(self, feeder: str, t_from: int, t_to: int) -> list[StoredReading]:
+        return list(self.iter_readings(feeder=feeder, t_from=t_from, t_to=t_to))
+
+    def readings_for_meter(self, meter_id: str, t_from: int, t_to: int) -> list[StoredReading]:
+        return list(self.iter_readings(meter_id=meter_id, t_from=t_from, t_to=t_to))
+
+    def meters(self) -> list[MeterInfo]:
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT meter_id, feeder, COUNT(*), MIN(interval_start), MAX(interval_start), MAX(counter) "
+                "FROM readings GROUP BY meter_id ORDER BY meter_id").fetchall()
+        return [MeterInfo(*r) for r in rows]
+
+    def feeders(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self.conn.execute("SELECT DISTINCT feeder FROM readings ORDER BY feeder")]
+
+    def count_readings(self) -> int:
+        with self._lock:
+            return int(self.conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+
+    def coverage(self, t_from: int, t_to: int, interval_len: int = 900,
+                 meter_ids: Sequence[str] | None = None) -> list[Coverage]:
+        """Expected intervals in [t_from, t_to) vs distinct intervals present, per meter."""
+        if interval_len <= 0 or t_to < t_from:
+            raise ValueError("need interval_len > 0 and t_from <= t_to")
+        first = -(-t_from // interval_len) * interval_len
+        expected = max(0, -(-(t_to - first) // interval_len))
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT meter_id, MAX(feeder), COUNT(DISTINCT CASE WHEN interval_start >= ? AND interval_start < ? "
+                "THEN interval_start END) FROM readings GROUP BY meter_id ORDER BY meter_id",
+                (t_from, t_to)).fetchall()
+        found = {r[0]: Coverage(r[0], r[1], expected, int(r[2])) for r in rows}
+        ids = list(meter_ids) if meter_ids is not None else sorted(found)
+        return [found.get(m, Coverage(m, "", expected, 0)) for m in ids]

@@ -1,0 +1,64 @@
+"""Test helpers that set up each role's folder the way `keys init` and provisioning do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meterveil.host.audit import signing
+from meterveil.host.audit.chain import AuditLog
+from meterveil.host.common.pubkey import write_public
+from meterveil.host.common.registry import MeterRecord, MeterRegistry
+from meterveil.host.decryption import secret_key
+from meterveil.host.decryption.policy import Policy
+from meterveil.host.decryption.role import DecryptionRole
+from meterveil.host.decryption.session import role_paths
+from meterveil.host.store.base import open_store
+
+
+def split_keys(root: Path, pub, priv) -> tuple[Path, Path]:
+    """(gateway keys folder, decryption role folder) under `root`, as `keys init` writes them."""
+    gw, role = Path(root) / "keys", Path(root) / "decryption"
+    write_public(gw, pub, force=True)
+    if not (role / secret_key.SECRET_NAME).exists():
+        secret_key.write_secret(role, priv)
+        signing.generate(role)
+    return gw, role
+
+
+def role_dir_for(db: Path, priv) -> Path:
+    """The decryption role folder used for a test store `db` (next to it)."""
+    d = Path(db).parent / "decryption"
+    if not (d / secret_key.SECRET_NAME).exists():
+        secret_key.write_secret(d, priv)
+        signing.generate(d)
+    return d
+
+
+def registry_from_store(db: Path, path: Path | None = None, **dp) -> MeterRegistry:
+    """A registry listing every meter the store has readings of, on the feeder its readings name."""
+    path = Path(path or Path(db).parent / "registry" / "meters.json")
+    reg = MeterRegistry.load(path)
+    store = open_store(db, create=False)
+    try:
+        for info in store.meters():
+            if info.meter_id not in reg:
+                first = next(store.iter_readings(meter_id=info.meter_id))
+                reg.put(MeterRecord(info.meter_id, info.feeder, dp.get("epsilon_milli", first.epsilon_milli),
+                                    dp.get("clamp_wh", first.clamp_wh), dp.get("m", first.m)), save=False)
+    finally:
+        store.close()
+    reg.save()
+    return reg
+
+
+def role_for(db: Path, priv, *, registry: MeterRegistry | None = None, actor: str = "ops",
+             **policy) -> DecryptionRole:
+    """A decryption session for the store `db`: role folder next to it, registry from the store unless given."""
+    reg = registry if registry is not None else registry_from_store(db)
+    paths = role_paths(role_dir_for(db, priv))
+    audit = AuditLog(paths["db"], signer=signing.load_signing(paths["signing"]))
+    return DecryptionRole(priv, audit, actor, Policy(**policy), registry=reg, anchor_path=paths["anchors"])
+
+
+def audit_db(db: Path) -> Path:
+    return role_paths(Path(db).parent / "decryption")["db"]
