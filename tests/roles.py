@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from meterveil.host.audit import signing
@@ -62,3 +63,16 @@ def role_for(db: Path, priv, *, registry: MeterRegistry | None = None, actor: st
 
 def audit_db(db: Path) -> Path:
     return role_paths(Path(db).parent / "decryption")["db"]
+
+
+@contextmanager
+def session(db: Path, priv, actor: str, policy: Policy | None = None, registry: MeterRegistry | None = None):
+    """A decryption session (role folder next to `db`), closed (anchor written) on exit."""
+    paths = role_paths(role_dir_for(db, priv))
+    audit = AuditLog(paths["db"], signer=signing.load_signing(paths["signing"]))
+    role = DecryptionRole(priv, audit, actor, policy, registry=registry, anchor_path=paths["anchors"])
+    try:
+        yield role
+    finally:
+        role.close()
+        audit.close()

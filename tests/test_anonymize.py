@@ -9,12 +9,15 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
+from roles import audit_db, role_dir_for
 
+from meterveil.host.audit import signing
 from meterveil.host.audit.chain import AuditLog
 from meterveil.host.backoffice import anonymize as an
 from meterveil.host.cli.main import main
 from meterveil.host.common import packing
-from meterveil.host.common.keys import MeterRegistry, generate_keypair, write_keypair
+from meterveil.host.common.registry import MeterRecord, MeterRegistry
+from meterveil.host.decryption.secret_key import generate_keypair
 from meterveil.host.demo import profiles
 from meterveil.host.store.base import Batch, StoredReading, open_store
 
@@ -103,14 +106,14 @@ def utility(tmp_path_factory):
     """Keys (512-bit: tests only), registry with attributes, a store with two months of readings."""
     d = tmp_path_factory.mktemp("exp")
     pub, priv = generate_keypair(512)
-    write_keypair(d / "keys", pub, priv)
-    reg = MeterRegistry.load(d / "keys")
+    role_dir_for(d / "s.db", priv)
+    reg = MeterRegistry.load(d / "registry" / "meters.json")
     truth: dict[str, dict[str, int]] = {}
     batch = Batch()
     for i in range(60):
         hh = profiles.make_household(i, base_seed=3)
         mid = f"h{i:03d}"
-        reg.add(mid, feeder=f"F{i % 3}", epsilon_milli=1000, clamp_wh=1000, m=5, attributes=hh.attributes(), save=False)
+        reg.put(MeterRecord(mid, f"F{i % 3}", 1000, 1000, 5, hh.attributes()), save=False)
         for j, month_start in enumerate((T0, T0 + 31 * 86400)):
             for day in range(3):
                 wh = 4000 + 1500 * hh.occupants + 37 * i + 500 * day
@@ -127,10 +130,14 @@ def utility(tmp_path_factory):
     return d, truth
 
 
+def role_args(d) -> list[str]:
+    return ["--role-dir", str(d / "decryption"), "--registry", str(d / "registry" / "meters.json")]
+
+
 def test_export_k_anonymous_via_cli(utility, capsys):
     d, truth = utility
     out = d / "hh.csv"
-    assert main(["export", "households", "--db", str(d / "s.db"), "--secret-key", str(d / "keys" / "utility.key.json"),
+    assert main(["export", "households", "--db", str(d / "s.db"), *role_args(d),
                  "--k", "5", "--out", str(out), "--actor", "researcher-desk", "--seed", "3"]) == 0
     table = pd.read_csv(out, dtype={"occupants": str})
     assert "meter_id" not in table.columns
@@ -143,9 +150,9 @@ def test_export_k_anonymous_via_cli(utility, capsys):
     expect = sorted(round(v["kwh_2026-01"] / 1000) for v in truth.values())
     got = sorted(table["kwh_2026-01"].tolist())
     assert set(got) <= set(expect) and len(got) == report["rows"]
-    with AuditLog(d / "s.db") as log:
+    with AuditLog(audit_db(d / "s.db")) as log:
         entries = list(log.entries())
-        assert log.verify().ok
+        assert log.verify(signing.load_verify(d / "decryption")).ok
     exports = [e for e in entries if e.action == "export-households"]
     assert exports[-1].decision == "allow" and exports[-1].actor == "researcher-desk"
     assert exports[-1].query["k"] == 5 and exports[-1].result_hash
@@ -156,17 +163,16 @@ def test_export_k_anonymous_via_cli(utility, capsys):
 def test_export_synthetic_and_refusals(utility):
     d, _ = utility
     out = d / "syn.csv"
-    key = str(d / "keys" / "utility.key.json")
-    assert main(["export", "households", "--db", str(d / "s.db"), "--secret-key", key, "--k", "5",
+    assert main(["export", "households", "--db", str(d / "s.db"), *role_args(d), "--k", "5",
                  "--synthetic", "300", "--out", str(out), "--seed", "4"]) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 300 and "meter_id" not in rows[0]
     rep = json.loads((d / "syn.csv.report.json").read_text())
     assert rep["copies_of_real_rows"] == 0 and "marginal_tvd" in rep["utility"]
-    assert main(["export", "households", "--db", str(d / "s.db"), "--secret-key", key, "--k", "1",
+    assert main(["export", "households", "--db", str(d / "s.db"), *role_args(d), "--k", "1",
                  "--out", str(d / "bad.csv")]) == 2
     assert not (d / "bad.csv").exists()
-    with AuditLog(d / "s.db") as log:
+    with AuditLog(audit_db(d / "s.db")) as log:
         last = list(log.entries())[-1]
     assert last.action == "export-households" and last.decision == "refuse"
 

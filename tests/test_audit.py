@@ -1,4 +1,5 @@
-"""Hash-chained audit log: intact chains verify; edit, delete, reorder and truncation are detected."""
+"""Signed, hash-chained audit log: intact chains verify; edits, deletions, reordering, rewritten chains,
+non-canonical entries and truncation are detected."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import sys
 import threading
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from meterveil.host.audit import anchors
 from meterveil.host.audit.chain import (
     GENESIS,
     AuditError,
@@ -18,9 +21,11 @@ from meterveil.host.audit.chain import (
     result_digest,
 )
 
+SK = Ed25519PrivateKey.generate()  # test signing key, generated per run
+
 
 def _fill(path, n: int = 6) -> list:
-    with AuditLog(path) as log:
+    with AuditLog(path, signer=SK) as log:
         return [
             log.append(f"clerk{i % 2}", "bill", {"meter_id": f"m{i:03d}", "period": "2026-11", "band": "peak"},
                        "allow" if i % 3 else "refuse", "ok" if i % 3 else "refused: 3 < m=5",
@@ -32,8 +37,9 @@ def _fill(path, n: int = 6) -> list:
 def _tamper(path, *sql: str) -> None:
     """Tamper as an attacker with write access would: drop the append-only triggers first."""
     db = sqlite3.connect(path)
-    db.execute("DROP TRIGGER audit_log_no_update")
-    db.execute("DROP TRIGGER audit_log_no_delete")
+    db.execute("DROP TRIGGER IF EXISTS audit_log_no_update")
+    db.execute("DROP TRIGGER IF EXISTS audit_log_no_delete")
+    db.execute("DROP TRIGGER IF EXISTS audit_log_no_overwrite")
     for s in sql:
         db.execute(s)
     db.commit()
@@ -42,7 +48,7 @@ def _tamper(path, *sql: str) -> None:
 
 def _verify(path, anchor=None):
     with AuditLog(path) as log:
-        return log.verify(anchor)
+        return log.verify(SK.public_key(), anchor)
 
 
 def test_intact_chain_verifies_and_links(tmp_path):
@@ -57,6 +63,14 @@ def test_intact_chain_verifies_and_links(tmp_path):
     with AuditLog(db) as log:
         stored = list(log.entries())
     assert stored == entries  # what was hashed is exactly what was stored
+    assert all(e.signature_ok(SK.public_key()) for e in stored)
+    other = Ed25519PrivateKey.generate().public_key()
+    assert not _verify_with(db, other).ok  # signatures bind the chain to the role's key
+
+
+def _verify_with(path, key):
+    with AuditLog(path) as log:
+        return log.verify(key)
 
 
 def test_empty_log_verifies(tmp_path):
@@ -75,7 +89,7 @@ def test_triggers_block_plain_updates(tmp_path):
     # REPLACE deletes the old row without firing delete triggers: the insert itself is refused
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         conn.execute("INSERT OR REPLACE INTO audit_log SELECT seq, ts, 'mallory', action, query, decision, "
-                      "reason, result_hash, prev_hash, entry_hash FROM audit_log WHERE seq = 1")
+                      "reason, result_hash, prev_hash, entry_hash, signature FROM audit_log WHERE seq = 1")
     assert conn.execute("SELECT actor FROM audit_log WHERE seq = 1").fetchone()[0] != "mallory"
 
 
@@ -92,7 +106,41 @@ def test_edit_detected_at_that_entry(tmp_path, column, value):
     assert "edited" in r.reason or "prev_hash" in r.reason
 
 
-def test_edit_with_recomputed_hash_breaks_next_link(tmp_path):
+def test_rewritten_chain_with_every_hash_recomputed_fails_on_signatures(tmp_path):
+    """An attacker with write access but without the signing key rewrites an entry and recomputes the
+    hash of it and of every later entry: the chain links, the signatures do not."""
+    import dataclasses
+    db = tmp_path / "s.db"
+    entries = _fill(db)
+    prev = entries[1].entry_hash
+    sql = []
+    for e in entries[2:]:
+        f = dataclasses.replace(e, actor="mallory" if e.seq == 3 else e.actor, prev_hash=prev)
+        f = dataclasses.replace(f, entry_hash=f.compute_hash())
+        sql.append(f"UPDATE audit_log SET actor = '{f.actor}', prev_hash = '{f.prev_hash}', "
+                   f"entry_hash = '{f.entry_hash}' WHERE seq = {f.seq}")
+        prev = f.entry_hash
+    sql.append(f"UPDATE audit_head SET entry_hash = '{prev}'")
+    _tamper(db, *sql)
+    r = _verify(db)
+    assert not r.ok and r.first_bad_seq == 3 and "signature" in r.reason
+
+
+def test_duplicate_key_in_an_entry_is_rejected(tmp_path):
+    """SQLite's JSON reader keeps the last duplicate key and Python's the last too, but other readers
+    differ: a duplicate key (or any non-canonical spelling) is an error, even with a matching hash."""
+    db = tmp_path / "s.db"
+    _fill(db, 3)
+    _tamper(db, """UPDATE audit_log SET query = '{"band":"peak","meter_id":"m000","meter_id":"m999","period":"2026-11"}'
+                   WHERE seq = 2""")
+    r = _verify(db)
+    assert not r.ok and r.first_bad_seq == 2 and "duplicate key" in r.reason
+    _tamper(db, """UPDATE audit_log SET query = '{"period": "2026-11"}' WHERE seq = 2""")
+    r = _verify(db)
+    assert not r.ok and r.first_bad_seq == 2 and "canonical" in r.reason
+
+
+def test_edit_with_recomputed_hash_fails_its_signature(tmp_path):
     db = tmp_path / "s.db"
     entries = _fill(db)
     import dataclasses
@@ -100,7 +148,7 @@ def test_edit_with_recomputed_hash_breaks_next_link(tmp_path):
     forged = dataclasses.replace(forged, entry_hash=forged.compute_hash())
     _tamper(db, f"UPDATE audit_log SET actor = 'mallory', entry_hash = '{forged.entry_hash}' WHERE seq = 3")
     r = _verify(db)
-    assert not r.ok and r.first_bad_seq == 4 and "prev_hash" in r.reason
+    assert not r.ok and r.first_bad_seq == 3 and "signature" in r.reason
 
 
 def test_delete_middle_detected(tmp_path):
@@ -146,7 +194,7 @@ def test_tail_truncation_with_rewritten_head_needs_external_anchor(tmp_path):
     r = _verify(db, anchor)
     assert not r.ok and r.first_bad_seq == 6 and "truncated" in r.reason
     # an older anchor still checks out after later appends
-    with AuditLog(db) as log:
+    with AuditLog(db, signer=SK) as log:
         log.append("clerk", "bill", {}, "allow", "ok", "ab")
     assert _verify(db, (3, entries[2].entry_hash)).ok
     assert not _verify(db, (3, entries[3].entry_hash)).ok
@@ -157,10 +205,12 @@ def test_parse_anchor_and_bad_inputs(tmp_path):
     for bad in ("12", f"x:{'a' * 64}", "3:abc"):
         with pytest.raises(ValueError):
             parse_anchor(bad)
-    with AuditLog(tmp_path / "s.db") as log, pytest.raises(AuditError):
+    with AuditLog(tmp_path / "s.db", signer=SK) as log, pytest.raises(AuditError):
         log.append("clerk", "bill", {}, "maybe", "?")
-    with AuditLog(tmp_path / "s.db") as log, pytest.raises(AuditError):
+    with AuditLog(tmp_path / "s.db", signer=SK) as log, pytest.raises(AuditError):
         log.append("", "bill", {}, "allow", "ok")
+    with AuditLog(tmp_path / "s.db") as log, pytest.raises(AuditError, match="read-only"):
+        log.append("clerk", "bill", {}, "allow", "ok")  # without the signing key nothing is appended
 
 
 def test_result_digest_is_keyed_and_canonical():
@@ -175,7 +225,7 @@ def test_concurrent_appends_keep_one_chain(tmp_path):
     AuditLog(db).close()
 
     def worker(i: int) -> None:
-        with AuditLog(db) as log:
+        with AuditLog(db, signer=SK) as log:
             for j in range(10):
                 log.append(f"w{i}", "feeder-load", {"j": j}, "allow", "ok", "")
 
@@ -188,17 +238,34 @@ def test_concurrent_appends_keep_one_chain(tmp_path):
     assert r.ok and r.entries == 40
 
 
-def test_cli_audit_verify_exit_codes(tmp_path):
-    db = tmp_path / "s.db"
-    _fill(db)
-    cmd = [sys.executable, "-m", "meterveil.host.cli.main", "audit", "verify", "--db", str(db)]
-    ok = subprocess.run(cmd, capture_output=True, text=True)
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "meterveil.host.cli", "audit", *args], capture_output=True, text=True)
+
+
+def test_cli_audit_verify_needs_key_and_anchor(tmp_path):
+    from meterveil.host.audit import signing
+
+    db = tmp_path / "decryption.db"
+    signing.generate(tmp_path)
+    sk = signing.load_signing(tmp_path)
+    with AuditLog(db, signer=sk) as log:
+        for i in range(6):
+            log.append("clerk", "bill", {"i": i}, "allow", "ok")
+        seq, h = log.head()
+    no_anchor = _cli("verify", "--db", str(db))
+    assert no_anchor.returncode == 2 and "truncation" in no_anchor.stderr  # no anchor file: cannot rule it out
+    anchors.append(tmp_path / anchors.ANCHORS_NAME, seq, h, sk)
+    ok = _cli("verify", "--db", str(db))
     assert ok.returncode == 0, ok.stderr
-    assert "intact: 6 entries" in ok.stdout
-    head = subprocess.run([sys.executable, "-m", "meterveil.host.cli.main", "audit", "head", "--db", str(db)],
-                          capture_output=True, text=True)
+    assert "intact: 6 entries" in ok.stdout and "reaches anchor 6" in ok.stdout
+    head = _cli("head", "--db", str(db))
     assert head.returncode == 0 and head.stdout.startswith("6:")
-    _tamper(db, "UPDATE audit_log SET reason = 'ok (edited)' WHERE seq = 3")
-    broken = subprocess.run(cmd, capture_output=True, text=True)
-    assert broken.returncode == 1
-    assert "seq=3" in broken.stdout + broken.stderr
+    # the whole log emptied (an empty log used to verify as "intact: 0 entries")
+    _tamper(db, "DELETE FROM audit_log", "DELETE FROM audit_head")
+    gone = _cli("verify", "--db", str(db))
+    assert gone.returncode == 1 and "truncated" in gone.stdout
+    # a forged anchor line (no signing key) is refused outright
+    with open(tmp_path / anchors.ANCHORS_NAME, "a") as fh:
+        fh.write('{"hash":"' + "0" * 64 + '","seq":1,"sig":"00","ts":"x"}\n')
+    forged = _cli("verify", "--db", str(db))
+    assert forged.returncode == 2 and "does not verify" in forged.stderr

@@ -20,7 +20,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from roles import audit_db, role_dir_for, session
 
+from meterveil.host.audit import signing
 from meterveil.host.audit.chain import AuditLog
 from meterveil.host.backoffice.aggregate import hom_sum
 from meterveil.host.backoffice.billing import (
@@ -34,8 +36,9 @@ from meterveil.host.backoffice.billing import (
 )
 from meterveil.host.backoffice.tariff import load_tariff, parse_tariff
 from meterveil.host.common import packing
-from meterveil.host.common.keys import MeterRegistry, generate_keypair, write_keypair
-from meterveil.host.decryption.role import DecryptionRole, Policy, PolicyError
+from meterveil.host.common.registry import MeterRecord, MeterRegistry
+from meterveil.host.decryption.policy import Policy, PolicyError
+from meterveil.host.decryption.secret_key import generate_keypair
 from meterveil.host.gateway.encryptor import make_encryptor
 from meterveil.host.store.base import Batch, StoredReading, open_store
 
@@ -147,8 +150,7 @@ def fill_store(db: Path, pub, readings) -> None:
 
 def bills_via_role(db: Path, priv, tariff, period: str, meters=(), as_of=None):
     store = open_store(db)
-    with AuditLog(db) as audit:
-        role = DecryptionRole(priv, audit, "test-clerk", Policy())
+    with session(db, priv, "test-clerk", Policy()) as role:
         totals = role.household_totals(store, tariff, period, meters, as_of=as_of)
         role.close()
     store.close()
@@ -204,19 +206,17 @@ def test_partial_month_missing_counted_to_latest_stored_interval(tmp_path, keypa
 
 def test_bill_audited_and_cli_matches(tmp_path, keypair):
     pub, priv = keypair
-    keys = tmp_path / "keys"
-    write_keypair(keys, pub, priv)
-    reg = MeterRegistry.load(keys)
+    reg = MeterRegistry.load(tmp_path / "registry" / "meters.json")
     for m in ("h1", "h2", "h3", "h4", "h9"):
-        reg.add(m, feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=5, save=False)
+        reg.put(MeterRecord(m, "F1", 1000, 1000, 5), save=False)
     reg.save()
     tariff = load_tariff(TARIFFS / "slabs.toml")
     readings = synth(tariff.timezone, 2026, 11, 11)
     db = tmp_path / "s.db"
     fill_store(db, pub, readings)
     out = tmp_path / "bills.csv"
-    cmd = [sys.executable, "-m", "meterveil.host.cli.main", "bill", "--db", str(db), "--secret-key", str(keys),
-           "--keys", str(keys), "--tariff", str(TARIFFS / "slabs.toml"), "--period", "2026-11",
+    cmd = [sys.executable, "-m", "meterveil.host.cli", "bill", "--db", str(db), "--role-dir",
+           str(role_dir_for(db, priv)), "--registry", str(reg.path), "--tariff", str(TARIFFS / "slabs.toml"), "--period", "2026-11",
            "--out", str(out), "--actor", "alice"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -230,9 +230,10 @@ def test_bill_audited_and_cli_matches(tmp_path, keypair):
         assert Decimal(r["kwh"]) * 1000 == ref[m]["total_wh"] and len(r["kwh"].split(".")[1]) == 3
         lines = [x for x in rows if x["meter_id"] == m and x["band"] != "TOTAL"]
         assert sum(int(x["amount_minor"]) for x in lines) == int(r["amount_minor"])
-    with AuditLog(db) as audit:
+    assert out.stat().st_mode & 0o777 == 0o600
+    with AuditLog(audit_db(db)) as audit:
         everything = list(audit.entries())
-        assert audit.verify().ok
+        assert audit.verify(signing.load_verify(role_dir_for(db, priv))).ok
     # one "partition" entry for the tariff's band layout (the ledger can be rebuilt from it), then bills
     assert [e.action for e in everything].count("partition") == 1
     entries = [e for e in everything if e.action == "bill"]
@@ -253,7 +254,7 @@ def test_policy_refuses_too_many_bands(tmp_path, keypair):
     fill_store(tmp_path / "s.db", pub, synth("UTC", 2026, 11, 5, until_day=2))
     with pytest.raises(PolicyError, match="at most 6"):
         bills_via_role(tmp_path / "s.db", priv, tariff, "2026-11")
-    with AuditLog(tmp_path / "s.db") as audit:
+    with AuditLog(audit_db(tmp_path / "s.db")) as audit:
         (entry,) = list(audit.entries())
     assert entry.decision == "refuse" and "max_bands=6" in entry.reason
 
@@ -358,8 +359,8 @@ def test_rebilling_with_other_bands_is_limited_by_the_common_refinement(tmp_path
     db = tmp_path / "s.db"
     fill_store(db, pub, synth("Asia/Kolkata", 2026, 11, 9, until_day=5))
     store = open_store(db)
-    with AuditLog(db) as audit:
-        role = DecryptionRole(priv, audit, "clerk", Policy())
+    with session(db, priv, "clerk", Policy()) as role:
+        audit = role.audit
 
         def run(tariff):
             return {t.meter_id: t for t in role.household_totals(store, tariff, "2026-11")}
@@ -393,8 +394,8 @@ def test_rebilling_over_a_few_new_readings_is_refused(tmp_path, keypair):
     fill_store(db, pub, readings[:100])
     tariff = load_tariff(TARIFFS / "tou3.toml")
     store = open_store(db)
-    with AuditLog(db) as audit:
-        role = DecryptionRole(priv, audit, "clerk", Policy(rebill_min_new=96))
+    with session(db, priv, "clerk", Policy(rebill_min_new=96)) as role:
+        audit = role.audit
         first = role.household_totals(store, tariff, "2026-11")
         assert [t.readings for t in first] == [100]
         assert role.household_totals(store, tariff, "2026-11") == first  # same readings: same value
@@ -411,8 +412,8 @@ def test_rebilling_over_a_few_new_readings_is_refused(tmp_path, keypair):
                                           pool_encrypt(pub)(i, packing.pack(r[3], 0)))
                             for i, r in enumerate(readings[101:197])])
     store.write_batch(batch)
-    with AuditLog(db) as audit:
-        role = DecryptionRole(priv, audit, "clerk", Policy(rebill_min_new=96))
+    with session(db, priv, "clerk", Policy(rebill_min_new=96)) as role:
+        audit = role.audit
         (later,) = role.household_totals(store, tariff, "2026-11")
         assert later.readings == 197 and sum(later.band_wh.values()) == sum(100 + i for i in range(197)) - 200 + 7  # reading 100 was 7 Wh
         role.close()
@@ -428,8 +429,7 @@ def test_hourly_readings_that_straddle_a_band_are_refused_not_misbilled(tmp_path
     store = open_store(db)
     store.write_batch(Batch(readings=[StoredReading("h9", i + 1, "F1", t0 + i * 3600, 3600, 1000, 1000, 5,
                                                     enc(i, packing.pack(50, 0))) for i in range(48)]))
-    with AuditLog(db) as audit:
-        role = DecryptionRole(priv, audit, "clerk", Policy())
+    with session(db, priv, "clerk", Policy()) as role:
         assert role.household_totals(store, load_tariff(TARIFFS / "tou3.toml"), "2026-11") == []
         assert "8 readings straddle a tariff band" in role.refusals[0][1]  # the hours over a band change
         # a flat tariff has no bands to cross; only the last reading of the month would cross the period
@@ -451,8 +451,7 @@ def test_interim_bill_refused_near_the_end_and_the_closing_bill_always_runs(tmp_
     t_from, t_to = tariff.period_bounds("2026-11")
     fill_store(db, pub, [("h1", "F1", t_from + i * IV, 10, 0) for i in range(27 * 96)])  # days 1-27
     store = open_store(db)
-    with AuditLog(db) as audit:
-        role = DecryptionRole(priv, audit, "clerk", Policy(rebill_min_new=96))
+    with session(db, priv, "clerk", Policy(rebill_min_new=96)) as role:
         assert role.household_totals(store, tariff, "2026-11", as_of=t_to - 86400 + 1) == []
         assert "interim bill within the last 24 h" in role.refusals[0][1]
         (interim,) = role.household_totals(store, tariff, "2026-11", as_of=t_to - 2 * 86400)
@@ -470,9 +469,10 @@ def test_interim_bill_refused_near_the_end_and_the_closing_bill_always_runs(tmp_
     store.close()
 
 
-def test_bill_ledger_and_partitions_are_restored_from_the_audit_log(tmp_path, keypair):
-    """Deleting the ledger tables (someone with write access to the file) neither breaks billing
-    (partition labels come back from their audit entry) nor reopens a re-bill over a few readings."""
+def test_bill_ledger_is_the_signed_audit_log(tmp_path, keypair):
+    """The ledger is folded from the signed audit log: a later session still refuses a re-bill over a
+    few new readings, and deleting the bill's entry (someone with write access to the role's database)
+    makes the role refuse to decrypt anything instead of forgetting the bill."""
     import sqlite3
 
     pub, priv = keypair
@@ -481,18 +481,18 @@ def test_bill_ledger_and_partitions_are_restored_from_the_audit_log(tmp_path, ke
     t_from, t_to = tariff.period_bounds("2026-11")
     fill_store(db, pub, [("h1", "F1", t_from + i * IV, 10, 0) for i in range(200)])
     store = open_store(db)
-    with AuditLog(db) as audit:
-        role = DecryptionRole(priv, audit, "clerk", Policy())
+    with session(db, priv, "clerk", Policy()) as role:
         assert len(role.household_totals(store, tariff, "2026-11", as_of=t_to)) == 1
-        role.close()
-    con = sqlite3.connect(db)
-    con.executescript("DELETE FROM bill_partition; DELETE FROM partition_cells;")
-    con.close()
     store.write_batch(Batch(readings=[StoredReading("h1", 999, "F1", t_to - IV, IV, 1000, 1000, 5,
                                                     pool_encrypt(pub)(0, packing.pack(7, 0)))]))
-    with AuditLog(db) as audit:
-        role = DecryptionRole(priv, audit, "clerk", Policy())
+    with session(db, priv, "clerk", Policy()) as role:
         assert role.household_totals(store, tariff, "2026-11", as_of=t_to + 60) == []
         assert "over 200 readings; a bill over 201" in role.refusals[0][1]
-        role.close()
+    con = sqlite3.connect(audit_db(db))
+    con.executescript("DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE action = 'bill' "
+                      "AND decision = 'allow'; UPDATE audit_head SET seq = (SELECT MAX(seq) FROM audit_log);")
+    con.close()
+    with pytest.raises(PolicyError, match="refusing to decrypt"):
+        with session(db, priv, "clerk", Policy()) as role:
+            role.household_totals(store, tariff, "2026-11", as_of=t_to + 60)
     store.close()

@@ -28,7 +28,7 @@ from meterveil.host.gateway.mqtt import MqttConfig, MqttIngest
 from meterveil.host.store.base import open_store
 
 TARIFF = Path(__file__).resolve().parents[1] / "tariffs" / "tou3.toml"
-CLI = [sys.executable, "-m", "meterveil.host.cli.main"]
+CLI = [sys.executable, "-m", "meterveil.host.cli"]
 
 
 @pytest.fixture(scope="module")

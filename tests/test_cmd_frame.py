@@ -7,7 +7,7 @@ VEC = json.loads((Path(__file__).resolve().parents[1] / "protocol" / "vectors.js
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "meterveil.host.cli.main", "frame", "open", *args],
+    return subprocess.run([sys.executable, "-m", "meterveil.host.cli", "frame", "open", *args],
                           capture_output=True, text=True)
 
 

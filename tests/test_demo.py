@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from meterveil.host.backoffice.tariff import DEFAULT_TARIFF
-from meterveil.host.common import keys
+from meterveil.host.common.registry import MeterRegistry
 from meterveil.host.demo.run import run_demo
 from meterveil.host.demo.setup import DemoConfig
 from meterveil.host.store.base import open_store
@@ -140,7 +140,7 @@ def test_bills_match_truth_to_the_minor_unit(demo):
 
 def test_feeder_load_contributors_and_true_sums(demo):
     _, result, out = demo
-    registry = keys.MeterRegistry.load(result.workspace / "keys")
+    registry = MeterRegistry.load(result.workspace / "registry" / "meters.json")
     feeder_of = {m: registry.get(m).feeder for m in registry.ids()}
     truth = _truth(out)
     size = Counter(feeder_of.values())
@@ -184,7 +184,7 @@ def _meter_pids(marker: str) -> list[int]:
 def test_sigint_stops_every_meter(tmp_path):
     out = tmp_path / "out"
     ws = tmp_path / "ws"
-    cmd = [sys.executable, "-m", "meterveil.host.cli.main", "demo", "--meters", "6", "--feeders", "1",
+    cmd = [sys.executable, "-m", "meterveil.host.cli", "demo", "--meters", "6", "--feeders", "1",
            "--days", "3", "--speed", "2000", "--out", str(out), "--workspace", str(ws), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -7,13 +7,12 @@ import math
 
 import numpy as np
 import pytest
+from roles import audit_db, role_for
 
-from meterveil.host.audit.chain import AuditLog
 from meterveil.host.backoffice import dp
 from meterveil.host.cli.main import main
 from meterveil.host.common import packing
-from meterveil.host.common.keys import generate_keypair
-from meterveil.host.decryption.role import DecryptionRole, Policy
+from meterveil.host.decryption.secret_key import generate_keypair
 from meterveil.host.store.base import Batch, StoredReading, open_store
 
 T0 = 1793491200  # 2026-11-01 00:00 UTC, a multiple of 900
@@ -116,14 +115,14 @@ def test_ledger_budget_and_decryptor_agree(tmp_path, keypair):
     db = tmp_path / "s.db"
     _fill(db, pub, [6, 6, 6, 3])
     store = open_store(db)
-    role = DecryptionRole(priv, AuditLog(db), "analyst", Policy(daily_budget_milli=1200))
+    role = role_for(db, priv, actor="analyst", daily_budget_milli=1200)
     loads = role.feeder_load(store, "F1", T0, T0 + 4 * IV)
     statuses = [fl.status for fl in loads]
     assert statuses[0] == "ok" and statuses[1] == "ok"
     assert "budget" in statuses[2]  # 0.5 + 0.5 + 0.5 > 1.2
     assert "m=5" in statuses[3]  # 3 contributors
 
-    rows = dp.ledger(store.conn, daily_budget=1.2)
+    rows = dp.ledger(store.conn, daily_budget=1.2, released=role.ledger.released_per_day())
     assert len(rows) == 1
     r = rows[0]
     assert (r.feeder, r.day, r.meters, r.readings, r.intervals) == ("F1", "2026-11-01", 6, 21, 4)
@@ -132,10 +131,7 @@ def test_ledger_budget_and_decryptor_agree(tmp_path, keypair):
     assert r.intervals_below_m == 1 and r.min_contributors == 3
     assert r.remaining == pytest.approx(0.2)
 
-    assert not dp.budget_check(store.conn, "F1", "2026-11-01", 0.5, 1.2).allowed
-    assert dp.budget_check(store.conn, "F1", "2026-11-01", 0.2, 1.2).allowed
-    assert dp.budget_check(store.conn, "F1", "2026-11-02", 0.5, 1.2).allowed  # another day
-    assert dp.budget_check(store.conn, "F1", "2026-11-01", 5.0, None).allowed
+    assert role.spent_milli("F1", "2026-11-01") == 1000 and role.spent_milli("F1", "2026-11-02") == 0
     refusals = [e for e in role.audit.entries() if e.decision == "refuse"]
     assert any("budget" in e.reason for e in refusals)
     assert role.audit.verify().ok
@@ -145,7 +141,9 @@ def test_ledger_budget_and_decryptor_agree(tmp_path, keypair):
 
     # the command prints the same numbers and writes JSON
     out = tmp_path / "rep.json"
-    assert main(["privacy-report", "--db", str(db), "--daily-budget", "1.2", "--json", str(out)]) == 0
+    assert main(["privacy-report", "--db", str(db), "--audit-db", str(audit_db(db)), "--daily-budget", "1.2",
+                 "--json", str(out)]) == 0
+    assert out.stat().st_mode & 0o777 == 0o600
     rep = json.loads(out.read_text())
     (fd,) = rep["feeder_days"]
     assert fd["released_epsilon"] == pytest.approx(1.0) and fd["intervals_below_m"] == 1

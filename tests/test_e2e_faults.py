@@ -43,9 +43,10 @@ from zoneinfo import ZoneInfo
 import paho.mqtt.client as paho
 
 from meterveil.host.backoffice.tariff import DEFAULT_TARIFF
-from meterveil.host.common import keys
+from meterveil.host.common.pubkey import secret_keys_in
 from meterveil.host.demo.firmware_runner import EXIT_OK, MeterProcess, build_firmware
 from meterveil.host.demo.setup import DemoConfig, provision, write_meter_configs
+from meterveil.host.gateway.meter_keys import KEYS_NAME
 from meterveil.protocol import frame, opener
 
 try:  # Python 3.11+
@@ -119,9 +120,9 @@ def _outbox_records(storage: Path) -> list[bytes]:
 class GatewayProc:
     """`meterveil gateway` as a subprocess; 'gateway ready' lines in its log count subscriptions."""
 
-    def __init__(self, url: str, db: Path, keys_dir: Path, log: Path):
-        self.cmd = [sys.executable, "-m", "meterveil.host.cli.main", "gateway", "--broker", url, "--db", str(db),
-                    "--keys", str(keys_dir), "--client-id", GW_CLIENT_ID, "--batch-ms", "50"]
+    def __init__(self, url: str, db: Path, keys_dir: Path, registry: Path, log: Path):
+        self.cmd = [sys.executable, "-m", "meterveil.host.cli", "gateway", "--broker", url, "--db", str(db),
+                    "--keys", str(keys_dir), "--registry", str(registry), "--client-id", GW_CLIENT_ID, "--batch-ms", "50"]
         self.log = log
         self.proc: subprocess.Popen | None = None
 
@@ -228,13 +229,11 @@ def test_faults_end_to_end(tmp_path, mosquitto):
         conf = json.loads(p.config.read_text())
         conf["broker"].update(keepalive_s=30, backoff_min_ms=100, backoff_max_ms=1000, ack_timeout_ms=3000)
         p.config.write_text(json.dumps(conf, indent=1))
-    # The decryption role's secret key does not live next to the gateway's keys.
-    backoffice = tmp_path / "backoffice"
-    backoffice.mkdir()
-    (ws.keys_dir / keys.SECRET_NAME).rename(backoffice / keys.SECRET_NAME)
+    # The decryption role's secret key never lives next to the gateway's keys.
+    assert secret_keys_in(ws.keys_dir) == [] and secret_keys_in(ws.role_dir)
     build_firmware()
 
-    gw = GatewayProc(mosquitto.url, ws.db, ws.keys_dir, tmp_path / "gateway.log")
+    gw = GatewayProc(mosquitto.url, ws.db, ws.keys_dir, ws.registry, tmp_path / "gateway.log")
     meters: dict[str, list[MeterProcess]] = {}
     orphans: dict[tuple[str, int], dict] = {}  # sealed + durable, TRUTH line cut off by the SIGKILL
 
@@ -390,7 +389,7 @@ def test_faults_end_to_end(tmp_path, mosquitto):
 
     # -- gateway counters -----------------------------------------------------------------------
     stats = json.loads(subprocess.run(
-        [sys.executable, "-m", "meterveil.host.cli.main", "stats", "--db", str(ws.db)],
+        [sys.executable, "-m", "meterveil.host.cli", "stats", "--db", str(ws.db)],
         capture_output=True, text=True, check=True).stdout)
     assert stats["rejected_total"] == 0, stats["rejected"]
     assert set(counters) <= {"accepted", "duplicate", "status", "status_superseded"}, counters
@@ -415,11 +414,13 @@ def test_faults_end_to_end(tmp_path, mosquitto):
     expected = _expected_bills(energy)
     bands = {b["name"] for b in TARIFF["bands"]}
     used = set()
+    # The decryption role bills without any meter key: the gateway's key file is not even there.
+    (ws.keys_dir / KEYS_NAME).rename(tmp_path / "meter-keys.away.json")
     for period in sorted({p for _, p in expected}):
         out = tmp_path / f"bills-{period}.csv"
         res = subprocess.run(
-            [sys.executable, "-m", "meterveil.host.cli.main", "bill", "--db", str(ws.db),
-             "--secret-key", str(backoffice), "--keys", str(ws.keys_dir), "--tariff", str(DEFAULT_TARIFF),
+            [sys.executable, "-m", "meterveil.host.cli", "bill", "--db", str(ws.db),
+             "--role-dir", str(ws.role_dir), "--registry", str(ws.registry), "--tariff", str(DEFAULT_TARIFF),
              "--period", period, "--out", str(out), "--actor", "e2e-test"],
             capture_output=True, text=True)
         assert res.returncode == 0, res.stdout + res.stderr
@@ -438,7 +439,8 @@ def test_faults_end_to_end(tmp_path, mosquitto):
             assert got[mid]["FIXED"][1] == lines["FIXED"][1]
             assert got[mid]["TOTAL"] == lines["TOTAL"], (mid, period)
     assert used == bands, "the run did not cross all three bands"
-    audit = subprocess.run([sys.executable, "-m", "meterveil.host.cli.main", "audit", "verify", "--db", str(ws.db)],
+    audit = subprocess.run([sys.executable, "-m", "meterveil.host.cli", "audit", "verify", "--db",
+                            str(ws.role_dir / "decryption.db")],
                            capture_output=True, text=True)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     print(f"e2e faults: {len(expect)} readings, {len(orphans)} sealed without TRUTH line, "

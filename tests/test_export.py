@@ -17,14 +17,17 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 import pytest
+from roles import audit_db, role_dir_for, session
 from test_billing import IV, TARIFFS, fill_store, pool_encrypt
 
+from meterveil.host.audit import signing
 from meterveil.host.audit.chain import AuditLog
 from meterveil.host.backoffice.tariff import load_tariff
 from meterveil.host.cli.main import main
 from meterveil.host.common import packing
-from meterveil.host.common.keys import MeterRegistry, generate_keypair, load_private, write_keypair
-from meterveil.host.decryption.role import DecryptionRole, Policy
+from meterveil.host.common.registry import MeterRecord, MeterRegistry
+from meterveil.host.decryption.role import Policy
+from meterveil.host.decryption.secret_key import generate_keypair, load_private
 from meterveil.host.demo import profiles
 from meterveil.host.store.base import Batch, StoredReading, open_store
 
@@ -42,11 +45,11 @@ def wh(i: int, slot: int) -> int:
 def base(tmp_path_factory):
     d = tmp_path_factory.mktemp("export-base")
     pub, priv = generate_keypair(768)  # packing needs n > 2**513
-    write_keypair(d / "keys", pub, priv)
-    reg = MeterRegistry.load(d / "keys")
+    role_dir_for(d / "s.db", priv)
+    reg = MeterRegistry.load(d / "registry" / "meters.json")
     for i, mid in enumerate(METERS):
-        reg.add(mid, feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=5,
-                attributes=profiles.make_household(i, base_seed=3).attributes(), save=False)
+        reg.put(MeterRecord(mid, "F1", 1000, 1000, 5, profiles.make_household(i, base_seed=3).attributes()),
+                save=False)
     reg.save()
     readings = [(mid, "F1", T0 + s * IV, wh(i, s), 0) for s in range(DAYS * 96) for i, mid in enumerate(METERS)]
     fill_store(d / "s.db", pub, readings)
@@ -64,11 +67,9 @@ def ws(base, tmp_path):
 def bill(d: Path, period: str = "2026-11", tariff: str = "tou3.toml") -> dict[str, int]:
     """Bill a period through the decryption role like `meterveil bills`; total Wh per meter."""
     store = open_store(d / "s.db")
-    with AuditLog(d / "s.db") as audit:
-        role = DecryptionRole(load_private(d / "keys"), audit, "billing-clerk", Policy())
+    with session(d / "s.db", load_private(d / "decryption"), "billing-clerk", Policy()) as role:
         totals = role.household_totals(store, load_tariff(TARIFFS / tariff), period)
         assert not role.refusals
-        role.close()
     store.close()
     return {t.meter_id: sum(t.band_wh.values()) for t in totals}
 
@@ -85,13 +86,14 @@ def late_readings(d: Path, pub, meters: list[str], count: int = 10) -> None:
 
 
 def export(d: Path, out: Path, *extra: str) -> int:
-    return main(["export", "households", "--db", str(d / "s.db"), "--secret-key", str(d / "keys"), "--k", "2",
-                 "--seed", "5", "--out", str(out), *extra])
+    reg = [] if "--registry" in extra else ["--registry", str(d / "registry" / "meters.json")]
+    return main(["export", "households", "--db", str(d / "s.db"), "--role-dir", str(d / "decryption"), "--k", "2",
+                 "--seed", "5", "--out", str(out), *reg, *extra])
 
 
 def audit_entries(d: Path) -> list:
-    with AuditLog(d / "s.db") as log:
-        assert log.verify().ok
+    with AuditLog(audit_db(d / "s.db")) as log:
+        assert log.verify(signing.load_verify(d / "decryption")).ok
         return list(log.entries())
 
 
@@ -205,18 +207,18 @@ def test_privacy_report_json_path(ws, capsys):
 
 def test_keys_errors_are_precise(ws, capsys):
     d, _ = ws
-    assert export(d, d / "h.csv", "--keys", str(d / "nokeys")) == 2
+    assert export(d, d / "h.csv", "--registry", str(d / "nokeys")) == 2
     err = capsys.readouterr().err
-    assert "keys folder" in err and "does not exist" in err and "quasi-identifier" not in err
+    assert "no meter registry" in err and "quasi-identifier" not in err
     bare = MeterRegistry.load(d / "bare")
     for mid in METERS:
-        bare.add(mid, feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=5, attributes={"volts": 230.0}, save=False)
+        bare.put(MeterRecord(mid, "F1", 1000, 1000, 5, {"volts": 230.0}), save=False)
     bare.save()
-    assert export(d, d / "h.csv", "--keys", str(d / "bare")) == 2
+    assert export(d, d / "h.csv", "--registry", str(d / "bare")) == 2
     err = capsys.readouterr().err
     assert "none of the 12 meters" in err and "--attr home_type=" in err
     (d / "empty").mkdir()
-    assert export(d, d / "h.csv", "--keys", str(d / "empty")) == 2
+    assert export(d, d / "h.csv", "--registry", str(d / "empty")) == 2
     assert "no meter registry" in capsys.readouterr().err
     assert _bill_entries(d) == 0
 
@@ -226,12 +228,12 @@ def test_synthetic_export_refused_when_rows_can_only_copy_real_ones(tmp_path, ba
     numerically (1 == 1.0), so the export must be refused, not reported as "copies: 0"."""
     _, pub = base
     d = tmp_path
-    priv = load_private(base[0] / "keys")
-    write_keypair(d / "keys", pub, priv)
-    reg = MeterRegistry.load(d / "keys")
+    priv = load_private(base[0] / "decryption")
+    role_dir_for(d / "s.db", priv)
+    reg = MeterRegistry.load(d / "registry" / "meters.json")
     same = {"home_type": "flat", "occupants": 2, "tariff_type": "flat", "region": "north"}
     for mid in METERS:
-        reg.add(mid, feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=5, attributes=same, save=False)
+        reg.put(MeterRecord(mid, "F1", 1000, 1000, 5, same), save=False)
     reg.save()
     fill_store(d / "s.db", pub, [(mid, "F1", T0 + s * IV, 250, 0) for mid in METERS for s in range(4)])
     assert export(d, d / "syn.csv", "--synthetic", "50") == 2

@@ -197,9 +197,9 @@ def test_replacement_board_with_a_new_key_is_accepted_not_counter_reuse(tmp_path
     from fwutil import START
     from phe import paillier
 
-    from meterveil.host.common.keys import MeterRegistry
     from meterveil.host.gateway.encryptor import make_encryptor
     from meterveil.host.gateway.ingest import Gateway, Message
+    from meterveil.host.gateway.meter_keys import KeyedRegistry
     from meterveil.host.store.base import open_store
 
     sub = Subscriber(mosquitto.port)
@@ -213,7 +213,7 @@ def test_replacement_board_with_a_new_key_is_accepted_not_counter_reuse(tmp_path
             meter.start()
             assert meter.wait(120) == fr.EXIT_OK, meter.output[-2000:]
         assert sub.wait_count(lambda msgs: len([t for t, _ in msgs if t.endswith("/reading")]) >= 6, 30)
-        reg = MeterRegistry.load(tmp_path / "meters.json")
+        reg = KeyedRegistry.load(tmp_path / "keys", tmp_path / "registry" / "meters.json")
         reg.add("m0001", feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=10, key=old_key)
         reg.rotate("m0001", new_key)  # what `meterveil provision m0001 --rotate-key` records
         pub, _ = paillier.generate_paillier_keypair(n_length=1024)

@@ -18,8 +18,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from brokerutil import wait_until
 from phe import paillier
+from roles import split_keys
 
-from meterveil.host.common import keys, packing
+from meterveil.host.common import packing
+from meterveil.host.gateway.meter_keys import KeyedRegistry
 from meterveil.protocol import frame
 
 METERS = ("k01", "k02", "k03", "k04", "k05")
@@ -37,9 +39,9 @@ def _rows(db: Path) -> int:
         return 0
 
 
-def _start_gateway(port: int, db: Path, keydir: Path, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "meterveil.host.cli.main", "gateway", "--broker", f"mqtt://127.0.0.1:{port}",
-           "--db", str(db), "--keys", str(keydir), "--client-id", "gw-kill-test",
+def _start_gateway(port: int, db: Path, keydir: Path, registry: Path, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "meterveil.host.cli", "gateway", "--broker", f"mqtt://127.0.0.1:{port}",
+           "--db", str(db), "--keys", str(keydir), "--registry", str(registry), "--client-id", "gw-kill-test",
            # full r^n encryption: the gateway is then clearly slower than the publisher, so the kill
            # lands with hundreds of messages queued or in flight
            "--encryption", "packed", "--batch-size", "32", "--batch-ms", "20"]
@@ -47,10 +49,10 @@ def _start_gateway(port: int, db: Path, keydir: Path, log: Path) -> subprocess.P
 
 
 def test_sigkill_mid_burst_loses_nothing_and_stores_nothing_twice(tmp_path, mosquitto):
-    keydir, db, log = tmp_path / "keys", tmp_path / "gw.db", tmp_path / "gw.log"
+    db, log, registry = tmp_path / "gw.db", tmp_path / "gw.log", tmp_path / "registry" / "meters.json"
     pub, priv = paillier.generate_paillier_keypair(n_length=1024)
-    keys.write_keypair(keydir, pub, priv)
-    reg = keys.MeterRegistry.load(keydir)
+    keydir, _role_dir = split_keys(tmp_path, pub, priv)  # the gateway gets the public key only
+    reg = KeyedRegistry.load(keydir, registry)
     for i, mid in enumerate(METERS):
         reg.add(mid, feeder=f"F{i % 2}", epsilon_milli=1000, clamp_wh=1000, m=10)
     start0 = int(time.time()) // 900 * 900 - PER_METER * 900
@@ -66,7 +68,7 @@ def test_sigkill_mid_burst_loses_nothing_and_stores_nothing_twice(tmp_path, mosq
             frames.append((frame.topic(mid, "reading"), frame.seal(frame.derive_keys(rec.key), header, fields)))
     assert len(frames) == 500
 
-    gw = _start_gateway(mosquitto.port, db, keydir, log)
+    gw = _start_gateway(mosquitto.port, db, keydir, registry, log)
     try:
         assert wait_until(lambda: b"gateway ready" in log.read_bytes() if log.exists() else False, 30, poll=0.005), log.read_text()
         publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="kill-pub", protocol=mqtt.MQTTv5)
@@ -91,7 +93,7 @@ def test_sigkill_mid_burst_loses_nothing_and_stores_nothing_twice(tmp_path, mosq
         publisher.loop_stop()
         assert 200 <= rows_at_kill < 500, f"kill did not land mid-burst: {rows_at_kill} rows"
 
-        gw = _start_gateway(mosquitto.port, db, keydir, log)
+        gw = _start_gateway(mosquitto.port, db, keydir, registry, log)
         assert wait_until(lambda: _rows(db) >= 500, 120, poll=0.005), log.read_text()[-3000:]
         time.sleep(0.5)  # let redelivered copies (committed before the kill, never acked) be processed
         gw.send_signal(signal.SIGTERM)

@@ -17,10 +17,14 @@ from pathlib import Path
 
 import pytest
 from brokerutil import MOSQUITTO, free_port
+from roles import split_keys
 
 from meterveil.host.backoffice.anonymize import QUASI_IDENTIFIERS
 from meterveil.host.cli.main import main as cli_main
-from meterveil.host.common import keys as hostkeys
+from meterveil.host.common.pubkey import secret_keys_in
+from meterveil.host.common.registry import MeterRegistry
+from meterveil.host.decryption.secret_key import generate_keypair
+from meterveil.host.gateway.meter_keys import KEYS_NAME, KeyedRegistry
 from meterveil.tools import mqtt_auth
 from meterveil.tools.batch import Progress, provision_batch
 from meterveil.tools.broker_config import generate
@@ -54,14 +58,18 @@ def test_provision_writes_one_consistent_identity(ws, capsys):
                      "--wifi-ssid", "home", "--wifi-password", "pw", "--m", "12"]) == 0
     cfg_path = ws.meter_config("m0001")
     cfg = json.loads(cfg_path.read_text())
-    rec = hostkeys.MeterRegistry.load(ws.registry).get("m0001")
+    rec = KeyedRegistry.load(ws.keys_dir, ws.registry).get("m0001")
     assert rec is not None and rec.key.hex() == cfg["master_key"] and len(rec.key) == 32
     assert (rec.feeder, rec.m, cfg["dp"]["m"]) == ("F7", 12, 12)
+    # the key is in the gateway's meter-keys.json only; the shared registry holds none
+    assert cfg["master_key"] in (ws.keys_dir / KEYS_NAME).read_text()
+    assert cfg["master_key"] not in ws.registry.read_text()
+    assert MeterRegistry.load(ws.registry).get("m0001") == rec.record
     assert mqtt_auth.check_password(cfg["broker"]["password"], mqtt_auth.read_passwd(ws.passwd)["m0001"])
     assert "user m0001\ntopic write meterveil/v1/m0001/#" in ws.acl.read_text()
     assert cfg["broker"]["url"] == f"mqtts://localhost:{json.loads(ws.broker_info.read_text())['port']}"
     assert (cfg_path.parent / "ca.der").read_bytes() == ws.pki.ca_der.read_bytes()
-    for secret in (cfg_path, ws.registry):
+    for secret in (cfg_path, ws.registry, ws.keys_dir / KEYS_NAME):
         assert stat.S_IMODE(os.stat(secret).st_mode) == 0o600
     res = firmware_check(cfg_path, board=True)
     assert res.returncode == 0 and "CONFIG OK m0001" in res.stdout, res.stdout
@@ -100,8 +108,9 @@ def test_rotate_key_replaces_secrets_and_records_it(ws):
     new = json.loads(res.config.read_text())
     assert new["master_key"] != old["master_key"] and new["broker"]["password"] != old["broker"]["password"]
     assert (new["wifi"], new["feeder"], new["dp"]) == (old["wifi"], old["feeder"], old["dp"])
-    rec = hostkeys.MeterRegistry.load(ws.registry).get("m0001")
+    rec = KeyedRegistry.load(ws.keys_dir, ws.registry).get("m0001")
     assert rec.key.hex() == new["master_key"] and rec.previous_key.hex() == old["master_key"]
+    assert old["master_key"] not in ws.registry.read_text() and new["master_key"] not in ws.registry.read_text()
     hashed = mqtt_auth.read_passwd(ws.passwd)["m0001"]
     assert mqtt_auth.check_password(new["broker"]["password"], hashed)
     assert not mqtt_auth.check_password(old["broker"]["password"], hashed)
@@ -122,7 +131,7 @@ def test_batch_mode_with_progress(ws, tmp_path):
     assert [d.meter_id for d in done] == [f"b{i:03d}" for i in range(6)]
     lines = bar.getvalue().splitlines()
     assert len(lines) == 6 and lines[-1].startswith("[" + "#" * 30 + "] 6/6 b005")
-    reg = hostkeys.MeterRegistry.load(ws.registry)
+    reg = MeterRegistry.load(ws.registry)
     assert reg.ids() == [f"b{i:03d}" for i in range(6)] and reg.get("b003").m == 8
     assert mqtt_auth.acl_meters(ws.acl) == reg.ids()
 
@@ -151,7 +160,7 @@ def test_provision_records_household_attributes(ws, capsys):
     assert ATTRIBUTE_KEYS == QUASI_IDENTIFIERS  # what provisioning records is what the export needs
     assert cli_main(["provision", "m0001", "--feeder", "F1", "--workspace", str(ws.root), "--wifi-ssid", "x",
                      *HOUSEHOLD]) == 0
-    rec = hostkeys.MeterRegistry.load(ws.registry).get("m0001")
+    rec = MeterRegistry.load(ws.registry).get("m0001")
     assert rec.attributes == {"volts": 230.0, "rated_amps": 30.0, "home_type": "flat", "occupants": 3,
                               "tariff_type": "tou", "region": "north"}
     before = snapshot(ws)
@@ -180,7 +189,7 @@ def test_batch_attribute_columns(ws, tmp_path):
                     "a2,F1,n,flat,,south\n")
     provision_batch(ws.root, good, MeterSpec("", "", attributes={"tariff_type": "ev", "occupants": 1}),
                     progress=Progress(2, stream=io.StringIO()))
-    reg = hostkeys.MeterRegistry.load(ws.registry)
+    reg = MeterRegistry.load(ws.registry)
     assert {k: reg.get("a1").attributes[k] for k in ATTRIBUTE_KEYS} == \
         {"home_type": "detached", "occupants": 4, "tariff_type": "ev", "region": "coast"}
     assert reg.get("a2").attributes["occupants"] == 1  # empty cell: the --attr default
@@ -202,14 +211,15 @@ def test_provisioned_attributes_reach_the_export(ws, tmp_path, capsys):
                    for i in range(8))
     (tmp_path / "m.csv").write_text("meter_id,feeder,wifi_ssid,home_type,occupants,tariff_type,region\n" + rows)
     provision_batch(ws.root, tmp_path / "m.csv", MeterSpec("", ""), progress=Progress(8, stream=io.StringIO()))
-    pub, priv = hostkeys.generate_keypair(768)
-    hostkeys.write_keypair(tmp_path / "utility", pub, priv)
+    pub, priv = generate_keypair(768)
+    _gw_keys, role_dir = split_keys(ws.root, pub, priv)
+    assert role_dir == ws.role_dir and secret_keys_in(ws.keys_dir) == []
     t0 = 1793471400  # 2026-11-01 00:00 Asia/Kolkata
     fill_store(tmp_path / "s.db", pub, [(f"p{i:02d}", "F1", t0 + s * 900, 100 + i, 0)
                                         for i in range(8) for s in range(8)])
     out = tmp_path / "h.csv"
-    assert cli_main(["export", "households", "--db", str(tmp_path / "s.db"), "--secret-key",
-                     str(tmp_path / "utility"), "--keys", str(ws.keys_dir), "--k", "2", "--out", str(out)]) == 0
+    assert cli_main(["export", "households", "--db", str(tmp_path / "s.db"), "--role-dir",
+                     str(ws.role_dir), "--registry", str(ws.registry), "--k", "2", "--out", str(out)]) == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "home_type,occupants,tariff_type,region,kwh_2026-11" and len(lines) - 1 == 8
     assert "p00" not in out.read_text()
@@ -241,7 +251,7 @@ def test_pilot_path_provisioned_built_meter_is_accepted_by_the_gateway(ws, tmp_p
     start = (int(time.time()) - 2 * 86400) // 900 * 900
     provision_one(ws.root, MeterSpec("m0001", "F1", sim_profile=str(PROFILE), sim_speed=3600, sim_start=start))
     provision_one(ws.root, MeterSpec("m0002", "F1", sim_profile=str(PROFILE), sim_speed=3600, sim_start=start))
-    hostkeys.write_keypair(ws.keys_dir, *hostkeys.generate_keypair(1024))
+    split_keys(ws.root, *generate_keypair(1024))  # public key to ws/keys, secret key to ws/decryption
     built = build(tmp_path / "build")
     _hand_broker_to_mosquitto_user(ws)
     broker = subprocess.Popen([MOSQUITTO, "-c", str(ws.broker_conf)], stdout=subprocess.DEVNULL,
@@ -254,7 +264,7 @@ def test_pilot_path_provisioned_built_meter_is_accepted_by_the_gateway(ws, tmp_p
         gw = subprocess.Popen([MEVEIL, "gateway", "--broker", f"mqtts://localhost:{port}",
                                "--tls-ca", str(ws.pki.ca_cert), "--username", "gateway",
                                "--password-file", str(ws.gateway_password), "--keys", str(ws.keys_dir),
-                               "--db", str(db), "--batch-ms", "50"],
+                               "--registry", str(ws.registry), "--db", str(db), "--batch-ms", "50"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         gw_log: list[str] = []
         threading.Thread(target=lambda: gw_log.extend(iter(gw.stdout.readline, "")), daemon=True).start()
