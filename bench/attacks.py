@@ -4,7 +4,7 @@
     .venv/bin/python bench/attacks.py --small          # CI-sized run (also used by tests)
 
 Why: "nobody can read a household's routine" has to be measured. Target: is someone at home and
-awake during a 15-minute interval (label from host/profiles.py's simulated occupancy, >= half the
+awake during a 15-minute interval (label from host/demo/profiles.py's simulated occupancy, >= half the
 minutes)? The attacker is a logistic regression (numpy, IRLS) on features of the series around the
 interval (signed log of the value and its neighbours, local max and spread) plus the time of day.
 Because time of day alone predicts sleep, the baseline is a model on time of day only: an output

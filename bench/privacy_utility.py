@@ -4,7 +4,7 @@
     .venv/bin/python bench/privacy_utility.py --small      # CI-sized run (also used by tests)
 
 Why this shape: the three mechanisms differ only in where the discrete Laplace noise comes from, so
-they are compared on the same true sums. Loads are 15-minute Wh from host/profiles.py (stochastic,
+they are compared on the same true sums. Loads are 15-minute Wh from host/demo/profiles.py (stochastic,
 occupancy-driven households): a pool of household-days is simulated once and a feeder of N meters is
 N household-days drawn from the pool (with replacement when N exceeds the pool). Readings are
 clamped to [0, clamp_wh] for every mechanism (same sensitivity), so the noise error is measured
@@ -62,7 +62,7 @@ def load_firmware_privacy():
 
 def household_day_pool(n_households: int, days: int, seed: int = 1,
                        start: datetime = datetime(2026, 1, 5, tzinfo=timezone.utc)) -> np.ndarray:
-    """(n_households * days, 96) integer Wh per 15-minute interval from host/profiles.py."""
+    """(n_households * days, 96) integer Wh per 15-minute interval from host/demo/profiles.py."""
     from meterveil.host.demo import profiles
 
     rows = []
@@ -200,7 +200,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", lw=0.3)
     np.atleast_1d(axes)[0].set_ylabel("relative MAE of 15-min feeder sum")
     np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.suptitle(f"DP feeder sums, clamp {res['config']['clamp_wh']} Wh, profiles from host/profiles.py")
+    fig.suptitle(f"DP feeder sums, clamp {res['config']['clamp_wh']} Wh, profiles from host/demo/profiles.py")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

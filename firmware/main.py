@@ -15,7 +15,7 @@ def mount_romfs(argv):
     flash, mounted at /rom at boot, and .mpy bytecode runs in place instead of being copied into the
     heap. Here the image has to live somewhere: it is read into one block allocated first, at the
     bottom of the heap, where it never moves; the runner adds exactly its size to `-X heapsize`, so
-    the meter's own budget is the heap a board would have (host/firmware_runner.py).
+    the meter's own budget is the heap a board would have (host/demo/firmware_runner.py).
     """
     if "--romfs" not in argv:
         return

@@ -1,4 +1,4 @@
-"""k-anonymity and synthetic households (host/anonymize.py) and the audited export command."""
+"""k-anonymity and synthetic households (host/backoffice/anonymize.py) and the audited export command."""
 
 from __future__ import annotations
 

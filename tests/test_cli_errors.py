@@ -1,7 +1,9 @@
 """User mistakes on the command line: one line on stderr, a non-zero exit, nothing decrypted or created.
 
-One small demo run (6 meters, 1 feeder, 6 simulated hours) provides a store with real ciphertexts and
-its keys; each test works on its own copy of the store so audit entries can be counted.
+One small demo run (6 meters, 1 feeder, 6 simulated hours) provides a store with real ciphertexts,
+the gateway's keys folder, the registry and the decryption role's folder; each test works on its own
+copy of the store and of the role folder (whose database holds the audit log) so audit entries can
+be counted.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import stat
 import subprocess
@@ -18,10 +21,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from roles import audit_db, split_keys
 
 from meterveil.host.audit.chain import AuditLog
 from meterveil.host.cli import main as cli
-from meterveil.host.common import keys
+from meterveil.host.common.pubkey import PUBLIC_NAME
+from meterveil.host.common.registry import REGISTRY_NAME
+from meterveil.host.decryption.secret_key import SECRET_NAME, generate_keypair
 from meterveil.host.demo.run import run_demo
 from meterveil.host.demo.setup import DemoConfig
 from meterveil.host.gateway.mqtt import MqttConfig, MqttIngest
@@ -38,35 +44,51 @@ def demo(tmp_path_factory):
     run = json.loads((out / "run.json").read_text())
     start = datetime.fromisoformat(run["start"])
     t0 = int(start.timestamp())
-    return {"keys": result.workspace / "keys", "db": result.workspace / "store.sqlite", "period": run["start"][:7],
+    ws = result.workspace
+    return {"keys": ws / "keys", "db": ws / "store.sqlite", "registry": ws / "registry" / REGISTRY_NAME,
+            "role_dir": ws / "decryption", "period": run["start"][:7],
             "from": str(t0), "to": str(t0 + 6 * 3600), "start": start}
 
 
-@pytest.fixture
-def db(demo, tmp_path):
-    """A private copy of the demo store (audit log and ledger included)."""
-    dst = tmp_path / "store.sqlite"
-    src = sqlite3.connect(demo["db"])
+def _copy_db(src_path: Path, dst: Path) -> None:
+    src = sqlite3.connect(src_path)
     copy = sqlite3.connect(dst)
     src.backup(copy)
     src.close()
     copy.close()
+
+
+@pytest.fixture
+def db(demo, tmp_path):
+    """A private copy of the demo store, with a private copy of the decryption role's folder next to it
+    (tmp_path/decryption: secret key, signing keys, its database with the audit log, anchors)."""
+    dst = tmp_path / "store.sqlite"
+    _copy_db(demo["db"], dst)
+    role = tmp_path / "decryption"
+    shutil.copytree(demo["role_dir"], role, ignore=shutil.ignore_patterns("*.db", "*.db-wal", "*.db-shm"))
+    for src in demo["role_dir"].glob("*.db"):
+        _copy_db(src, role / src.name)
     return dst
+
+
+def role_of(db: Path) -> Path:
+    return db.parent / "decryption"
 
 
 @pytest.fixture(scope="module")
 def other_keys(tmp_path_factory):
-    """Key pairs the gateway did not encrypt with: 1024-bit (ciphertexts out of range) and 2048-bit."""
+    """Decryption role folders holding key pairs the gateway did not encrypt with: 1024-bit
+    (ciphertexts out of range) and 2048-bit."""
     made = {}
     for bits in (1024, 2048):
-        d = tmp_path_factory.mktemp(f"other{bits}")
-        keys.write_keypair(d, *keys.generate_keypair(bits))
-        made[bits] = d
+        _gw, role = split_keys(tmp_path_factory.mktemp(f"other{bits}"), *generate_keypair(bits))
+        made[bits] = role
     return made
 
 
 def audit_entries(db: Path) -> int:
-    with AuditLog(db) as audit:
+    """Entries in the audit log of the role folder next to the store copy `db`."""
+    with AuditLog(audit_db(db)) as audit:
         return len(list(audit.entries()))
 
 
@@ -78,13 +100,15 @@ def one_line_error(err: str) -> str:
     return lines[0]
 
 
-def feeder_load(demo, db, out, *extra, feeder="F01"):
-    return cli.main(["feeder-load", "--db", str(db), "--secret-key", str(demo["keys"]), "--feeder", feeder,
+def feeder_load(demo, db, out, *extra, feeder="F01", role=None, registry=None):
+    return cli.main(["feeder-load", "--db", str(db), "--role-dir", str(role or role_of(db)),
+                     "--registry", str(registry or demo["registry"]), "--feeder", feeder,
                      "--from", demo["from"], "--to", demo["to"], "--out", str(out), "--actor", "t", *extra])
 
 
-def bill(demo, db, out, *extra, secret=None):
-    return cli.main(["bill", "--db", str(db), "--secret-key", str(secret or demo["keys"]), "--tariff", str(TARIFF),
+def bill(demo, db, out, *extra, role=None, registry=None):
+    return cli.main(["bill", "--db", str(db), "--role-dir", str(role or role_of(db)),
+                     "--registry", str(registry or demo["registry"]), "--tariff", str(TARIFF),
                      "--period", demo["period"], "--out", str(out), "--actor", "t", *extra])
 
 
@@ -117,20 +141,10 @@ def test_out_directory_or_under_a_file_refused_before_decrypting(demo, db, tmp_p
 
 @pytest.mark.parametrize("bits", [1024, 2048])
 def test_wrong_secret_key_is_one_line(demo, db, tmp_path, capsys, other_keys, bits):
-    assert bill(demo, db, tmp_path / "b.csv", secret=other_keys[bits]) == 2
+    assert bill(demo, db, tmp_path / "b.csv", role=other_keys[bits]) == 2
     assert "does not match the key the gateway encrypted with" in one_line_error(capsys.readouterr().err)
-    rc = cli.main(["feeder-load", "--db", str(db), "--secret-key", str(other_keys[bits]), "--feeder", "F01",
-                   "--from", demo["from"], "--to", demo["to"], "--out", str(tmp_path / "f.csv"), "--actor", "t"])
-    assert rc == 2
+    assert feeder_load(demo, db, tmp_path / "f.csv", role=other_keys[bits]) == 2
     assert "does not match the key the gateway encrypted with" in one_line_error(capsys.readouterr().err)
-
-
-def test_wrong_secret_key_caught_from_public_key_before_decrypting(demo, db, tmp_path, capsys, other_keys):
-    before = audit_entries(db)
-    assert bill(demo, db, tmp_path / "b.csv", "--keys", str(demo["keys"]), secret=other_keys[2048]) == 2
-    line = one_line_error(capsys.readouterr().err)
-    assert "does not match" in line and keys.PUBLIC_NAME in line
-    assert audit_entries(db) == before
 
 
 # -- 3. read-only commands never create a store ----------------------------------------------------
@@ -141,7 +155,7 @@ def test_missing_store_is_not_created(demo, tmp_path, capsys):
     assert f"store {missing} does not exist" in one_line_error(capsys.readouterr().err)
     for argv in (["audit", "verify", "--db", str(missing)], ["audit", "head", "--db", str(missing)]):
         assert cli.main(argv) != 0
-        assert f"store {missing} does not exist" in one_line_error(capsys.readouterr().err)
+        assert f"audit database {missing} does not exist" in one_line_error(capsys.readouterr().err)
     assert bill(demo, missing, tmp_path / "b.csv") == 2
     assert f"store {missing} does not exist" in one_line_error(capsys.readouterr().err)
     assert feeder_load(demo, missing, tmp_path / "f.csv") == 2
@@ -180,10 +194,11 @@ def test_open_store_create_flag(tmp_path):
 
 # -- 4. gateway inputs and an unreachable broker -----------------------------------------------------
 
-def _gateway(demo, tmp_path, *extra, broker="mqtt://127.0.0.1:1883", keys_dir=None):
+def _gateway(demo, tmp_path, *extra, broker="mqtt://127.0.0.1:1883", keys_dir=None, registry=None):
     db = tmp_path / "gw" / "gw.sqlite"
     res = subprocess.run(CLI + ["gateway", "--broker", broker, "--db", str(db),
-                                "--keys", str(keys_dir or demo["keys"]), *extra],
+                                "--keys", str(keys_dir or demo["keys"]),
+                                "--registry", str(registry or demo["registry"]), *extra],
                          capture_output=True, text=True, timeout=120)
     assert not db.exists() and not db.parent.exists()  # nothing created for a bad command line
     return res.returncode, one_line_error(res.stderr)
@@ -200,6 +215,45 @@ def test_gateway_bad_inputs_are_one_line(demo, tmp_path):
     assert rc == 1 and "--tls-ca" in line and "does not exist" in line
     rc, line = _gateway(demo, tmp_path, "--username", "gw", "--password-file", str(tmp_path / "pw"))
     assert rc == 1 and "--password-file" in line and "does not exist" in line
+    rc, line = _gateway(demo, tmp_path, registry=tmp_path / "noreg" / REGISTRY_NAME)
+    assert rc == 1 and "--registry" in line and "does not exist" in line
+    empty = tmp_path / "emptykeys"
+    empty.mkdir()
+    rc, line = _gateway(demo, tmp_path, keys_dir=empty)
+    assert rc == 1 and PUBLIC_NAME in line
+
+
+@pytest.mark.parametrize("name", [SECRET_NAME, "backup.json", "notes"])
+def test_gateway_refuses_to_start_beside_the_secret_key(demo, tmp_path, name):
+    """A Paillier secret key in the gateway's keys folder, under any name: one line, nothing started."""
+    keys_dir = tmp_path / "keys"
+    shutil.copytree(demo["keys"], keys_dir)
+    shutil.copy(demo["role_dir"] / SECRET_NAME, keys_dir / name)
+    rc, line = _gateway(demo, tmp_path, keys_dir=keys_dir)
+    assert rc == 1 and "refusing to start" in line and str(keys_dir / name) in line
+    assert "secret key" in line
+
+
+def test_gateway_refuses_to_start_with_the_secret_key_beside_the_registry(demo, tmp_path):
+    reg_dir = tmp_path / "registry"
+    reg_dir.mkdir()
+    shutil.copy(demo["registry"], reg_dir / REGISTRY_NAME)
+    shutil.copy(demo["role_dir"] / SECRET_NAME, reg_dir / "k.json")
+    rc, line = _gateway(demo, tmp_path, registry=reg_dir / REGISTRY_NAME)
+    assert rc == 1 and "refusing to start" in line and str(reg_dir / "k.json") in line
+
+
+def test_gateway_refuses_a_registry_holding_keys(demo, tmp_path):
+    """A version 1 meters.json (master keys inside) is not read: one line pointing at split-registry."""
+    old = tmp_path / "old" / REGISTRY_NAME
+    old.parent.mkdir()
+    data = json.loads(demo["registry"].read_text())
+    data["version"] = 1
+    for d in data["meters"].values():
+        d["key"] = "ab" * 32
+    old.write_text(json.dumps(data))
+    rc, line = _gateway(demo, tmp_path, registry=old)
+    assert rc == 1 and "split-registry" in line and "ab" * 32 not in line
 
 
 class _IdleGateway:
@@ -253,23 +307,39 @@ def test_demo_bad_inputs_are_one_line(tmp_path, capsys):
 # -- 6. keys add-meter --dir is a directory ------------------------------------------------------------
 
 def test_add_meter_creates_missing_dir_0700(tmp_path, capsys):
-    d = tmp_path / "x" / "nokeys"
-    assert cli.main(["keys", "add-meter", "--dir", str(d), "--meter-id", "m1", "--feeder", "F1"]) == 0
+    from meterveil.host.common.registry import MeterRegistry
+    from meterveil.host.gateway.meter_keys import KEYS_NAME, KeyedRegistry
+
+    d, reg = tmp_path / "x" / "nokeys", tmp_path / "y" / "registry" / REGISTRY_NAME
+    assert cli.main(["keys", "add-meter", "--dir", str(d), "--registry", str(reg), "--meter-id", "m1",
+                     "--feeder", "F1"]) == 0
     assert d.is_dir() and stat.S_IMODE(d.stat().st_mode) == 0o700
-    assert keys.MeterRegistry.load(d).get("m1") is not None
-    assert json.loads(capsys.readouterr().out)["registry"] == str(d / keys.REGISTRY_NAME)
+    assert stat.S_IMODE(reg.parent.stat().st_mode) == 0o700
+    assert KeyedRegistry.load(d, reg).get("m1") is not None and (d / KEYS_NAME).is_file()
+    assert MeterRegistry.load(reg).get("m1") is not None
+    assert json.loads(capsys.readouterr().out)["registry"] == str(reg)
 
 
-def test_add_meter_refuses_a_file_as_dir(tmp_path, caplog):
+def test_add_meter_refuses_a_file_as_dir(tmp_path, capsys):
     f = tmp_path / "afile"
     f.write_text("keep me\n")
-    for argv in (["add-meter", "--dir", str(f), "--meter-id", "m1", "--feeder", "F1"],
-                 ["init", "--dir", str(f), "--bits", "1024"]):
-        caplog.clear()
+    for argv in (["add-meter", "--dir", str(f), "--registry", str(tmp_path / REGISTRY_NAME), "--meter-id", "m1",
+                  "--feeder", "F1"],
+                 ["init", "--dir", str(f), "--secret-dir", str(tmp_path / "role"), "--bits", "1024"],
+                 ["init", "--dir", str(tmp_path / "gw"), "--secret-dir", str(f), "--bits", "1024"]):
         assert cli.main(["keys", *argv]) == 1
         assert f.read_text() == "keep me\n"
-        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-        assert len(errors) == 1 and "not a directory" in errors[0] and not caplog.records[-1].exc_info
+        assert "not a directory" in one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / REGISTRY_NAME).exists() and not (tmp_path / "role").exists()
+    assert not (tmp_path / "gw").exists()
+
+
+def test_keys_init_overlapping_folders_is_one_line(tmp_path, capsys):
+    d = tmp_path / "k"
+    for secret in (d, d / "decryption"):
+        assert cli.main(["keys", "init", "--dir", str(d), "--secret-dir", str(secret), "--bits", "512"]) == 1
+        assert "overlap" in one_line_error(capsys.readouterr().err)
+    assert not d.exists()
 
 
 # -- 7. feeder-load exit codes, bill --keys ------------------------------------------------------------
@@ -295,13 +365,19 @@ def test_feeder_load_help_documents_exit_codes():
     assert res.returncode == 0 and "3 some intervals refused" in " ".join(res.stdout.split())
 
 
-def test_bill_keys_must_exist(demo, db, tmp_path, capsys):
+def test_bill_registry_and_role_dir_must_exist(demo, db, tmp_path, capsys):
     before = audit_entries(db)
-    assert bill(demo, db, tmp_path / "b.csv", "--keys", str(tmp_path / "nonexistent")) == 2
+    assert bill(demo, db, tmp_path / "b.csv", registry=tmp_path / "nonexistent") == 2
     assert "does not exist" in one_line_error(capsys.readouterr().err)
-    empty = tmp_path / "empty-keys"
+    empty = tmp_path / "empty-registry"
     empty.mkdir()
-    assert bill(demo, db, tmp_path / "b.csv", "--keys", str(empty)) == 2
-    assert keys.REGISTRY_NAME in one_line_error(capsys.readouterr().err)
+    assert bill(demo, db, tmp_path / "b.csv", registry=empty) == 2
+    assert REGISTRY_NAME in one_line_error(capsys.readouterr().err)
+    assert bill(demo, db, tmp_path / "b.csv", role=tmp_path / "norole") == 2
+    assert "does not exist" in one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "norole").exists()
+    # the gateway's keys folder is not a decryption role folder
+    assert bill(demo, db, tmp_path / "b.csv", role=demo["keys"]) == 2
+    assert SECRET_NAME in one_line_error(capsys.readouterr().err)
     assert audit_entries(db) == before
     assert os.listdir(tmp_path).count("b.csv") == 0

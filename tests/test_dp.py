@@ -1,4 +1,4 @@
-"""DP maths (host/dp.py) against independent computations, and the ledger/budget on a real store."""
+"""DP maths (host/backoffice/dp.py) against independent computations, and the ledger/budget on a real store."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Real mosquitto (tests/brokerutil.py), the real gateway (`meterveil gateway`, MQTT v5 persistent
 session, acks after the SQLite commit) as a subprocess, 8 real firmware meters on the MicroPython
-unix port (workspace provisioned by host/demo_setup.py: keys, registry, household profiles,
+unix port (workspace provisioned by host/demo/setup.py: keys, registry, household profiles,
 configs), one simulated day at 15-minute intervals on an accelerated clock, then the real
 `meterveil bill` CLI. In one run, each triggered by progress (TRUTH lines), never by wall time:
 

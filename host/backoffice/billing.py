@@ -5,7 +5,7 @@ half up (ties away from zero), to a whole minor unit; the TOTAL row is the sum o
 lines plus the fixed charge. With slabs, the slab lines price the period total and the band lines
 carry only the ToU surcharge.
 
-This module never sees ciphertexts; it is fed by the decryption role (host/decryptor.py).
+This module never sees ciphertexts; it is fed by the decryption role (host/decryption/role.py).
 """
 
 from __future__ import annotations
