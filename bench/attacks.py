@@ -178,21 +178,35 @@ def feeder_series(wh: np.ndarray, feeder_size: int, rng: np.random.Generator, ep
 
 def differencing_policy(eps: float, clamp: int, m: int, seed: int) -> dict[str, Any]:
     """Ask the real decryption role for one interval twice, before and after a late meter's reading."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from meterveil.host.audit.chain import AuditLog
     from meterveil.host.backoffice import dp
     from meterveil.host.common import packing
-    from meterveil.host.common.keys import generate_keypair
-    from meterveil.host.decryption.role import DecryptionRole, Policy
+    from meterveil.host.common.registry import MeterRecord, MeterRegistry
+    from meterveil.host.decryption.policy import Policy
+    from meterveil.host.decryption.role import DecryptionRole
+    from meterveil.host.decryption.secret_key import generate_keypair
     from meterveil.host.store.base import Batch, StoredReading, open_store
 
     pub, priv = generate_keypair(512)
+    signer = Ed25519PrivateKey.generate()  # the role's audit signing key (entries are signed)
     rng = np.random.default_rng(seed)
     t0 = 1793491200
     eps_milli = int(round(eps * 1000))
     with tempfile.TemporaryDirectory() as d:
         db = Path(d) / "s.db"
         store = open_store(db)
-        role = DecryptionRole(priv, AuditLog(db), "attacker-analyst", Policy(k_min=5))
+        # feeder membership comes from the registry: FD lists the m meters and the late one, FE m - 1
+        reg = MeterRegistry(Path(d) / "registry" / "meters.json")
+        for i in range(m + 1):
+            reg.put(MeterRecord(f"d{i}", "FD", eps_milli, clamp, m), save=False)
+        for i in range(m - 1):
+            reg.put(MeterRecord(f"e{i}", "FE", eps_milli, clamp, m), save=False)
+        reg.save()
+        # the audit log lives in the decryption role's own database, not in the ingest store
+        role = DecryptionRole(priv, AuditLog(Path(d) / "decryption.db", signer=signer), "attacker-analyst",
+                              Policy(k_min=5), registry=reg)
 
         def put(i: int) -> None:
             share = int(np_share(rng, eps, clamp, m, 1)[0])
@@ -207,10 +221,11 @@ def differencing_policy(eps: float, clamp: int, m: int, seed: int) -> dict[str, 
         # second variant: a feeder where one of the m meters is missing from the start
         store2_db = Path(d) / "s2.db"
         store2 = open_store(store2_db)
-        role2 = DecryptionRole(priv, AuditLog(store2_db), "attacker-analyst", Policy(k_min=5))
+        role2 = DecryptionRole(priv, AuditLog(Path(d) / "decryption2.db", signer=signer), "attacker-analyst",
+                               Policy(k_min=5), registry=reg)
         for i in range(m - 1):
             c = pub.raw_encrypt(packing.pack(100 + i, 100 + i))
-            store2.write_batch(Batch(readings=[StoredReading(f"d{i}", 1, "FE", t0, 900, eps_milli, clamp, m, c)]))
+            store2.write_batch(Batch(readings=[StoredReading(f"e{i}", 1, "FE", t0, 900, eps_milli, clamp, m, c)]))
         short = role2.feeder_load(store2, "FE", t0, t0 + 900)[0]
         audit_ok = role.audit.verify().ok and role2.audit.verify().ok
         refusals = sum(e.decision == "refuse" for e in role.audit.entries()) + \

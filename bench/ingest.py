@@ -27,9 +27,10 @@ from pathlib import Path
 
 from phe import paillier
 
-from meterveil.host.common.keys import MeterRegistry
+from meterveil.host.common.registry import MeterRegistry
 from meterveil.host.gateway.encryptor import ReadingEncryptor, make_encryptor
 from meterveil.host.gateway.ingest import Gateway, IngestConfig, Message
+from meterveil.host.gateway.meter_keys import KEYS_NAME, KeyedRegistry, MeterKeys
 from meterveil.host.store.base import Batch, StoredReading, open_store
 from meterveil.protocol import frame
 
@@ -37,7 +38,7 @@ METERS = 50
 T_NOW = 1_763_856_000 + 100 * 86400
 
 
-def make_frames(reg: MeterRegistry, n: int) -> list[Message]:
+def make_frames(reg: KeyedRegistry, n: int) -> list[Message]:
     out = []
     start0 = T_NOW - 40 * 86400
     for i in range(n):
@@ -53,7 +54,7 @@ def make_frames(reg: MeterRegistry, n: int) -> list[Message]:
     return out
 
 
-def run_gateway(enc: ReadingEncryptor, reg: MeterRegistry, msgs: list[Message], db: Path) -> tuple[float, float, int]:
+def run_gateway(enc: ReadingEncryptor, reg: KeyedRegistry, msgs: list[Message], db: Path) -> tuple[float, float, int]:
     store = open_store(db)
     gw = Gateway(store, reg, enc, IngestConfig(), clock=lambda: T_NOW)
     c0, t0 = time.process_time(), time.perf_counter()
@@ -68,7 +69,7 @@ def run_gateway(enc: ReadingEncryptor, reg: MeterRegistry, msgs: list[Message], 
     return dt, cpu, stored
 
 
-def run_minimal(enc: ReadingEncryptor, reg: MeterRegistry, msgs: list[Message], db: Path) -> tuple[float, float, int]:
+def run_minimal(enc: ReadingEncryptor, reg: KeyedRegistry, msgs: list[Message], db: Path) -> tuple[float, float, int]:
     store = open_store(db)
     keys = {r.meter_id: frame.derive_keys(r.key) for r in reg}
     nbytes = (enc.pub.nsquare.bit_length() + 7) // 8
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     t_key = time.perf_counter() - t_key
     runs: dict[str, list[dict]] = {label: [] for label, *_ in plan}
     with tempfile.TemporaryDirectory() as tmp:
-        reg = MeterRegistry(Path(tmp) / "meters.json")
+        reg = KeyedRegistry(MeterRegistry(Path(tmp) / "meters.json"), MeterKeys(Path(tmp) / KEYS_NAME))
         for i in range(METERS):
             reg.add(f"b{i:03d}", feeder=f"F{i % 5}", epsilon_milli=1000, clamp_wh=1000, m=10, save=False)
         # rounds interleave the strategies so that load from other processes hits all of them alike

@@ -163,7 +163,7 @@ def test_missing_store_is_not_created(demo, tmp_path, capsys):
     assert not missing.parent.exists()
 
 
-def test_file_that_is_not_a_store_is_one_line(demo, tmp_path, capsys):
+def _not_stores(tmp_path: Path) -> tuple[Path, Path, Path]:
     text = tmp_path / "notes.txt"
     text.write_text("not a database\n" * 100)
     empty = tmp_path / "empty.db"
@@ -171,14 +171,40 @@ def test_file_that_is_not_a_store_is_one_line(demo, tmp_path, capsys):
     other = tmp_path / "other.db"
     with sqlite3.connect(other) as c:
         c.execute("CREATE TABLE t(x)")
+    return text, empty, other
+
+
+def test_file_that_is_not_a_store_is_one_line(demo, tmp_path, capsys):
+    text, empty, other = _not_stores(tmp_path)
     for path in (text, empty, other, tmp_path):
-        for argv in (["stats", "--db", str(path)], ["audit", "verify", "--db", str(path)],
-                     ["audit", "head", "--db", str(path)]):
-            assert cli.main(argv) != 0, argv
-            assert str(path) in one_line_error(capsys.readouterr().err)
-        assert bill(demo, path, tmp_path / "b.csv") == 2
+        assert cli.main(["stats", "--db", str(path)]) != 0, path
         assert str(path) in one_line_error(capsys.readouterr().err)
+        assert bill(demo, path, tmp_path / "b.csv", role=demo["role_dir"]) == 2
+        assert str(path) in one_line_error(capsys.readouterr().err)
+    # audit verify without anchors next to the file refuses before opening it
+    for path in (text, empty, other, tmp_path):
+        assert cli.main(["audit", "verify", "--db", str(path)]) != 0, path
+        one_line_error(capsys.readouterr().err)
     assert text.read_text() == "not a database\n" * 100 and empty.stat().st_size == 0
+    with sqlite3.connect(other) as c:
+        assert [n for (n,) in c.execute("SELECT name FROM sqlite_master")] == ["t"]
+
+
+def test_audit_commands_on_a_file_that_is_not_an_audit_log_are_one_line(demo, tmp_path, capsys):
+    text, empty, other = _not_stores(tmp_path)
+    verify_key = str(demo["role_dir"] / "audit-verify.pub.json")  # so that the file itself is opened
+    for path in (text, empty, other, tmp_path):
+        for argv in (["audit", "verify", "--db", str(path), "--verify-key", verify_key, "--no-anchor"],
+                     ["audit", "head", "--db", str(path)]):
+            try:
+                rc = cli.main(argv)
+            except sqlite3.DatabaseError:
+                rc = None
+            assert rc not in (0, None), argv
+            assert str(path) in one_line_error(capsys.readouterr().err)
+    assert text.read_text() == "not a database\n" * 100 and empty.stat().st_size == 0
+    with sqlite3.connect(other) as c:
+        assert [n for (n,) in c.execute("SELECT name FROM sqlite_master")] == ["t"]
 
 
 def test_open_store_create_flag(tmp_path):

@@ -569,9 +569,6 @@ def test_previous_key_is_refused_once_its_grace_has_passed(gw, tmp_path):
     assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 4))).status == "accepted"
 
 
-@pytest.mark.xfail(strict=True, reason="host/gateway/ingest.py Gateway._open_with caches the derived previous key "
-                                       "per current key, so once used within the grace it keeps opening frames "
-                                       "after the grace (until the registry file changes)")
 def test_previous_key_used_within_grace_is_refused_after_it(gw, tmp_path):
     reg, old_key = _rotate_with_short_grace(gw, tmp_path, 0.5)
     assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 3, key=old_key))).status == "accepted"

@@ -319,8 +319,6 @@ def test_secret_key_module_is_the_only_writer_of_secret_keys():
     assert secret_key.SECRET_NAME != pubkey.PUBLIC_NAME
 
 
-@pytest.mark.xfail(strict=True, reason="host/cli/keys.py _split_registry: MeterKeys.load(Path(args.dir)) writes the "
-                                       "keys to a FILE named --dir when that folder does not exist yet")
 def test_cli_split_registry_into_a_new_keys_folder(tmp_path, capsys):
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"version": 1, "meters": {"m1": {
@@ -330,9 +328,6 @@ def test_cli_split_registry_into_a_new_keys_folder(tmp_path, capsys):
     assert kdir.is_dir() and (kdir / KEYS_NAME).is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="host/gateway/meter_keys.py KeyedRegistry.rotate: stamps rotated_at with `now` "
-                                       "but saves with keys.save() (real clock), so a `now` older than the grace "
-                                       "retires the previous key at once")
 def test_rotate_honours_its_now_when_saving(tmp_path):
     reg = KeyedRegistry.load(tmp_path / "keys", tmp_path / REGISTRY_NAME)
     rec = reg.add("m1", feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=10)

@@ -159,10 +159,22 @@ class AuditLog:
     """
 
     def __init__(self, db_path: str | Path, signer: Ed25519PrivateKey | None = None,
-                 clock: Callable[[], str] = _utc_now) -> None:
+                 clock: Callable[[], str] = _utc_now, *, readonly: bool = False) -> None:
+        """`readonly` (auditors): open an existing file without creating or changing anything;
+        AuditError if it is not an audit log."""
         self.path = str(db_path)
         self._clock = clock
-        self._signer = signer
+        self._signer = None if readonly else signer
+        if readonly:
+            try:
+                self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+                tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            except sqlite3.DatabaseError as e:
+                raise AuditError(f"{self.path} is not an audit database ({e})") from None
+            if not {"audit_log", "audit_head"} <= tables:
+                self._db.close()
+                raise AuditError(f"{self.path} holds no audit log (the decryption role's is ROLE_DIR/decryption.db)")
+            return
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)

@@ -54,13 +54,13 @@ def verify_cmd(args: argparse.Namespace) -> int:
             anchor = None if newest is None else (newest.seq, newest.hash)
     except (OSError, KeyFileError, anchors.AnchorError) as e:
         return _fail(str(e))
-    with AuditLog(db) as log:
-        if anchor is None and not args.no_anchor and log.head()[0] > 0:
-            return _fail("the anchor log is empty but the audit log is not: truncation cannot be ruled out")
-        try:
+    try:
+        with AuditLog(db, readonly=True) as log:
+            if anchor is None and not args.no_anchor and log.head()[0] > 0:
+                return _fail("the anchor log is empty but the audit log is not: truncation cannot be ruled out")
             result = log.verify(key, anchor)
-        except AuditError as e:
-            return _fail(str(e))
+    except AuditError as e:
+        return _fail(str(e))
     print(result.describe() + ("" if anchor is None else f" (reaches anchor {anchor[0]})"))
     return 0 if result.ok else 1
 
@@ -70,7 +70,10 @@ def head_cmd(args: argparse.Namespace) -> int:
         db = _existing_db(args.db)
     except OSError as e:
         return _fail(str(e))
-    with AuditLog(db) as log:
-        seq, h = log.head()
+    try:
+        with AuditLog(db, readonly=True) as log:
+            seq, h = log.head()
+    except AuditError as e:
+        return _fail(str(e))
     print(f"{seq}:{h}")
     return 0

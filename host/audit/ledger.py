@@ -113,7 +113,7 @@ def fold_verified(audit_db: str | Path, verify_key: Ed25519PublicKey) -> Ledger:
     """The ledger of a role database, read only; AuditError unless the whole chain verifies."""
     from meterveil.host.audit.chain import AuditError, AuditLog
 
-    with AuditLog(audit_db) as log:
+    with AuditLog(audit_db, readonly=True) as log:
         result = log.verify(verify_key)
         if not result.ok:
             raise AuditError(result.describe())

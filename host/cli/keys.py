@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
 
 from meterveil.host.audit import signing
 from meterveil.host.common import pubkey
 from meterveil.host.common.registry import MeterRecord, MeterRegistry
 from meterveil.host.decryption import secret_key
-from meterveil.host.gateway.meter_keys import KeyedRegistry, MeterKey, MeterKeys
+from meterveil.host.gateway.meter_keys import KEYS_NAME, KeyedRegistry, MeterKey, MeterKeys
 from meterveil.tools.fileio import ToolError
 
 log = logging.getLogger("meterveil.keys")
@@ -79,12 +80,14 @@ def _split_registry(args: argparse.Namespace) -> int:
         raise ToolError(f"{old}: {e}") from None
     if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("meters"), dict):
         raise ToolError(f"{old} is not a version 1 meter registry")
-    keys = MeterKeys.load(Path(args.dir))
+    Path(args.dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    keys = MeterKeys.load(Path(args.dir) / KEYS_NAME)
+    now = int(time.time())  # a previous key carried over gets the full grace period from now
     reg = MeterRegistry.load(args.registry)
     try:
         for mid, d in sorted(data["meters"].items()):
-            keys.set(mid, MeterKey(bytes.fromhex(d["key"]),
-                                   bytes.fromhex(d["previous_key"]) if d.get("previous_key") else None))
+            prev = bytes.fromhex(d["previous_key"]) if d.get("previous_key") else None
+            keys.set(mid, MeterKey(bytes.fromhex(d["key"]), prev, now if prev else None))
             meta = {k: v for k, v in d.items() if k not in ("key", "previous_key")}
             reg.put(MeterRecord.from_json(mid, meta), replace_existing=True, save=False)
     except (KeyError, TypeError, ValueError) as e:

@@ -259,9 +259,9 @@ class Gateway:
 
     def _open_with(self, rec: KeyedMeter, payload: bytes, topic_meter: str) -> dict:
         cached = self._keys.get(rec.meter_id)
-        if cached is None or cached[0] != rec.key:
+        if cached is None or cached[0] != (rec.key, rec.previous_key):  # a retired previous key drops out
             prev = frame.derive_keys(rec.previous_key) if rec.previous_key else None
-            cached = (rec.key, frame.derive_keys(rec.key), prev)
+            cached = ((rec.key, rec.previous_key), frame.derive_keys(rec.key), prev)
             self._keys[rec.meter_id] = cached
         try:
             return frame.open_frame(cached[1], payload, topic_meter=topic_meter)

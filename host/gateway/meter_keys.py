@@ -203,9 +203,10 @@ class KeyedRegistry:
         if old is None or meter_id not in self.registry:
             raise KeyError(f"meter {meter_id} is not registered")
         key = new_key if new_key is not None else secrets.token_bytes(MASTER_KEY_BYTES)
-        self.keys.set(meter_id, MeterKey(key, old.key, int(time.time() if now is None else now)))
+        now = time.time() if now is None else now
+        self.keys.set(meter_id, MeterKey(key, old.key, int(now)))
         if save:
-            self.keys.save()
+            self.keys.save(now)
         got = self.get(meter_id, now)
         assert got is not None
         return got
