@@ -158,7 +158,7 @@ def check(repo: Path) -> list[str]:
         else:
             rank = {layer: i for i, layer in enumerate(c.layers)}
 
-            def layer_of(name: str) -> int | None:
+            def layer_of(name: str, rank: dict[str, int] = rank) -> int | None:
                 for layer, i in rank.items():
                     if _within(name, layer):
                         return i
