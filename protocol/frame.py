@@ -60,8 +60,14 @@ def derive_keys(master_key):
     return enc, mac
 
 
+# MQTT topics: TOPIC_ROOT/<meter_id>/<leaf>. The one place the topic layout is spelled; the gateway's
+# subscriptions, the broker ACL and the meter's publisher all derive from it.
+TOPIC_ROOT = "meterveil/v1"
+TOPIC_LEAVES = ("reading", "status")
+
+
 def topic(meter_id, leaf):
-    return "meterveil/v1/" + meter_id + "/" + leaf
+    return TOPIC_ROOT + "/" + meter_id + "/" + leaf
 
 
 def valid_meter_id(meter_id):

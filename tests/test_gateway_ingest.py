@@ -553,24 +553,25 @@ def test_persistent_session_keeps_frames_published_while_gateway_is_down(tmp_pat
 
 
 def _rotate_with_short_grace(gw, tmp_path, grace_s):
-    """Rotate m0001 on a gateway whose registry keeps a previous key for `grace_s`; the old key."""
+    """Rotate m0001 (at the gateway's clock) on a gateway whose registry keeps a previous key for
+    `grace_s`; the old key. Time then moves only with gw.clock_ref."""
     reg = KeyedRegistry.load(tmp_path / "keys", tmp_path / "registry" / "meters.json", grace_s=grace_s)
     old_key = reg.get("m0001").key
-    reg.rotate("m0001")
+    reg.rotate("m0001", now=gw.clock_ref())
     gw.registry = reg
     return reg, old_key
 
 
 def test_previous_key_is_refused_once_its_grace_has_passed(gw, tmp_path):
-    reg, old_key = _rotate_with_short_grace(gw, tmp_path, 0.5)
-    time.sleep(0.6)
+    reg, old_key = _rotate_with_short_grace(gw, tmp_path, 3600)
+    gw.clock_ref.now += 3601
     # a frame under the rotated-out key, first seen after the grace: not opened
     assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 3, key=old_key))).reason == "bad_tag"
     assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 4))).status == "accepted"
 
 
 def test_previous_key_used_within_grace_is_refused_after_it(gw, tmp_path):
-    reg, old_key = _rotate_with_short_grace(gw, tmp_path, 0.5)
+    reg, old_key = _rotate_with_short_grace(gw, tmp_path, 3600)
     assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 3, key=old_key))).status == "accepted"
-    time.sleep(0.6)
+    gw.clock_ref.now += 3601
     assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 5, key=old_key))).reason == "bad_tag"

@@ -39,6 +39,8 @@ from amqtt.broker import Broker
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
+from meterveil.protocol import frame
+
 log = logging.getLogger(__name__)
 
 
@@ -62,7 +64,7 @@ class UserAuthPlugin(BaseAuthPlugin):
         return hmac.compare_digest((session.password or "").encode(), expected.encode())
 
 
-def meter_acls(meter_ids: list[str], gateway_user: str, topic_root: str = "meterveil/v1") -> dict:
+def meter_acls(meter_ids: list[str], gateway_user: str, topic_root: str = frame.TOPIC_ROOT) -> dict:
     """publish/subscribe ACLs: each meter writes only its own subtree; the gateway reads all."""
     pub = {m: [f"{topic_root}/{m}/#"] for m in meter_ids}
     pub[gateway_user] = []

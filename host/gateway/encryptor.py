@@ -20,7 +20,7 @@ Strategies (``make_encryptor(name, pub)``; see docs/ENCRYPTION.md for the assump
 Interface (stable): ``make_encryptor(name, pub, **opts) -> ReadingEncryptor`` with
 ``.encrypt_reading(billing_wh, analytics_wh) -> tuple[int, ...]`` (1 ciphertext if ``.packed`` else 2),
 ``.encrypt_plain(plain) -> int`` (one value, 0 <= plain < n), ``.name``, ``.packed``, ``.close()``;
-``DJNTable(pub, exp_bits=None, window=DEFAULT_WINDOW)``; ``ObfuscatorPool(source, size)``; ``add_raw(pub, *cs)``.
+``DJNTable(pub, exp_bits=None, window=DEFAULT_WINDOW)``; ``ObfuscatorPool(source, size)``;.
 """
 
 from __future__ import annotations
@@ -40,15 +40,6 @@ from meterveil.host.common import packing
 STRATEGIES = ("naive", "packed", "precomputed", "djn", "djn+packed")
 PACKED_STRATEGIES = ("packed", "precomputed", "djn+packed")  # one ciphertext per reading: storable
 DEFAULT_WINDOW = 10  # 2048-bit n, 1024-bit exponent: 103 mulmods per obfuscator, 52 MiB table
-
-
-def add_raw(pub: paillier.PaillierPublicKey, *ciphertexts: int) -> int:
-    """Homomorphic sum of raw ciphertexts (product mod n^2)."""
-    nsq = mpz(pub.nsquare)
-    acc = mpz(1)
-    for c in ciphertexts:
-        acc = acc * c % nsq
-    return int(acc)
 
 
 def full_obfuscator(pub: paillier.PaillierPublicKey) -> Callable[[], mpz]:

@@ -63,7 +63,7 @@ from meterveil.protocol import frame
 
 log = logging.getLogger("meterveil.gateway")
 
-TOPIC_RE = re.compile(r"^meterveil/v1/([A-Za-z0-9_-]{1,16})/(reading|status)$")
+TOPIC_RE = re.compile("^" + re.escape(frame.TOPIC_ROOT) + r"/([A-Za-z0-9_-]{1,16})/(" + "|".join(frame.TOPIC_LEAVES) + ")$")
 KIND_BY_LEAF = {"reading": frame.KIND_READING, "status": frame.KIND_STATUS}
 # Flags that say something about consumption (above clamp, ADC saturated) are not stored.
 STORED_FLAGS = frame.FLAG_CLOCK_UNSYNCED | frame.FLAG_PARTIAL_INTERVAL
@@ -250,9 +250,9 @@ class Gateway:
         return False
 
     def _record(self, meter_id: str) -> KeyedMeter:
-        rec = self.registry.get(meter_id)
+        rec = self.registry.get(meter_id, self.clock())
         if rec is None and self._reload_registry():
-            rec = self.registry.get(meter_id)
+            rec = self.registry.get(meter_id, self.clock())
         if rec is None:
             raise Rejected("unknown_meter", "not in the meter registry")
         return rec
@@ -277,7 +277,7 @@ class Gateway:
         except frame_errors.BadTag:
             if not self._reload_registry():
                 raise
-            fresh = self.registry.get(rec.meter_id)
+            fresh = self.registry.get(rec.meter_id, self.clock())
             if fresh is None or fresh.key == rec.key:
                 raise
             return fresh, self._open_with(fresh, payload, topic_meter)

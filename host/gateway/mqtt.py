@@ -33,10 +33,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from meterveil.host.gateway.ingest import Gateway, Message
+from meterveil.protocol import frame
 
 log = logging.getLogger("meterveil.mqtt_ingest")
 
-TOPICS = ("meterveil/v1/+/reading", "meterveil/v1/+/status")
+TOPICS = tuple(frame.topic("+", leaf) for leaf in frame.TOPIC_LEAVES)
 # paho's reconnect backoff: doubles from MIN to MAX seconds between attempts
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
