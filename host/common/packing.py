@@ -95,7 +95,7 @@ def blind_slot(pub, ciphertext: int, slot: int) -> int:
     Why: the decryption role then learns the other slot exactly and this one only up to a 2**-128
     statistical distance. Uses g = n + 1: Enc(x) * (1 + n*mask) = Enc(x + mask). The result is not
     re-randomised; the mask itself randomises the hidden slot and the other slot is public to the
-    decryptor anyway.
+    decryption role anyway.
     """
     nsq = pub.nsquare
     return (int(ciphertext) * ((1 + pub.n * draw_mask(slot)) % nsq)) % nsq

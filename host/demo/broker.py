@@ -20,7 +20,7 @@ Limits of amqtt 0.12.1, checked against its source (see tests/test_broker_embedd
   `_DrainingBroker` routes the leftover queue after the client loop ends.
 - Waits only 5 s for a subscriber's PUBACK, then logs an error with a traceback and never
   redelivers; the message itself was already written to the subscriber's socket and arrives. The
-  demo's gateway acks on receipt (demo_gateway.py), yet under load (200 meters, one GIL for
+  demo's gateway acks on receipt (host/demo/gateway.py), yet under load (200 meters, one GIL for
   broker and gateway) it still reads more than 5 s behind: `_PubackNoise` counts these errors and
   the late-PUBACK warnings instead of printing thousands of tracebacks (`.puback_timeouts`).
 """

@@ -1,6 +1,6 @@
 """The demo's gateway: helper-3's Gateway + MqttIngest run in-process (threads), plus `stats.json`.
 
-With the embedded broker: the amqtt 0.12.1 broker speaks 3.1.1 only (see broker_embedded.py), so
+With the embedded broker: the amqtt 0.12.1 broker speaks 3.1.1 only (see host/demo/broker.py), so
 the ingest runs with ``mqtt_version=311`` (clean_session=False, fixed client id: a persistent QoS 1
 session) and one deliberate change, ``ack_on_receipt``: it acknowledges on receipt, not after commit.
 Why: amqtt waits only 5 s for a subscriber's PUBACK, then drops the message from its in-flight

@@ -4,7 +4,7 @@ Real firmware (MicroPython unix port, one process per meter, accelerated simulat
 real broker (embedded amqtt, or --broker) -> real gateway (in-process threads, ciphertexts only)
 -> decryption role under policy -> bills.csv, feeder_load.csv, truth.csv, stats.json, report.html.
 
-The simulated clock runs on the 1st of a month that has already passed (demo_setup.choose_start),
+The simulated clock runs on the 1st of a month that has already passed (setup.choose_start),
 so every reading is in the past for the gateway and bills cover whole calendar months.
 """
 

@@ -1,6 +1,6 @@
 """Ingest pipeline: validate one sealed frame, Paillier-encrypt it, batch it for the store.
 
-Why pure of MQTT: every check and counter is unit-testable with plain bytes; mqtt_ingest.py only moves
+Why pure of MQTT: every check and counter is unit-testable with plain bytes; mqtt.py only moves
 messages in and acknowledgements out (ack after ``commit``).
 
 Pipeline per message (first failing step names the reason code; each is counted in the store, per

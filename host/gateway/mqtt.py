@@ -35,7 +35,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from meterveil.host.gateway.ingest import Gateway, Message
 from meterveil.protocol import frame
 
-log = logging.getLogger("meterveil.mqtt_ingest")
+log = logging.getLogger("meterveil.gateway.mqtt")
 
 TOPICS = tuple(frame.topic("+", leaf) for leaf in frame.TOPIC_LEAVES)
 # paho's reconnect backoff: doubles from MIN to MAX seconds between attempts

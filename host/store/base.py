@@ -1,7 +1,7 @@
 """The ciphertext store: records, the `Store` interface, and `open_store`.
 
 Why an interface: ingest and the back office talk only to `Store`, so a PostgreSQL backend for
-several gateway workers can be added without touching them. SQLite (store_sqlite.py) is the default.
+several gateway workers can be added without touching them. SQLite (sqlite.py) is the default.
 
 Nothing here is readable consumption: a reading row holds the meter id, frame counter, feeder,
 interval, DP parameters, privacy-neutral flags and the Paillier ciphertext of the packed plaintext
