@@ -296,7 +296,7 @@ class _IdleGateway:
 
 
 def test_unreachable_broker_logged_once_per_attempt(caplog):
-    caplog.set_level(logging.WARNING, logger="meterveil.mqtt_ingest")
+    caplog.set_level(logging.WARNING, logger="meterveil.gateway.mqtt")
     ingest = MqttIngest(_IdleGateway(), MqttConfig.from_url("mqtt://127.0.0.1:1"))  # type: ignore[arg-type]
     t0 = time.monotonic()
     ingest.start()
