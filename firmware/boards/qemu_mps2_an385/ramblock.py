@@ -54,6 +54,10 @@ dev = None
 def mount(path="/flash", fresh=False):
     """Mount the RAM flash at path (format it if empty or fresh) and make it the cwd."""
     global dev
+    try:
+        vfs.umount(path)  # a second mount (fresh=True after the prelude's) replaces the first
+    except OSError:
+        pass
     dev = RamBlock()
     if fresh:
         vfs.VfsLfs2.mkfs(dev)
