@@ -72,7 +72,7 @@ $(QEMU_BUILD)/micropython-1.28.0/py/mpconfig.h: $(QEMU_TARBALL)
 	touch $@
 
 $(QEMU_BUILD)/mpy-cross/mpy-cross: $(QEMU_SRC)/py/mpconfig.h
-	$(MAKE) -C $(QEMU_SRC)/mpy-cross -j$(QEMU_JOBS) BUILD=$(QEMU_BUILD)/mpy-cross
+	GIT_CEILING_DIRECTORIES=$(QEMU_BUILD) $(MAKE) -C $(QEMU_SRC)/mpy-cross -j$(QEMU_JOBS) BUILD=$(QEMU_BUILD)/mpy-cross
 
 # FORCE-like: the port's own make decides what is stale (board files, frozen firmware sources).
 $(QEMU_FW): $(QEMU_BUILD)/mpy-cross/mpy-cross qemu-toolchain FORCE
