@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh Debian/Ubuntu machine with Python 3.10+:
 #   make demo   - create .venv, install, run the end-to-end neighbourhood demo
-#   make test   - create .venv, install dev deps (+ mosquitto via apt when root), run the whole suite
+#   make test   - create .venv, install dev deps (+ mosquitto via apt when root), run the whole suite,
+#                 then the 32-bit QEMU target's HIL tests when its MicroPython source is present
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
