@@ -43,6 +43,8 @@ def main() -> int:
         "firmware_callgrind": run("firmware_callgrind.py", []),
         "privacy_utility": run("privacy_utility.py", ["--small"] if quick else []),
         "attacks": run("attacks.py", ["--small"] if quick else []),
+        "qemu32": (run("qemu32.py", []) if (HERE.parent / "build/qemu/fw/firmware.elf").exists()
+                   else {"skipped": "no QEMU firmware: `make qemu` needs the MicroPython source"}),
     }
     (OUT / "all.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))

@@ -1,4 +1,5 @@
-"""Hardware-in-the-loop suite: `pytest hil_tests --target unix` (default) or `--target serial:/dev/ttyUSB0`."""
+"""Hardware-in-the-loop suite: `pytest hil_tests --target unix` (default), `--target qemu` or
+`--target serial:/dev/ttyUSB0`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from target import make_target  # noqa: E402
 
 def pytest_addoption(parser):
     parser.addoption("--target", default="unix",
-                     help="unix (MicroPython unix port, default) or serial:PORT (a real board via mpremote)")
+                     help="unix (MicroPython unix port, default), qemu (the 32-bit `make qemu` firmware in "
+                          "qemu-system-arm) or serial:PORT (a real board via mpremote)")
     parser.addoption("--broker", default=None,
                      help="HOST:PORT of a mosquitto the board can reach over its Wi-Fi (serial targets; "
                           "the unix target starts its own)")
@@ -27,7 +29,10 @@ def pytest_addoption(parser):
 
 @pytest.fixture(scope="session")
 def target(request):
-    return make_target(request.config.getoption("--target"))
+    t = make_target(request.config.getoption("--target"))
+    yield t
+    if hasattr(t, "close"):
+        t.close()
 
 
 @pytest.fixture

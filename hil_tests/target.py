@@ -3,12 +3,17 @@
 Both targets run the same snippet with the same prelude, so the assertions are identical:
 - unix: `micropython -X heapsize=64k -c SNIPPET` with the repo's firmware/ and protocol/ on the path;
 - serial:PORT: `mpremote connect PORT mount REPO exec SNIPPET`, the repo appearing on the board
-  at /remote (mpremote's mount), so nothing needs flashing to run the suite.
+  at /remote (mpremote's mount), so nothing needs flashing to run the suite;
+- qemu: the 32-bit MicroPython firmware of `make qemu` (Cortex-M3, 64 KB heap, meter/ and protocol/
+  frozen) in qemu-system-arm, driven exactly like a serial board through its UART on a pty. Its
+  flash is littlefs on a RAM block device that survives soft resets (ramblock.py in the board dir).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,6 +44,8 @@ class Target:
     name = "abstract"
     repo_on_target = ""
     scratch = ""  # a writable folder on the target's filesystem (flash on a board)
+    simulated = True  # the CT and ADC are ctsim's (unix, qemu), not a real clamp on a real board
+    network = True    # the target can reach a broker (no network stack in the qemu firmware)
 
     def prelude(self) -> str:
         root = self.repo_on_target
@@ -79,6 +86,7 @@ class SerialTarget(Target):
     name = "serial"
     repo_on_target = "/remote"
     scratch = "/hil"
+    simulated = False
 
     def __init__(self, port: str):
         self.port = port
@@ -103,12 +111,65 @@ class SerialTarget(Target):
                        text=True, timeout=60, check=True)
 
 
+QEMU_FIRMWARE = REPO / "build" / "qemu" / "fw" / "firmware.elf"
+
+
+class QemuTarget(SerialTarget):
+    """The `make qemu` firmware in qemu-system-arm (MPS2-AN385), its UART on a pty.
+
+    icount=True runs QEMU with `-icount shift=0`: virtual time advances 1 ns per guest instruction,
+    so time.ticks_us() deltas times 1000 count Cortex-M3 instructions (the bench uses this).
+    """
+
+    name = "qemu"
+    scratch = "/flash/hil"
+    simulated = True
+    network = False
+
+    def __init__(self, firmware: Path = QEMU_FIRMWARE, icount: bool = False):
+        if not Path(firmware).exists():
+            raise RuntimeError(f"{firmware} not found: build it with `make qemu` (needs the MicroPython source)")
+        qemu = shutil.which("qemu-system-arm")
+        if not qemu:
+            raise RuntimeError("qemu-system-arm not found: `make qemu` installs it (apt-get as root)")
+        cmd = [qemu, "-machine", "mps2-an385", "-nographic", "-monitor", "null", "-semihosting",
+               "-serial", "pty", "-kernel", str(firmware)]
+        if icount:
+            cmd[1:1] = ["-icount", "shift=0"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        atexit.register(self.close)
+        port = None
+        for line in self.proc.stdout:  # "char device redirected to /dev/pts/N (label serial0)"
+            m = re.search(r"(/dev/pts/\d+)", line)
+            if m:
+                port = m.group(1)
+                break
+        if port is None:
+            self.close()
+            raise RuntimeError(f"qemu-system-arm did not open a pty (exit {self.proc.poll()})")
+        super().__init__(port)
+
+    def prelude(self) -> str:
+        # Code comes from the frozen modules only ('.frozen'); the mounted repo is data (vectors,
+        # profiles) plus tests/mpy's check scripts. The RAM flash is mounted at /flash as the cwd.
+        return ("import sys\nREPO = '/remote'\nimport ramblock\nramblock.mount('/flash')\n"
+                "sys.path[:] = ['.frozen', REPO + '/tests/mpy']\n")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
 def make_target(spec: str) -> Target:
     if spec == "unix":
         return UnixTarget()
+    if spec == "qemu":
+        return QemuTarget()
     if spec.startswith("serial:"):
         port = spec.split(":", 1)[1]
         if not port:
             raise ValueError("--target serial: needs a port, e.g. serial:/dev/ttyUSB0")
         return SerialTarget(port)
-    raise ValueError(f"unknown --target {spec!r}: use 'unix' or 'serial:/dev/ttyUSB0'")
+    raise ValueError(f"unknown --target {spec!r}: use 'unix', 'qemu' or 'serial:/dev/ttyUSB0'")
