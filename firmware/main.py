@@ -32,7 +32,7 @@ def mount_romfs(argv):
     sys.path.insert(0, "/rom")
 
 
-def main(argv):
+def main(argv, board=BOARD):
     # asyncio and the parts of it the meter uses (streams, wait_for) first, while the heap is
     # empty: their module dicts are the largest blocks the meter ever needs, and after boot the
     # heap is too fragmented to guarantee them (a lazy import mid-run failed on 592 bytes).
@@ -43,7 +43,7 @@ def main(argv):
     # Options and config validation (startup.py, config.py) are boot-only: unloaded before the
     # meter allocates, since on the unix port module code shares the 64 KB heap.
     from meter import startup
-    rc, o, cfg = startup.from_argv(argv, BOARD)
+    rc, o, cfg = startup.from_argv(argv, board)
     del startup
     import meter
     meter.drop("meter.startup")
@@ -54,7 +54,7 @@ def main(argv):
     gc.collect()
     intervals = int(o["intervals"]) if o["intervals"] is not None else cfg["run"]["intervals"]
     drain = o["drain"] if o["drain"] is not None else cfg["run"]["drain_timeout_s"]
-    if BOARD:
+    if board:
         from meter.hal_board import BoardHAL
         hal = BoardHAL(cfg, o["storage"] or "/data")
     else:
@@ -69,11 +69,23 @@ def main(argv):
     return 0 if ok else 3
 
 
-if BOARD:
-    # Under the watchdog (started by BoardHAL): anything unexpected is logged and the board
-    # resets; the outbox and counters on flash make a reset lose at most 5 minutes of energy (checkpoint, docs/FIRMWARE.md).
+def board_boot():
+    # A board runs this file at every hard reset (a soft reset into the raw REPL does not).
+    import asyncio  # noqa: F401 - first, while the heap is empty (see main)
+
+    from meter import hal_board
+    if hal_board.maintenance_requested():
+        # The tools (flash, calibrate, HIL) asked for one boot without the meter: no watchdog is
+        # armed, so their many mpremote calls cannot be cut by a reset. The next reset starts the meter.
+        print("MAINTENANCE: meter not started this boot; reset to start it")
+        return
+    # Under the watchdog (armed by BoardHAL): anything unexpected is logged and the board
+    # resets; the outbox and counters on flash make a reset lose at most 5 minutes of energy
+    # (checkpoint, docs/FIRMWARE.md).
     try:
-        main(sys.argv)
+        main(sys.argv, True)
+    except hal_board.BoardError as e:  # before the watchdog is armed: report, do not reset-loop
+        print("CONFIG ERROR:", e)
     except Exception as e:  # noqa: BLE001 - last line of defence on a device nobody watches
         sys.print_exception(e)
         import time
@@ -81,6 +93,11 @@ if BOARD:
         import machine
         time.sleep(5)
         machine.reset()
-else:
-    mount_romfs(sys.argv)
-    sys.exit(main(sys.argv))
+
+
+if __name__ == "__main__":
+    if BOARD:
+        board_boot()
+    else:
+        mount_romfs(sys.argv)
+        sys.exit(main(sys.argv))

@@ -29,6 +29,9 @@ KIND_READING_PAILLIER = const(3)  # reserved for end-to-end mode (SPEC.md); reje
 
 HEADER_FMT = ">2sBB16sIIHHIHH"
 HEADER_LEN = const(40)
+# Byte offsets in HEADER_FMT, for readers that peek at a stored frame without parsing it.
+KIND_OFF = const(3)
+INTERVAL_START_OFF = const(24)
 IV_LEN = const(16)
 TAG_LEN = const(16)
 MIN_FRAME = const(72)   # header + IV + tag, empty body

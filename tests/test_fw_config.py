@@ -93,10 +93,10 @@ def test_load_raises_typed_error(tmp_path):
 
 
 def test_board_hal_imports_with_stub_machine(tmp_path):
-    """The board backend loads on the unix port with a stub `machine` (RP2040 ADC path)."""
+    """The board backend loads on the unix port under the board stub (RP2040 profile)."""
     import subprocess
     script = fr.REPO / "tests" / "mpy" / "hal_board_stub.py"
     res = subprocess.run([fr.micropython_binary(), str(script), str(tmp_path)], capture_output=True,
                          text=True, env=fr.firmware_env(), timeout=60)
     assert res.returncode == 0, res.stdout
-    assert res.stdout.split() == ["BOARD", "400", "2000", "True", "True", "1", "01020304", "0", "True"]
+    assert res.stdout.split() == ["BOARD", "400", "2000", "True", "True", "1", "deadbeef0001", "0", "True"]

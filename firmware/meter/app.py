@@ -10,10 +10,16 @@ import json
 import sys
 
 import meter
-from meter import persist, privacy, sensing
+from meter import persist, privacy, rng, sensing
 from meter.outbox import Outbox
 from meter.publisher import Publisher
 from protocol import frame
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
 
 FW_VERSION = (0, 1, 0)
 _MAX_GAP_INTERVALS = 2  # a clock step larger than this restarts measuring (NTP step, RTC reset)
@@ -30,6 +36,22 @@ def _line(s):
 
 def _cap16(v):
     return 0xFFFF if v > 0xFFFF else v
+
+
+# The running interval as kept on flash (`partial` file, one int per field in this order).
+_CP_START = const(0)      # interval start (s)
+_CP_MWH = const(1)        # whole mWh so far
+_CP_REM = const(2)        # sub-mWh remainder (mW*ms)
+_CP_COVERED = const(3)    # ms measured
+_CP_SAMPLES = const(4)
+_CP_CLIPPED = const(5)
+_CP_FIELDS = const(6)
+# The `state` file: UTC day, DP spend that day, readings that day, last sealed interval start (s).
+_ST_DAY = const(0)
+_ST_SPEND = const(1)
+_ST_READINGS = const(2)
+_ST_LAST = const(3)
+_ST_FIELDS = const(4)
 
 
 class Meter:
@@ -51,15 +73,17 @@ class Meter:
         self.boot_count = persist.bump_boot_count(sd + "/boots")
         self.counter = persist.FrameCounter(sd + "/counter")
         ob = cfg["outbox"]
-        self.outbox = Outbox(sd + "/outbox", ob["segment_bytes"], ob["max_bytes"], self.log, bufs[0])
-        # state: UTC day, dp spend today, readings today, last sealed interval start
-        st = persist.read_ints(sd + "/state", 4) or [-1, 0, 0, 0]
+        self.outbox = Outbox(sd + "/outbox", ob["segment_bytes"], ob["max_bytes"], self.log, bufs[0],
+                             hal.wdt_feed)
+        st = persist.read_ints(sd + "/state", _ST_FIELDS) or (-1, 0, 0, 0)
         self.state_path = sd + "/state"
-        # checkpoint: interval start (s), mWh, remainder (mW*ms), covered ms, samples, clipped
         self.cp_path = sd + "/partial"
-        self.spend = privacy.DailySpend(st[0], st[1], st[2])
+        self.spend = privacy.DailySpend(st[_ST_DAY], st[_ST_SPEND], st[_ST_READINGS])
         # A reading appended just before a power cut may be newer than the state file says.
-        self.last_interval = max(st[3], self.outbox.newest_reading)
+        self.last_interval = max(st[_ST_LAST], self.outbox.newest_reading)
+        # IVs and noise: a DRBG seeded once from the hardware source plus values this meter never
+        # repeats (its id, the boot count), so a weak source cannot repeat an IV across boots.
+        rng.seed(bytes(hal.unique_id()) + self.boot_count.to_bytes(4, "big"))
         self.pub = Publisher(hal, cfg, self.outbox, self._will_frame, self.log, bufs[1])
         self.buf = array.array("H", bytes(2 * hal.block_samples))
         self.stats = [0]
@@ -101,13 +125,13 @@ class Meter:
         # without DISCONNECT. Sealed once per boot (one counter), never stored in the outbox.
         now_s = self.hal.now_ms() // 1000
         return frame.seal(self.keys, self._header(frame.KIND_STATUS, now_s, 0),
-                          self._status_fields(now_s))
+                          self._status_fields(now_s), rng.take(frame.IV_LEN))
 
     def _status(self):
         now_s = self.hal.now_ms() // 1000
         fields = self._status_fields(now_s)
         hdr = self._header(frame.KIND_STATUS, now_s, 0)
-        self.outbox.append(frame.seal(self.keys, hdr, fields))
+        self.outbox.append(frame.seal(self.keys, hdr, fields, rng.take(frame.IV_LEN)))
         self.statuses += 1
         self.out("STATUS " + json.dumps({"meter_id": self.meter_id, "counter": hdr["counter"],
                                           "outbox_depth": fields["outbox_depth"],
@@ -123,7 +147,7 @@ class Meter:
             return
         iv_ms = self.interval_s * 1000
         energy = acc.take_wh()
-        noise = privacy.noise_share(self.eps, self.clamp, self.m)
+        noise = privacy.noise_share(self.eps, self.clamp, self.m, rng.take)
         analytics = privacy.analytics_value(energy, self.clamp, noise)
         missing = (iv_ms - covered_ms) // 1000
         if missing < 0:
@@ -140,7 +164,7 @@ class Meter:
         fields = {"billing_wh": energy, "analytics_wh": analytics, "flags": flags,
                   "samples": samples, "clipped": _cap16(clipped), "missing_s": _cap16(missing)}
         hdr = self._header(frame.KIND_READING, start_s, self.interval_s)
-        blob = frame.seal(self.keys, hdr, fields)
+        blob = frame.seal(self.keys, hdr, fields, rng.take(frame.IV_LEN))
         # Durable before anything is sent or reported. A power cut before this line leaves the
         # last checkpoint to resume from; after it, the boot scan of the outbox knows the interval
         # is sealed (no await until the checkpoint moves, so the frame cannot be acked before).
@@ -179,10 +203,12 @@ class Meter:
         start = now - now % iv_ms
         partial = now != start      # the first interval after boot misses its beginning
         covered = samples = clipped = 0
-        # Energy measured before a reset, applied once the clock can place it (a board's clock is
-        # set by NTP after boot; sealed before that, the reading would carry the unsynced flag and
-        # the gateway would drop it).
-        cp = persist.read_ints(self.cp_path, 6)
+        # Until the clock is trusted (a board's NTP sync) nothing is sealed and last_interval stays
+        # put: energy accumulates unsealed and goes into the first trusted interval (flagged
+        # partial), and a checkpoint from before a reset can still be applied.
+        waiting = not hal.clock_synced()
+        # Energy measured before a reset, applied once the clock can place it.
+        cp = persist.read_ints(self.cp_path, _CP_FIELDS)
         next_cp = now + _CHECKPOINT_MS
         while True:
             t0 = hal.now_ms()
@@ -191,6 +217,18 @@ class Meter:
             stats[0] = 0
             p = sensing.block_power_mw(buf, n, cal, stats)
             hal.wdt_feed()
+            if waiting:
+                acc.add(p, cov)
+                samples += n
+                clipped += stats[0]
+                if not hal.clock_synced():
+                    await hal.sleep_ms(0)
+                    continue
+                waiting = False
+                start = t1 - t1 % iv_ms
+                partial = True
+                covered = t1 - start
+                continue
             if t1 < t0 or t1 - start > (_MAX_GAP_INTERVALS + 1) * iv_ms:
                 # Clock stepped: what was accumulated cannot be placed in time. Start over.
                 self.log("clock step %d -> %d ms: interval restarted" % (t0, t1))
@@ -200,17 +238,17 @@ class Meter:
                 covered = samples = clipped = 0
                 continue
             if cp is not None and hal.clock_synced():
-                if cp[0] > self.last_interval and cp[0] * 1000 <= start:
+                if cp[_CP_START] > self.last_interval and cp[_CP_START] * 1000 <= start:
                     # Resume this interval, or seal the one the reset cut short (flagged partial;
                     # missing_s counts the time nobody measured).
-                    old = sensing.EnergyAccumulator(cp[1], cp[2])
-                    if cp[0] * 1000 == start:
-                        covered += cp[3]
-                        samples += cp[4]
-                        clipped += cp[5]
-                        self.log("resumed interval %d from checkpoint (%d mWh)" % (cp[0], cp[1]))
-                    elif cp[3]:  # something was measured in it (else only the sub-Wh remainder carries)
-                        self._seal_reading(cp[0] * 1000, old, cp[3], cp[4], cp[5], True)
+                    old = sensing.EnergyAccumulator(cp[_CP_MWH], cp[_CP_REM])
+                    if cp[_CP_START] * 1000 == start:
+                        covered += cp[_CP_COVERED]
+                        samples += cp[_CP_SAMPLES]
+                        clipped += cp[_CP_CLIPPED]
+                        self.log("resumed interval %d from checkpoint (%d mWh)" % (cp[_CP_START], cp[_CP_MWH]))
+                    elif cp[_CP_COVERED]:  # something was measured in it (else only the sub-Wh remainder carries)
+                        self._seal_reading(cp[_CP_START] * 1000, old, cp[_CP_COVERED], cp[_CP_SAMPLES], cp[_CP_CLIPPED], True)
                     acc.mwh += old.mwh
                     acc.rem += old.rem
                     acc.add(0, 0)

@@ -33,6 +33,8 @@ def setup(c, cfg):
     if not isinstance(bits, int):
         raise CalibrationError("adc_bits", "not an integer")
     c.adc_bits = bits
+    c.full_scale = (1 << bits) - 1
+    c.mid = 1 << (bits - 1)
     c.vref_mv = _num(cfg, "vref_mv", 500, 10000)
     c.volts = _num(cfg, "volts", 50, 500)
     c.power_factor = _num(cfg, "power_factor", 0.05, 1.0)
@@ -40,11 +42,12 @@ def setup(c, cfg):
     c.noise_rms_codes = _num(cfg, "noise_rms_codes", 0, 64, 0)
     c.creep_ma = _num(cfg, "creep_ma", 0, 10000, 0)
     c.gain = _num(cfg, "gain", 0.5, 2.0, 1.0)
-    c.full_scale = (1 << bits) - 1
-    c.mid = 1 << (bits - 1)
     # A sample at either rail is "clipped": with x = code - mid, x*(x+1) reaches mid*(mid-1)
-    # exactly at code 0 and at full scale (symmetric test, one add and one compare).
-    c.clip_thr = c.mid * (c.mid - 1)
+    # exactly at code 0 and at full scale (symmetric test, one add and one compare). A converter
+    # that stops being linear before its rails (ESP32 at 11 dB: ~2.45 V of ~3.1 V) sets
+    # linear_max_code: swings that far from mid-rail count as clipped too.
+    lim = int(_num(cfg, "linear_max_code", c.mid + 1, c.full_scale, c.full_scale)) - c.mid
+    c.clip_thr = lim * (lim + 1) if lim < c.mid - 1 else c.mid * (c.mid - 1)
     # amps at the primary per ADC code: code -> mV at the pin -> secondary A -> primary A.
     c.amps_per_code = c.vref_mv / 1000.0 / (1 << bits) / c.burden_ohm * c.ct_turns * c.gain
     mw_per_code = c.volts * c.power_factor * c.amps_per_code * 1000.0

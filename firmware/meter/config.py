@@ -31,6 +31,7 @@ DEFAULTS = {
                "inflight": 4, "client_id": None},
     "outbox": {"segment_bytes": 16384, "max_bytes": 524288},
     "wifi": {"ssid": None, "password": None},
+    "board": {"adc_pin": None, "adc_width": None},  # None: the chip's default (hal_board.CHIPS)
     "sim": {"profile": None, "speed": 1, "mains_hz": 50, "mode": "sparse", "seed": 1,
             "start_time": None, "block_s": 1, "fs_hz": None, "period_s": 0, "adc": None},
     "run": {"intervals": 0, "drain_timeout_s": 0, "truth": True},
@@ -41,14 +42,15 @@ REQUIRED = ("meter_id", "master_key", "feeder", "dp", "calibration", "broker")
 _CREDS_MAX = 200
 CALIBRATION_KEYS = ("ct_turns", "burden_ohm", "adc_bits", "vref_mv", "volts", "power_factor",
                     "rated_amps")
-CALIBRATION_OPTIONAL = ("noise_rms_codes", "creep_ma", "gain")
+CALIBRATION_OPTIONAL = ("noise_rms_codes", "creep_ma", "gain", "linear_max_code")
 KNOWN = {
-    "": REQUIRED + ("interval_s", "status_every", "outbox", "wifi", "sim", "run"),
+    "": REQUIRED + ("interval_s", "status_every", "outbox", "wifi", "board", "sim", "run"),
     "dp": ("epsilon_milli", "clamp_wh", "m"),
     "calibration": CALIBRATION_KEYS + CALIBRATION_OPTIONAL,
     "broker": ("url",) + tuple(DEFAULTS["broker"]),
     "outbox": tuple(DEFAULTS["outbox"]),
     "wifi": tuple(DEFAULTS["wifi"]),
+    "board": tuple(DEFAULTS["board"]),
     "sim": tuple(DEFAULTS["sim"]),
     "run": tuple(DEFAULTS["run"]),
 }
@@ -140,7 +142,7 @@ def validate(cfg, board=False):
             errs.append(("master_key", "must be 64 hex digits (32 bytes)"))
     if "feeder" in cfg and (not isinstance(cfg["feeder"], str) or not cfg["feeder"]):
         errs.append(("feeder", "must be a non-empty string"))
-    for name in ("dp", "calibration", "broker", "outbox", "wifi", "sim", "run"):
+    for name in ("dp", "calibration", "broker", "outbox", "wifi", "board", "sim", "run"):
         if name in cfg and not isinstance(cfg[name], dict):
             errs.append((name, "must be an object"))
     dp = cfg.get("dp")
@@ -167,6 +169,8 @@ def validate(cfg, board=False):
                 _num(errs, cal, k, "calibration." + k, 0, hi)
         if "gain" in cal:
             _num(errs, cal, "gain", "calibration.gain", 0.5, 2.0)
+        if "linear_max_code" in cal:
+            _int(errs, cal, "linear_max_code", "calibration.linear_max_code", 1, 65535)
     _broker(errs, cfg)
     ob = cfg.get("outbox")
     if isinstance(ob, dict):
@@ -181,8 +185,20 @@ def validate(cfg, board=False):
         _opt_str(errs, wifi, "password", "wifi.password")
         if board and not wifi.get("ssid"):
             errs.append(("wifi.ssid", "required on a board"))
+    _board(errs, cfg)
     _sim(errs, cfg, board)
     return errs
+
+
+def _board(errs, cfg):
+    # Types here; whether the chip has that ADC pin or width is checked on the board at boot
+    # (hal_board.adc_settings), where the chip is known.
+    b = cfg.get("board")
+    if isinstance(b, dict):
+        if b.get("adc_pin") is not None:
+            _int(errs, b, "adc_pin", "board.adc_pin", 0, 48)
+        if b.get("adc_width") is not None:
+            _int(errs, b, "adc_width", "board.adc_width", 9, 13)
 
 
 # Sections in their own functions: compiling one big function from source needs one big block

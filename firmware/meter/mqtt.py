@@ -141,14 +141,6 @@ def encode_publish(buf, topic, payload_len, pid, qos=1, dup=False, retain=False)
     return i
 
 
-def encode_puback(buf, pid):
-    buf[0] = PUBACK
-    buf[1] = 2
-    buf[2] = pid >> 8
-    buf[3] = pid & 0xFF
-    return 4
-
-
 def parse_packet(data, i=0):
     # One packet from bytes: (type, flags, body, next_index), or None if incomplete.
     n = len(data)

@@ -4,9 +4,15 @@
 import os
 
 from meter import persist
+from meter.outbox import HDR
+
+try:
+    from protocol.frame import INTERVAL_START_OFF, KIND_OFF, KIND_READING
+except ImportError:  # CPython tests with only firmware/ on the path
+    from meterveil.protocol.frame import INTERVAL_START_OFF, KIND_OFF, KIND_READING
 
 
-def recover(ob):
+def recover(ob, feed=None):
     path = ob.dir
     persist.makedirs(path)
     ob._ack_seg, ob._ack_off, ob.overflow = persist.read_ints(ob._p("ack"), 3) or [0, 0, 0]
@@ -25,10 +31,12 @@ def recover(ob):
     ob._bytes = 0     # flash used by live segments
     ob.newest_reading = 0  # interval start of the newest reading not yet acknowledged
     for s in segs:
+        if feed:
+            feed()
         if s < ob._ack_seg:
             persist.remove(ob._seg_path(s))  # fully acknowledged before the last boot
             continue
-        n, end, size = _scan(ob, s, ob._ack_off if s == ob._ack_seg else 0)
+        n, end, size = _scan(ob, s, ob._ack_off if s == ob._ack_seg else 0, feed)
         if n == 0:
             persist.remove(ob._seg_path(s))
             continue
@@ -45,7 +53,7 @@ def recover(ob):
     ob._save_ack()
 
 
-def _scan(ob, s, start):
+def _scan(ob, s, start, feed):
     # Count valid records from `start`; returns (count, end of valid data, file size).
     path = ob._seg_path(s)
     try:
@@ -60,22 +68,25 @@ def _scan(ob, s, start):
             if n < 0:
                 # A torn append is the last thing in its file: its declared length runs past
                 # the end. Anything else is corruption.
-                torn = off + 6 > size
+                torn = off + HDR > size
                 if not torn:
                     f.seek(off)
                     f.readinto(ob._hdr)
-                    torn = off + 6 + (ob._hdr[0] | (ob._hdr[1] << 8)) >= size
+                    torn = off + HDR + (ob._hdr[0] | (ob._hdr[1] << 8)) >= size
                 if torn:
                     ob.torn += 1
                 else:
                     ob.corrupt += 1
                 ob._say("outbox: seg %d cut at %d of %d bytes" % (s, off, size))
                 break
-            off += 6 + n  # record header (outbox._HDR) + payload
+            off += HDR + n
             count += 1
+            if feed and not count & 63:
+                feed()
             mv = ob._mv
-            if n > 28 and mv[3] == 1:  # a reading (frame kind at byte 3): interval start at 24..27
-                t = (mv[24] << 24) | (mv[25] << 16) | (mv[26] << 8) | mv[27]
+            i = INTERVAL_START_OFF
+            if n > i + 4 and mv[KIND_OFF] == KIND_READING:  # big-endian u32
+                t = (mv[i] << 24) | (mv[i + 1] << 16) | (mv[i + 2] << 8) | mv[i + 3]
                 if t > ob.newest_reading:
                     ob.newest_reading = t
     return count, off, size

@@ -21,7 +21,7 @@ except ImportError:  # CPython (tests)
     def const(x):
         return x
 
-_HDR = const(6)
+HDR = const(6)  # record header: <HI payload length, crc32
 MAX_RECORD = const(1024)  # protocol.frame.MAX_FRAME
 
 
@@ -34,12 +34,13 @@ class OutboxError(ValueError):
 
 
 class Outbox:
-    def __init__(self, path, segment_bytes=16384, max_bytes=524288, log=None, buf=None):
+    def __init__(self, path, segment_bytes=16384, max_bytes=524288, log=None, buf=None, feed=None):
+        # feed: called while the boot scan reads flash (a board's watchdog must not expire there)
         self.dir = path
         self.segment_bytes = segment_bytes
         self.max_bytes = max_bytes
         self._log = log
-        self._hdr = bytearray(_HDR)
+        self._hdr = bytearray(HDR)
         self._mv = memoryview(buf or bytearray(MAX_RECORD))  # record buffer (MAX_RECORD bytes)
         self.torn = 0      # torn tails dropped at boot (power cut mid-append)
         self.corrupt = 0   # segments cut short by a bad record that was not at the tail
@@ -47,7 +48,7 @@ class Outbox:
         # unloaded afterwards to spare the 64 KB heap.
         import meter
         from meter import obscan
-        obscan.recover(self)
+        obscan.recover(self, feed)
         meter.drop("meter.obscan")
 
     # -- paths and scanning --------------------------------------------------------------
@@ -59,13 +60,13 @@ class Outbox:
 
     def _read_at(self, f, off, size):
         # Validate the record at `off`; returns its payload length or -1 (torn/corrupt).
-        if off + _HDR > size:
+        if off + HDR > size:
             return -1
         f.seek(off)
-        if f.readinto(self._hdr) != _HDR:
+        if f.readinto(self._hdr) != HDR:
             return -1
         n, crc = struct.unpack("<HI", self._hdr)
-        if n == 0 or n > MAX_RECORD or off + _HDR + n > size:
+        if n == 0 or n > MAX_RECORD or off + HDR + n > size:
             return -1
         mv = self._mv[:n]
         if f.readinto(mv) != n:
@@ -89,9 +90,6 @@ class Outbox:
     @property
     def used_bytes(self):
         return self._bytes
-
-    def ack_pos(self):
-        return (self._ack_seg, self._ack_off)
 
     def _end(self, s):
         return self._ends.get(s, 0)
@@ -124,7 +122,7 @@ class Outbox:
         n = len(frame)
         if n == 0 or n > MAX_RECORD:
             raise OutboxError("record of %d bytes" % n)
-        rec = _HDR + n
+        rec = HDR + n
         while self._bytes + rec > self.max_bytes and self._segs and self._segs[0] != self._head:
             s = self._segs[0]
             self.overflow += self._counts[s]
@@ -186,7 +184,7 @@ class Outbox:
                 self._normalise_ack()
                 self._save_ack()
                 return self.read(pos)
-            return bytes(self._mv[:n]), (seg, off), (seg, off + _HDR + n)
+            return bytes(self._mv[:n]), (seg, off), (seg, off + HDR + n)
         return None
 
     def ack(self, pos, next_pos):

@@ -11,12 +11,22 @@ import time
 from meter import mqtt
 
 try:
+    from protocol.frame import KIND_OFF, KIND_STATUS, topic
+except ImportError:  # CPython tests with only firmware/ on the path
+    from meterveil.protocol.frame import KIND_OFF, KIND_STATUS, topic
+
+try:
     from micropython import const
 except ImportError:  # CPython
     def const(x):
         return x
 
-_KIND_STATUS = const(2)   # protocol.frame.KIND_STATUS; byte 3 of a frame
+# A message in flight: [pid, pos, next_pos, sent_ms, acked] (a list: sent_ms and acked change).
+_PID = const(0)
+_POS = const(1)
+_NEXT = const(2)
+_SENT = const(3)
+_ACKED = const(4)
 _TICK_MS = const(250)     # housekeeping period while idle
 _CONNECT_TIMEOUT_MS = const(10000)
 _POLL_MS = const(10)      # idle wait polls the kick flag (no asyncio.Event: heap)
@@ -52,9 +62,8 @@ class Publisher:
         self.window = br["inflight"]
         self.backoff = (br["backoff_min_ms"], br["backoff_max_ms"])
         self.ca_path = br.get("ca_der_path")
-        base = "meterveil/v1/" + cfg["meter_id"] + "/"
-        self.t_reading = (base + "reading").encode()
-        self.t_status = (base + "status").encode()
+        self.t_reading = topic(cfg["meter_id"], "reading").encode()
+        self.t_status = topic(cfg["meter_id"], "status").encode()
         self._will = will      # callable -> sealed status frame bytes (taken once per boot)
         self._will_msg = None
         self._log = log or (lambda m: None)
@@ -65,7 +74,7 @@ class Publisher:
         self.failures = 0      # failed connection attempts
         self.last_error = None
         self._kick = False      # set by kick(), PUBACK, a lost link: wakes the pump
-        self._inflight = []    # [pid, pos, next_pos, sent_ms, acked], in send order
+        self._inflight = []    # messages in flight (_PID.._ACKED), in send order
         self._sent_hi = (0, 0)  # everything before was sent in an earlier session: DUP on resend
         self._pid = 0
         self._ping_at = None
@@ -172,9 +181,8 @@ class Publisher:
                 self.connected = False
 
     async def _publish(self, sess, data, pid, dup):
-        # byte 3 of a frame is its kind: status frames go to the status topic
         await asyncio.wait_for_ms(
-            sess.publish(self.t_status if data[3] == _KIND_STATUS else self.t_reading, data,
+            sess.publish(self.t_status if data[KIND_OFF] == KIND_STATUS else self.t_reading, data,
                          pid, dup), self.ack_timeout)
 
     async def _pump(self, sess, rx):
@@ -200,14 +208,15 @@ class Publisher:
                     self._sent_hi = nxt
             # Retransmit what the broker has not acknowledged in time.
             for e in self._inflight:
-                if not e[4] and _since(e[3]) > self.ack_timeout:
-                    rec = self.outbox.read(e[1])
-                    if rec is None or rec[1] != e[1]:
-                        e[4] = True  # dropped by overflow meanwhile: nothing to resend
+                if not e[_ACKED] and _since(e[_SENT]) > self.ack_timeout:
+                    rec = self.outbox.read(e[_POS])
+                    data, at, _nxt = rec or (None, None, None)
+                    if at != e[_POS]:
+                        e[_ACKED] = True  # dropped by overflow meanwhile: nothing to resend
                         continue
                     self.retries += 1
-                    await self._publish(sess, rec[0], e[0], True)
-                    e[3] = last_tx = time.ticks_ms()
+                    await self._publish(sess, data, e[_PID], True)
+                    e[_SENT] = last_tx = time.ticks_ms()
             self._advance()
             # Keepalive: ping at half the interval; a missing PINGRESP means a dead link. With
             # messages in flight, retransmissions keep last_tx fresh and no ping is sent: then
@@ -231,9 +240,9 @@ class Publisher:
     def _advance(self):
         # Acknowledge the contiguous acked prefix in the outbox, in send order.
         moved = False
-        while self._inflight and self._inflight[0][4]:
+        while self._inflight and self._inflight[0][_ACKED]:
             e = self._inflight.pop(0)
-            self.outbox.ack(e[1], e[2])
+            self.outbox.ack(e[_POS], e[_NEXT])
             moved = True
         return moved
 
@@ -245,8 +254,8 @@ class Publisher:
                 if t == mqtt.PUBACK and len(body) == 2:
                     pid = (body[0] << 8) | body[1]
                     for e in self._inflight:
-                        if e[0] == pid:
-                            e[4] = True
+                        if e[_PID] == pid:
+                            e[_ACKED] = True
                             break
                     self._advance()
                 elif t == mqtt.PINGRESP:

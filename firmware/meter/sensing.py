@@ -46,9 +46,6 @@ class Calibration:
         calboot.setup(self, cfg)
         meter.drop("meter.calboot")
 
-    def rated_mw(self):
-        return int(self.volts * self.power_factor * self.rated_amps * 1000.0)
-
 
 def _isqrt(v):
     # floor(sqrt(v)) for v >= 0 with ints only (no float boxing, exact on both runtimes).
