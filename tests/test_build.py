@@ -13,7 +13,7 @@ import pytest
 
 from meterveil.host.cli.main import main as cli_main
 from meterveil.protocol import frame
-from meterveil.tools.build import REPO_ROOT, build, load_manifest
+from meterveil.tools.build import REPO_ROOT, SIM_ONLY, build, load_manifest
 from meterveil.tools.fileio import ToolError
 from meterveil.tools.mpy import read_header
 
@@ -22,7 +22,15 @@ MICROPYTHON = str(Path(sys.executable).with_name("micropython"))
 
 @pytest.fixture(scope="module")
 def portable(tmp_path_factory):
-    return build(tmp_path_factory.mktemp("b") / "build")
+    """With the simulator: these tests run the build on the unix port."""
+    return build(tmp_path_factory.mktemp("b") / "build", sim=True)
+
+
+def test_board_build_leaves_the_simulator_out(tmp_path):
+    files = set(build(tmp_path / "board").manifest["files"])
+    sim = {f"/lib/meter/{Path(p).stem}.mpy" for p in SIM_ONLY}
+    assert sim and not sim & files
+    assert {"/lib/meter/hal_board.mpy", "/lib/meter/app.mpy", "/main.py"} <= files
 
 
 def run_mpy(build_dir: Path, args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:

