@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import meter_config
-from .device import Step, check_port, mpremote, run_step
+from .device import Step, check_port, maintenance_steps, mpremote, restart_steps, run_step
 from .fileio import ToolError, write_secret
 from .flash import PROBE
 from .workspace import Workspace
@@ -36,7 +36,7 @@ if {board}:
     from meter.hal_board import BoardHAL as HAL
 else:
     from meter.hal_unix import UnixHAL as HAL
-hal = HAL(cfg, {storage})
+hal = HAL(cfg, {storage}{hal_kw})
 n = getattr(hal, "block_samples", 0) or 400
 buf = array.array("H", bytes(2 * n))
 stats = [0]
@@ -86,7 +86,9 @@ def _parse(out: str) -> Measurement:
 
 
 def _snippet(cfg: dict[str, Any], *, board: bool, storage: str, blocks: int) -> str:
-    return MEASURE.format(cfg_json=repr(json.dumps(cfg)), board=board, storage=repr(storage), blocks=blocks)
+    # On a board the measurement runs in a maintenance boot: no watchdog, nothing else running.
+    return MEASURE.format(cfg_json=repr(json.dumps(cfg)), board=board, storage=repr(storage), blocks=blocks,
+                          hal_kw=", watchdog=False" if board else "")
 
 
 def measure_unix(cfg: dict[str, Any], workdir: Path, blocks: int) -> Measurement:
@@ -105,11 +107,22 @@ def measure_unix(cfg: dict[str, Any], workdir: Path, blocks: int) -> Measurement
 
 
 def measure_board(cfg: dict[str, Any], port: str, blocks: int) -> Measurement:
-    """Run the measurement on a board that runs the flashed firmware (meter.hal_board)."""
-    run_step(Step("probe", mpremote(port, "exec", PROBE), probe=True), port)
+    """Run the measurement on a board in its maintenance boot, with the flashed firmware (meter.hal_board)."""
     out = run_step(Step("measure", mpremote(port, "exec", _snippet(cfg, board=True, storage="/data",
-                                                                     blocks=blocks))), port)
+                                                                     blocks=blocks)), after_reset=True), port)
     return _parse(out)
+
+
+def enter_maintenance(port: str) -> None:
+    """Probe, then hard-reset into one boot without the meter and its watchdog."""
+    run_step(Step("probe", mpremote(port, "exec", PROBE), probe=True), port)
+    for step in maintenance_steps(port):
+        run_step(step, port)
+
+
+def restart_meter(port: str) -> None:
+    for step in restart_steps(port):
+        run_step(step, port)
 
 
 def _without_secrets(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +172,16 @@ def calibrate(workspace: Path, meter_id: str, reference_watts: float, *, port: s
     cfg = json.loads(path.read_text())
     if port:
         check_port(port)
+        enter_maintenance(port)
+        try:
+            return _calibrate(path, cfg, reference_watts, port, blocks, sim_gain)
+        finally:
+            restart_meter(port)  # also after a failed measurement: the meter must not stay stopped
+    return _calibrate(path, cfg, reference_watts, port, blocks, sim_gain)
+
+
+def _calibrate(path: Path, cfg: dict[str, Any], reference_watts: float, port: str | None, blocks: int,
+               sim_gain: float) -> CalibrationResult:
     with tempfile.TemporaryDirectory(prefix="mv-cal-") as tmp:
         work = Path(tmp)
         blocks = max(10, blocks)
@@ -190,11 +213,11 @@ def calibrate(workspace: Path, meter_id: str, reference_watts: float, *, port: s
         after = measure(gain, 8)
     new_cfg = _with_gain(cfg, gain)
     write_secret(path, meter_config.dumps(new_cfg), overwrite=True)
-    meter_config.validate_file(path, board="sim" not in new_cfg, label=meter_id)
+    meter_config.validate_file(path, board="sim" not in new_cfg, label=cfg.get("meter_id"))
     if port:
         from .provision import push_to_board
 
-        push_to_board(path, port, log=lambda s: None)
+        push_to_board(path, port, log=lambda s: None, restart=False)  # restarted by the caller
     return CalibrationResult(gain, raw.mean_mw / 1000.0, after.mean_mw / 1000.0, reference_watts, path)
 
 
@@ -227,5 +250,5 @@ def _cli(args) -> int:
     print(f"calibration.gain = {res.gain} written to {res.config}")
     print(f"after calibration it reads {res.calibrated_watts:.2f} W: residual error {res.residual_pct:+.3f}%")
     if args.port:
-        print(f"config pushed to {args.port} and verified; reset the board to use it")
+        print(f"config pushed to {args.port} and verified; the board restarted the meter with it")
     return 0

@@ -33,7 +33,7 @@ from meterveil.host.common.registry import METER_ID_RE, REGISTRY_NAME
 from meterveil.host.gateway.meter_keys import MASTER_KEY_BYTES, KeyedRegistry
 
 from . import meter_config, mqtt_auth
-from .device import Step, check_port, mpremote, run_step
+from .device import Step, check_port, maintenance_steps, mpremote, restart_steps, run_step
 from .fileio import ToolError, write_secret
 from .flash import HASH, PROBE
 from .workspace import Workspace
@@ -270,15 +270,19 @@ def _spec_from_config(cfg: dict[str, Any], spec: MeterSpec) -> MeterSpec:
                    sim_start=sim.get("start_time") if sim else None)
 
 
-def push_to_board(config: Path, port: str, log: Callable[[str], None] = print) -> None:
-    """Copy config.json (+ ca.der) to the board root and verify by hashing them on the device."""
+def push_to_board(config: Path, port: str, log: Callable[[str], None] = print, restart: bool = True) -> None:
+    """Copy config.json (+ ca.der) to the board root and verify by hashing them on the device; in a
+    maintenance boot (the meter's watchdog would otherwise reset the board between the calls), then
+    a hard reset so the meter starts with the new config (restart=False: the caller does it)."""
     port = check_port(port)
     files = {"/config.json": config}
     ca = config.parent / meter_config.CA_NAME
     if ca.exists():
         files["/" + meter_config.CA_NAME] = ca
     steps = [Step("probe: is it MicroPython", mpremote(port, "exec", PROBE), probe=True)]
-    steps += [Step(f"copy {dev}", mpremote(port, "fs", "cp", str(local), ":" + dev)) for dev, local in files.items()]
+    steps += maintenance_steps(port)
+    copies = [Step(f"copy {dev}", mpremote(port, "fs", "cp", str(local), ":" + dev)) for dev, local in files.items()]
+    steps += [Step(copies[0].what, copies[0].argv, after_reset=True)] + copies[1:]
     steps.append(Step("read back", mpremote(port, "exec", HASH.format(paths=json.dumps(sorted(files))))))
     out = ""
     for step in steps:
@@ -289,6 +293,10 @@ def push_to_board(config: Path, port: str, log: Callable[[str], None] = print) -
         if got.get(dev) != hashlib.sha256(local.read_bytes()).hexdigest():
             raise ToolError(f"{dev} on the board on {port} differs from {local} after copying; re-run "
                             f"provision with --rotate-key --port {port}")
+    if restart:
+        for step in restart_steps(port):
+            log(f"- {step.what}")
+            run_step(step, port)
 
 
 # ---- CLI --------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""`meterveil flash` against a stub board (tests/stubboard): the real mpremote steps of the tool, a board
-whose watchdog survives the raw REPL's soft resets and whose main.py runs only after a hard reset.
+"""`meterveil flash`, `calibrate --port` and `provision --port` against a stub board (tests/stubboard):
+the tools' real mpremote steps, a board whose watchdog survives the raw REPL's soft resets and whose
+main.py runs only after a hard reset.
 
 Before the maintenance mode, a flash to a board running the meter was cut by the meter's watchdog
-(about 25 mpremote calls outlast a 30 s timeout), and the final soft reset did not start the meter.
+(about 25 mpremote calls outlast a 30 s timeout), the final soft reset did not start the meter, and
+the calibration snippet armed the watchdog and never fed it between its calls.
 """
 
 from __future__ import annotations
@@ -98,3 +100,25 @@ def test_flash_dry_run_on_a_stub_board_touches_nothing(tmp_path, stub_mpremote, 
     port = make_board(tmp_path, "esp32")
     flash(board_build.out, str(port), dry_run=True)
     assert state(port)["calls"] == [] and sorted(os.listdir(port / "fs")) == ["config.json"]
+
+
+def test_calibrate_and_push_on_a_running_board_without_a_watchdog_reset(tmp_path, stub_mpremote, board_build):
+    from brokerutil import free_port
+
+    from meterveil.tools.broker_config import generate
+    from meterveil.tools.calibrate import calibrate
+    from meterveil.tools.provision import MeterSpec, provision_one
+
+    ws = generate(tmp_path / "ws", port=free_port(), hostnames=["localhost"], bind="127.0.0.1").workspace
+    provision_one(ws.root, MeterSpec("b1", "F1", wifi_ssid="pilot-net", wifi_password="pw-for-tests"))
+    port = make_board(tmp_path, "rp2040")
+    flash(board_build.out, str(port), log=lambda *a: None)
+    assert state(port)["meter_starts"] == 1
+    # the stub CT carries 5 A at 230 V; the board's ADC full scale (3.3 V) is what the config assumes
+    res = calibrate(ws.root, "b1", 1150.0, port=str(port), blocks=10)
+    assert abs(res.residual_pct) < 2.0, res
+    s = state(port)
+    assert s["wdt_resets"] == 0, [c for c in s["calls"] if "boot" in c]
+    assert s["meter_starts"] == 2                                    # restarted with the new config
+    pushed = json.loads((port / "fs" / "config.json").read_text())
+    assert pushed["calibration"]["gain"] == res.gain and pushed["meter_id"] == "b1"
