@@ -1,9 +1,12 @@
 """Where a HIL test runs its MicroPython code: the unix port (default) or a real board over serial.
 
-Both targets run the same snippet with the same prelude, so the assertions are identical:
-- unix: `micropython -X heapsize=64k -c SNIPPET` with the repo's firmware/ and protocol/ on the path;
-- serial:PORT: `mpremote connect PORT mount REPO exec SNIPPET`, the repo appearing on the board
-  at /remote (mpremote's mount), so nothing needs flashing to run the suite;
+Every target runs the same snippet, so the assertions are identical; the repo is there as data
+(`REPO`: vectors, profiles, tests/mpy scripts), the code under test is a build:
+- unix: `micropython -X heapsize=64k SCRIPT` with a `meterveil build --sim` tree's lib/ first on the
+  path (the conftest builds one; without a build the source tree, as test_hil_offline's roomy target);
+- serial:PORT: `mpremote connect PORT mount REPO exec SNIPPET` on a board flashed with `meterveil
+  flash`: the repo appears at /remote as data only, the code is the board's own /lib. The suite runs
+  in a maintenance boot (`enter_maintenance`: no meter, no watchdog) and ends with `restart_meter`;
 - qemu: the 32-bit MicroPython firmware of `make qemu` (Cortex-M3, 64 KB heap, meter/ and protocol/
   frozen) in qemu-system-arm, driven exactly like a serial board through its UART on a pty. Its
   flash is littlefs on a RAM block device that survives soft resets (ramblock.py in the board dir).
@@ -63,12 +66,19 @@ class Target:
 class UnixTarget(Target):
     name = "unix"
 
-    def __init__(self, heap: str = "64k"):
+    def __init__(self, heap: str = "64k", build_dir: Path | None = None):
         self.repo_on_target = str(REPO)
         self.heap = heap
+        self.build_dir = build_dir
         self.micropython = _tool("micropython")
         self._tmp = tempfile.TemporaryDirectory(prefix="hil-unix-")
         self.scratch = self._tmp.name
+
+    def prelude(self) -> str:
+        if self.build_dir is None:
+            return super().prelude()
+        return (f"import sys\nREPO = {self.repo_on_target!r}\n"
+                f"sys.path.insert(0, {str(Path(self.build_dir) / 'lib')!r})\n")
 
     def run(self, snippet: str, timeout: float = 120) -> Result:
         # A script file, not `-c`: the pip unix port aborts on very long command-line arguments.
@@ -90,7 +100,28 @@ class SerialTarget(Target):
 
     def __init__(self, port: str):
         self.port = port
-        self.mpremote = _tool("mpremote")
+        self.mpremote = os.environ.get("MPREMOTE") or _tool("mpremote")
+
+    def prelude(self) -> str:
+        # The mounted repo is data: neither it nor the cwd (/remote after the mount) may shadow the
+        # flashed /lib on the import path.
+        return (f"import sys\nREPO = {self.repo_on_target!r}\n"
+                "sys.path[:] = [p for p in sys.path if p not in ('', '.', REPO)]\n")
+
+    def _steps(self, steps) -> None:
+        from meterveil.tools.device import run_step
+        for step in steps:
+            run_step(step, self.port)
+
+    def enter_maintenance(self) -> None:
+        """One boot without the meter and its watchdog (it would reset the board between runs)."""
+        from meterveil.tools.device import maintenance_steps
+        self._steps(maintenance_steps(self.port))
+
+    def restart_meter(self) -> None:
+        """Clear the flag and hard-reset: the meter starts again."""
+        from meterveil.tools.device import restart_steps
+        self._steps(restart_steps(self.port))
 
     def run(self, snippet: str, timeout: float = 300) -> Result:
         # exec prints the board's output; an uncaught exception makes mpremote exit non-zero.
@@ -162,9 +193,9 @@ class QemuTarget(SerialTarget):
             self.proc.wait(10)
 
 
-def make_target(spec: str) -> Target:
+def make_target(spec: str, build_dir: Path | None = None) -> Target:
     if spec == "unix":
-        return UnixTarget()
+        return UnixTarget(build_dir=build_dir)
     if spec == "qemu":
         return QemuTarget()
     if spec.startswith("serial:"):

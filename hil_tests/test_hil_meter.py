@@ -72,57 +72,97 @@ def test_outbox_survives_a_reset(target):
     assert second.lines("LEFT") == ["0"]
 
 
-@pytest.fixture
-def broker_addr(request, target):
-    if target.name == "unix":
-        return "127.0.0.1", request.getfixturevalue("mosquitto").port
-    spec = request.config.getoption("--broker")
-    if not spec:
-        pytest.fail("serial targets need --broker HOST:PORT reachable from the board's network")
-    host, port = spec.rsplit(":", 1)
-    return host, int(port)
+# Connects the way the meter does: on a board Wi-Fi and NTP first (the certificate dates need the
+# clock), then TLS with the pilot CA and the meter's own login; the unix port connects directly.
+# A board reads its own /config.json and /ca.der (its secrets never pass through mpremote's argv).
+PUBLISH = """import asyncio, binascii, json, time
+from meter import mqtt
+from protocol import frame
+if sys.platform in ('linux', 'darwin'):
+    cfg = json.loads({cfg!r})
+    ca_path = {ca!r}
+else:
+    cfg = json.load(open('/config.json'))
+    cfg.setdefault('wifi', {{}}).update({wifi!r})
+    ca_path = cfg['broker'].get('ca_der_path')
+    ca_path = ca_path and ('/' + ca_path.lstrip('/'))
+ca = open(ca_path, 'rb').read() if ca_path else None
+br = cfg['broker']
+host, port, tls = mqtt.parse_url(br['url'])
+ctx = mqtt.tls_context(ca) if tls else None
+if sys.platform in ('linux', 'darwin'):
+    def conn():
+        if ctx:
+            return asyncio.open_connection(host, port, ssl=ctx, server_hostname=host)
+        return asyncio.open_connection(host, port)
+else:
+    from meter.hal_board import BoardHAL
+    hal = BoardHAL(cfg, {scratch!r} + '/data', watchdog=False)
+    t0 = time.ticks_ms()
+    while not hal.clock_synced() and time.ticks_diff(time.ticks_ms(), t0) < 120000:
+        try:
+            hal._wifi()
+        except OSError:
+            pass
+        time.sleep_ms(500)
+    print('CLOCK', hal.clock_synced())
+    def conn():
+        return hal.open_connection(host, port, ctx)
+mid = cfg['meter_id']
+k = frame.derive_keys(binascii.unhexlify(cfg['master_key']))
+h = {{'kind': 1, 'meter_id': mid, 'counter': 9, 'interval_start': 1763856000,
+     'interval_len': 900, 'epsilon_milli': 1000, 'clamp_wh': 1000, 'm': 10}}
+f = {{'billing_wh': 77, 'analytics_wh': 70, 'flags': 0, 'samples': 10, 'clipped': 0, 'missing_s': 0}}
+async def go():
+    r, w = await conn()
+    s = mqtt.Session(r, w)
+    await s.connect(br.get('client_id') or mid, 30, br['username'], br['password'])
+    await s.publish(frame.topic(mid, 'reading'), frame.seal(k, h, f), 17)
+    t, _, body = await s.read_packet()
+    print('ACK', t == mqtt.PUBACK, body[0] * 256 + body[1])
+    await s.disconnect()
+    s.close()
+asyncio.run(go())
+"""
 
 
-def test_sealed_frame_published_with_qos1_reaches_a_subscriber(target, request):
+def test_sealed_frame_published_over_tls_with_the_meters_login(target, request):
     from meterveil.protocol import frame
 
     if not target.network:
         pytest.skip(f"{target.name}: no network stack in this firmware (MicroPython's qemu port has no "
                     "socket/lwIP), so MQTT over TCP cannot run; the unix and serial targets cover it")
-    broker_addr = request.getfixturevalue("broker_addr")
-    host, port = broker_addr
+    pb = request.getfixturevalue("pilot_broker")
     got: list[bytes] = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-    sub.on_message = lambda c, u, m: got.append(m.payload)
-    sub.connect(host, port)
-    sub.subscribe("meterveil/v1/hil-pub/#", qos=1)
-    sub.loop_start()
-    time.sleep(0.3)
-    res = target.run(
-        "import asyncio\nfrom meter import mqtt\nfrom protocol import frame\n"
-        "k = frame.derive_keys(bytes(range(32)))\n"
-        "h = {'kind': 1, 'meter_id': 'hil-pub', 'counter': 9, 'interval_start': 1763856000,"
-        " 'interval_len': 900, 'epsilon_milli': 1000, 'clamp_wh': 1000, 'm': 10}\n"
-        "f = {'billing_wh': 77, 'analytics_wh': 70, 'flags': 0, 'samples': 10, 'clipped': 0, 'missing_s': 0}\n"
-        "async def go():\n"
-        f"    r, w = await asyncio.open_connection({host!r}, {port})\n"
-        "    s = mqtt.Session(r, w)\n"
-        "    await s.connect('hil-pub', 30)\n"
-        "    await s.publish(frame.topic('hil-pub', 'reading'), frame.seal(k, h, f), 17)\n"
-        "    t, _, body = await s.read_packet()\n"
-        "    print('ACK', t == mqtt.PUBACK, body[0] * 256 + body[1])\n"
-        "    await s.disconnect()\n"
-        "    s.close()\n"
-        "asyncio.run(go())\n")
+    sub = None
+    if pb.subscriber:
+        user, password, ca_pem = pb.subscriber
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        sub.username_pw_set(user, password)
+        sub.tls_set(ca_certs=ca_pem)
+        sub.on_message = lambda c, u, m: got.append(m.payload)
+        sub.connect(pb.host, pb.port)
+        sub.subscribe(frame.topic(pb.meter_id, "#"), qos=1)
+        sub.loop_start()
+        time.sleep(0.5)
+    if target.name == "unix":
+        code = PUBLISH.format(cfg=json.dumps(pb.cfg), ca=str(pb.ca_der) if pb.ca_der else None,
+                              wifi={}, scratch=target.scratch)
+    else:
+        code = PUBLISH.format(cfg="", ca=None, wifi=pb.wifi_override, scratch=target.scratch)
+    res = target.run(code, timeout=300)
     assert res.returncode == 0, res.output
     assert res.lines("ACK") == ["True 17"]
+    if sub is None:
+        return
     for _ in range(100):
         if got:
             break
         time.sleep(0.05)
     sub.loop_stop()
     assert len(got) == 1
-    msg = frame.open_frame(frame.derive_keys(bytes(range(32))), got[0], topic_meter="hil-pub")
+    key = frame.derive_keys(bytes.fromhex(pb.cfg["master_key"]))
+    msg = frame.open_frame(key, got[0], topic_meter=pb.meter_id)
     assert msg["fields"]["billing_wh"] == 77
 
 
@@ -137,13 +177,14 @@ def test_sensing_reads_a_known_load(target, request, tmp_path):
                   f"from meter import ctsim\nsim = ctsim.SimADC({profile!r}, 50, sensing.Calibration(cal), seed=3)\n"
                   "def block(buf, n, t):\n    sim.read_block(buf, t, n, 2000)\n    return 2000\n")
     else:  # the board's own ADC, its /config.json calibration, a documented resistive load
-        source = ("from meter import hal_board\nimport json\ncal = json.load(open('/config.json'))['calibration']\n"
-                  "hal = hal_board.BoardHAL(json.load(open('/config.json')))\n"
+        source = ("from meter import hal_board\nimport json\n"
+                  f"hal = hal_board.BoardHAL(json.load(open('/config.json')), {target.scratch + '/data'!r}, "
+                  "watchdog=False)\ncal = hal.cal\n"
                   "def block(buf, n, t):\n    return hal.read_block(buf, n)[1]\n")
     res = target.run(
         "import array\nfrom meter import sensing\n"
         f"cal = {json.dumps(cal)}\n" + source +
-        "c = sensing.Calibration(cal)\nbuf = array.array('H', bytes(2 * 400))\n"
+        "c = cal if isinstance(cal, sensing.Calibration) else sensing.Calibration(cal)\nbuf = array.array('H', bytes(2 * 400))\n"
         "acc = sensing.EnergyAccumulator()\nt = 0\n"
         "for i in range(50):\n"
         "    fs = block(buf, 400, t)\n"

@@ -35,7 +35,7 @@ def _roomy(target):
     """The unix target with a larger heap: there the code is compiled from source into the heap
     (64 KB is not enough for the whole app, tests/test_fw_heap.py), and on 64-bit every int and
     pointer is twice the size. Other targets run code from flash: their own heap as it is."""
-    return UnixTarget(heap="192k") if target.name == "unix" else target
+    return UnixTarget(heap="192k", build_dir=target.build_dir) if target.name == "unix" else target
 
 
 def _last_json(output: str):

@@ -122,3 +122,43 @@ def test_calibrate_and_push_on_a_running_board_without_a_watchdog_reset(tmp_path
     assert s["meter_starts"] == 2                                    # restarted with the new config
     pushed = json.loads((port / "fs" / "config.json").read_text())
     assert pushed["calibration"]["gain"] == res.gain and pushed["meter_id"] == "b1"
+
+
+def test_flash_then_the_hil_suite_on_a_stub_board_over_tls(tmp_path, stub_mpremote, board_build):
+    """The serial HIL suite against a flashed (stub) board: the flashed build, not the source tree;
+    Wi-Fi and NTP through the board HAL; TLS with the pilot CA and the meter's own login; no
+    watchdog reset anywhere; the meter running again at the end."""
+    import subprocess
+
+    from brokerutil import MOSQUITTO, free_port, make_readable_by_broker
+
+    from meterveil.tools.broker_config import generate
+    from meterveil.tools.provision import MeterSpec, provision_one, push_to_board
+
+    ws = generate(tmp_path / "ws", port=free_port(), hostnames=["localhost"], bind="127.0.0.1").workspace
+    provision_one(ws.root, MeterSpec("hil-b1", "F1", wifi_ssid="pilot-net", wifi_password="pw-for-tests"))
+    for dirpath, _d, files in os.walk(ws.broker_dir):
+        make_readable_by_broker(Path(dirpath))
+        for f in files:
+            make_readable_by_broker(Path(dirpath) / f)
+    broker = subprocess.Popen([MOSQUITTO, "-c", str(ws.broker_conf)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        port = make_board(tmp_path, "rp2040")
+        flash(board_build.out, str(port), log=lambda *a: None)
+        push_to_board(ws.meter_config("hil-b1"), str(port), log=lambda *a: None)
+        res = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "hil_tests"),
+             "--target", f"serial:{port}", "--config", str(ws.meter_config("hil-b1")),
+             "--subscriber", f"gateway:{ws.gateway_password}", "--reference-watts", "1150",
+             "--tolerance-pct", "2"],
+            capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        assert res.returncode == 0, res.stdout[-3000:]
+        assert " passed" in res.stdout and "skipped" not in res.stdout
+    finally:
+        broker.terminate()
+        broker.wait(10)
+    s = state(port)
+    assert s["wdt_resets"] == 0, [c for c in s["calls"] if "boot" in c]
+    assert s["wdt"] is not None                          # the suite ended by restarting the meter
+    assert s["meter_starts"] == 3                        # after flash, after the push, after the suite

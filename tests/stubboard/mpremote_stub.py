@@ -1,7 +1,7 @@
 """A stand-in for `mpremote` talking to a stub board (a folder), so `meterveil flash`, `calibrate --port`
 and `provision --port` run their real mpremote steps in CI against a board that behaves like the port:
 
-    mpremote_stub.py connect BOARD_DIR exec CODE | fs cp SRC :DST | soft-reset | reset
+    mpremote_stub.py connect BOARD_DIR [mount DIR] exec CODE | fs cp SRC :DST | soft-reset | reset
 
 BOARD_DIR/fs is the board's filesystem, BOARD_DIR/state.json its profile, virtual clock and
 watchdog. Each call costs board time (connect, raw REPL, serial copy) during which the program the
@@ -53,9 +53,9 @@ class Board:
         w = self.state["wdt"]
         return w is not None and self.state["clock_ms"] - w["fed"] > w["timeout"]
 
-    def session(self, mode: str, code: str = "") -> tuple[str, dict]:
+    def session(self, mode: str, code: str = "", mount: str | None = None) -> tuple[str, dict]:
         spec = {"profile": self.state["profile"], "fs": str(self.path / "fs"), "mode": mode, "code": code,
-                "adc_budget": BOOT_ADC_BUDGET if mode == "boot" else 0}
+                "adc_budget": BOOT_ADC_BUDGET if mode == "boot" else 0, "mount": mount}
         w = self.state["wdt"]
         if w is not None:
             spec["wdt_timeout"] = w["timeout"]
@@ -102,11 +102,14 @@ def main(argv: list[str]) -> int:
         return 2
     board = Board(Path(argv[1]))
     cmd = argv[2:]
+    mount = None
+    if cmd[:1] == ["mount"]:  # the host folder appears at /remote, the session's cwd
+        mount, cmd = cmd[1], cmd[2:]
     st = board.state
     st["clock_ms"] += CONNECT_MS
     rc, out = 0, ""
     if cmd[0] == "exec":
-        out, result = board.session("exec", cmd[1])
+        out, result = board.session("exec", cmd[1], mount)
         if "error" in result:
             rc = 1
         if "reset" in result:  # machine.reset() from the snippet, or the watchdog
