@@ -35,7 +35,7 @@ def mount_romfs(argv):
 def main(argv, board=BOARD):
     # asyncio and the parts of it the meter uses (streams, wait_for) first, while the heap is
     # empty: their module dicts are the largest blocks the meter ever needs, and after boot the
-    # heap is too fragmented to guarantee them (a lazy import mid-run failed on 592 bytes).
+    # heap may be too fragmented to hold them (a lazy import mid-run can fail for a few hundred bytes).
     import asyncio
     asyncio.open_connection, asyncio.wait_for_ms  # noqa: B018 - loads asyncio.stream, .funcs
     # The meter's long-lived buffers, for the same reason: outbox record (1 KB), MQTT packets.
