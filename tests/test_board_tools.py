@@ -162,3 +162,10 @@ def test_flash_then_the_hil_suite_on_a_stub_board_over_tls(tmp_path, stub_mpremo
     assert s["wdt_resets"] == 0, [c for c in s["calls"] if "boot" in c]
     assert s["wdt"] is not None                          # the suite ended by restarting the meter
     assert s["meter_starts"] == 3                        # after flash, after the push, after the suite
+
+
+def test_tools_and_firmware_agree_on_the_maintenance_flag():
+    from meterveil.tools.device import MAINTENANCE_FLAG
+
+    src = (REPO / "firmware" / "meter" / "hal_board.py").read_text()
+    assert f'MAINTENANCE_FLAG = "{MAINTENANCE_FLAG}"' in src
