@@ -100,3 +100,16 @@ def test_board_hal_imports_with_stub_machine(tmp_path):
                          text=True, env=fr.firmware_env(), timeout=60)
     assert res.returncode == 0, res.stdout
     assert res.stdout.split() == ["BOARD", "400", "2000", "True", "True", "1", "deadbeef0001", "0", "True"]
+
+
+@pytest.mark.parametrize("board,field", [
+    ({"adc_pin": "34"}, "board.adc_pin"), ({"adc_pin": 99}, "board.adc_pin"),
+    ({"adc_width": 16}, "board.adc_width"), ({"adc_pinn": 3}, "board.adc_pinn"),
+])
+def test_board_section_types_are_checked(tmp_path, board, field):
+    """Types and ranges here; whether the chip has the pin is checked on the board at boot."""
+    cfg = _base(tmp_path)
+    cfg["board"] = board
+    assert field in [f for f, _ in config.validate(config.with_defaults(cfg), board=True)]
+    cfg["board"] = {"adc_pin": 7, "adc_width": 12}
+    assert not [f for f, _ in config.validate(config.with_defaults(cfg)) if f.startswith("board")]
