@@ -74,25 +74,7 @@ def board_boot():
     import asyncio  # noqa: F401 - first, while the heap is empty (see main)
 
     from meter import hal_board
-    if hal_board.maintenance_requested():
-        # The tools (flash, calibrate, HIL) asked for one boot without the meter: no watchdog is
-        # armed, so their many mpremote calls cannot be cut by a reset. The next reset starts the meter.
-        print("MAINTENANCE: meter not started this boot; reset to start it")
-        return
-    # Under the watchdog (armed by BoardHAL): anything unexpected is logged and the board
-    # resets; the outbox and counters on flash make a reset lose at most 5 minutes of energy
-    # (checkpoint, docs/FIRMWARE.md).
-    try:
-        main(sys.argv, True)
-    except hal_board.BoardError as e:  # before the watchdog is armed: report, do not reset-loop
-        print("CONFIG ERROR:", e)
-    except Exception as e:  # noqa: BLE001 - last line of defence on a device nobody watches
-        sys.print_exception(e)
-        import time
-
-        import machine
-        time.sleep(5)
-        machine.reset()
+    hal_board.boot(lambda: main(sys.argv, True))
 
 
 if __name__ == "__main__":

@@ -252,7 +252,7 @@ def test_pilot_path_provisioned_built_meter_is_accepted_by_the_gateway(ws, tmp_p
     provision_one(ws.root, MeterSpec("m0001", "F1", sim_profile=str(PROFILE), sim_speed=3600, sim_start=start))
     provision_one(ws.root, MeterSpec("m0002", "F1", sim_profile=str(PROFILE), sim_speed=3600, sim_start=start))
     split_keys(ws.root, *generate_keypair(1024))  # public key to ws/keys, secret key to ws/decryption
-    built = build(tmp_path / "build")
+    built = build(tmp_path / "build", sim=True)  # runs on the unix port: keeps the simulator
     _hand_broker_to_mosquitto_user(ws)
     broker = subprocess.Popen([MOSQUITTO, "-c", str(ws.broker_conf)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)

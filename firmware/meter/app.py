@@ -10,7 +10,7 @@ import json
 import sys
 
 import meter
-from meter import persist, privacy, rng, sensing
+from meter import persist, privacy, sensing
 from meter.outbox import Outbox
 from meter.publisher import Publisher
 from protocol import frame
@@ -81,9 +81,6 @@ class Meter:
         self.spend = privacy.DailySpend(st[_ST_DAY], st[_ST_SPEND], st[_ST_READINGS])
         # A reading appended just before a power cut may be newer than the state file says.
         self.last_interval = max(st[_ST_LAST], self.outbox.newest_reading)
-        # IVs and noise: a DRBG seeded once from the hardware source plus values this meter never
-        # repeats (its id, the boot count), so a weak source cannot repeat an IV across boots.
-        rng.seed(bytes(hal.unique_id()) + self.boot_count.to_bytes(4, "big"))
         self.pub = Publisher(hal, cfg, self.outbox, self._will_frame, self.log, bufs[1])
         self.buf = array.array("H", bytes(2 * hal.block_samples))
         self.stats = [0]
@@ -91,6 +88,12 @@ class Meter:
         self.readings = 0          # sealed by this boot
         self.statuses = 0
         self.boot_ms = hal.now_ms()
+        # IVs and noise: a DRBG seeded once from the hardware source plus values this meter never
+        # repeats (its id, the boot count), so a weak source cannot repeat an IV across boots.
+        # Loaded and seeded last: the boot peak (outbox scan, publisher) comes before.
+        from meter import rng
+        rng.seed(bytes(hal.unique_id()) + self.boot_count.to_bytes(4, "big"))
+        self.rand = rng.take
         gc.collect()
         self.min_free = hal.free_heap()  # lowest free heap after a collection (HEAP line)
         self.log("meter %s boot %d: outbox depth %d, overflow %d, torn %d, next counter %d"
@@ -125,13 +128,13 @@ class Meter:
         # without DISCONNECT. Sealed once per boot (one counter), never stored in the outbox.
         now_s = self.hal.now_ms() // 1000
         return frame.seal(self.keys, self._header(frame.KIND_STATUS, now_s, 0),
-                          self._status_fields(now_s), rng.take(frame.IV_LEN))
+                          self._status_fields(now_s), self.rand(frame.IV_LEN))
 
     def _status(self):
         now_s = self.hal.now_ms() // 1000
         fields = self._status_fields(now_s)
         hdr = self._header(frame.KIND_STATUS, now_s, 0)
-        self.outbox.append(frame.seal(self.keys, hdr, fields, rng.take(frame.IV_LEN)))
+        self.outbox.append(frame.seal(self.keys, hdr, fields, self.rand(frame.IV_LEN)))
         self.statuses += 1
         self.out("STATUS " + json.dumps({"meter_id": self.meter_id, "counter": hdr["counter"],
                                           "outbox_depth": fields["outbox_depth"],
@@ -147,7 +150,7 @@ class Meter:
             return
         iv_ms = self.interval_s * 1000
         energy = acc.take_wh()
-        noise = privacy.noise_share(self.eps, self.clamp, self.m, rng.take)
+        noise = privacy.noise_share(self.eps, self.clamp, self.m, self.rand)
         analytics = privacy.analytics_value(energy, self.clamp, noise)
         missing = (iv_ms - covered_ms) // 1000
         if missing < 0:
@@ -164,7 +167,7 @@ class Meter:
         fields = {"billing_wh": energy, "analytics_wh": analytics, "flags": flags,
                   "samples": samples, "clipped": _cap16(clipped), "missing_s": _cap16(missing)}
         hdr = self._header(frame.KIND_READING, start_s, self.interval_s)
-        blob = frame.seal(self.keys, hdr, fields, rng.take(frame.IV_LEN))
+        blob = frame.seal(self.keys, hdr, fields, self.rand(frame.IV_LEN))
         # Durable before anything is sent or reported. A power cut before this line leaves the
         # last checkpoint to resume from; after it, the boot scan of the outbox knows the interval
         # is sealed (no await until the checkpoint moves, so the frame cannot be acked before).

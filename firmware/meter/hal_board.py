@@ -92,6 +92,25 @@ def maintenance_requested(path=MAINTENANCE_FLAG):
         return False
 
 
+def boot(run):
+    # main.py on a board: the meter under the watchdog (armed by BoardHAL), or nothing at all in a
+    # maintenance boot, where the tools' many mpremote calls cannot be cut by a watchdog reset.
+    if maintenance_requested():
+        print("MAINTENANCE: meter not started this boot; reset to start it")
+        return
+    try:
+        run()
+    except BoardError as e:  # raised before the watchdog is armed: report, do not reset-loop
+        print("CONFIG ERROR:", e)
+    except Exception as e:  # noqa: BLE001 - last line of defence on a device nobody watches
+        # Logged, then a reset: the outbox and counters on flash make a reset lose at most 5
+        # minutes of energy (checkpoint, docs/FIRMWARE.md).
+        import sys
+        sys.print_exception(e)
+        time.sleep(5)
+        machine.reset()
+
+
 class BoardHAL:
     board = True
 

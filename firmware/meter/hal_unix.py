@@ -48,9 +48,9 @@ class UnixHAL:
         else:
             self.block_ms = sim["block_s"] * 1000
             cycles = 2
+        self._anchor(sim)
         from meter import ctsim, sensing
         self.block_samples = sensing.cycle_samples(self.fs_hz, mains, cycles)
-        self._anchor(sim)
         cal = self.cal = sensing.Calibration(cfg["calibration"])  # shared with app.Meter
         period = sim.get("period_s") or 0
         kw = sim.get("adc") or {}

@@ -11,9 +11,9 @@ import time
 from meter import mqtt
 
 try:
-    from protocol.frame import KIND_OFF, KIND_STATUS, topic
+    from protocol import frame
 except ImportError:  # CPython tests with only firmware/ on the path
-    from meterveil.protocol.frame import KIND_OFF, KIND_STATUS, topic
+    from meterveil.protocol import frame
 
 try:
     from micropython import const
@@ -62,8 +62,8 @@ class Publisher:
         self.window = br["inflight"]
         self.backoff = (br["backoff_min_ms"], br["backoff_max_ms"])
         self.ca_path = br.get("ca_der_path")
-        self.t_reading = topic(cfg["meter_id"], "reading").encode()
-        self.t_status = topic(cfg["meter_id"], "status").encode()
+        self.t_reading = frame.topic(cfg["meter_id"], "reading").encode()
+        self.t_status = frame.topic(cfg["meter_id"], "status").encode()
         self._will = will      # callable -> sealed status frame bytes (taken once per boot)
         self._will_msg = None
         self._log = log or (lambda m: None)
@@ -182,7 +182,7 @@ class Publisher:
 
     async def _publish(self, sess, data, pid, dup):
         await asyncio.wait_for_ms(
-            sess.publish(self.t_status if data[KIND_OFF] == KIND_STATUS else self.t_reading, data,
+            sess.publish(self.t_status if data[frame.KIND_OFF] == frame.KIND_STATUS else self.t_reading, data,
                          pid, dup), self.ack_timeout)
 
     async def _pump(self, sess, rx):

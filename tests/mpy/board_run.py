@@ -2,8 +2,8 @@
 # the board stub with the board's filesystem mounted at "/", running either the code of an
 # `mpremote exec` or a boot (boot.py, then main.py as __main__, as a board does after a reset).
 #   micropython board_run.py SESSION.json
-# SESSION: {"profile", "fs", "mode": "exec"|"boot", "code", "wdt_timeout", "wdt_fed_ago_ms",
-#           "rtc_unix", "adc_budget"}. The last stdout line is "STUBRESULT {json}".
+# SESSION: {"profile", "fs", "mode": "exec"|"boot", "code", "mount", "wdt_timeout",
+#           "wdt_fed_ago_ms", "rtc_unix", "adc_budget"}. The last stdout line is "STUBRESULT {json}".
 import json
 import sys
 
@@ -22,6 +22,10 @@ import vfs  # noqa: E402
 vfs.umount("/")
 vfs.mount(vfs.VfsPosix(s["fs"]), "/")
 os.chdir("/")
+W.fs_mounted = True
+if s.get("mount"):  # mpremote mount: the host folder at /remote, which becomes the cwd
+    vfs.mount(vfs.VfsPosix(s["mount"]), "/remote")
+    os.chdir("/remote")
 sys.path[:] = ["", ".frozen", "/lib"]
 sys.argv[:] = []
 result = {}

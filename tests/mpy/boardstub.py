@@ -64,6 +64,7 @@ class World:
         self.feeds = 0
         self.rosc_bias = rosc_bias
         self.adc_reads = 0
+        self.fs_mounted = False  # a stub board's filesystem is mounted at "/" (board_run.py)
         self.adc_budget = 0   # > 0: BoardHalt after that many ADC reads
         self._lfsr = 0
         self._bits = 0x12345678
@@ -173,9 +174,16 @@ class _OS:
 
     def rename(self, a, b):
         # The unix port's VfsPosix joins its root onto both paths in one shared buffer, so an
-        # absolute rename inside a VfsPosix mounted at "/" loses its first path; relative paths
-        # (the cwd is "/") avoid that.
-        return _os.rename(a.lstrip("/") or "/", b.lstrip("/") or "/")
+        # absolute rename inside a VfsPosix mounted at "/" (a stub board's filesystem) loses its
+        # first path; relative paths (the cwd is then "/") avoid that.
+        if not W.fs_mounted:
+            return _os.rename(a, b)
+        cwd = _os.getcwd()
+        _os.chdir("/")
+        try:
+            return _os.rename(a.lstrip("/") or "/", b.lstrip("/") or "/")
+        finally:
+            _os.chdir(cwd)
 
 
 class _Uname:

@@ -25,4 +25,7 @@ def append(self, frame):
 
 
 outbox.Outbox.append = append
-import main  # noqa: E402,F401 - runs the meter with sys.argv
+import main  # noqa: E402 - the meter's entry module (runs only as __main__)
+
+main.mount_romfs(sys.argv)
+sys.exit(main.main(sys.argv))
