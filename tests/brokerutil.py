@@ -6,8 +6,11 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+
+import paho.mqtt.client as mqtt
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -125,3 +128,68 @@ class Mosquitto:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def hand_to_broker_user(broker_dir: Path) -> None:
+    """What the printed chown note tells a root operator to do: `chown -R mosquitto:` the broker folder."""
+    for dirpath, _dirs, files in os.walk(Path(broker_dir).resolve()):
+        make_readable_by_broker(Path(dirpath))
+        for f in files:
+            make_readable_by_broker(Path(dirpath) / f)
+
+
+class GeneratedBroker:
+    """mosquitto started on a config file as written by `meterveil broker-config`."""
+
+    def __init__(self, conf: Path, port: int):
+        self.port = port
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.proc.stdout.read().decode()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM): mosquitto writes its persistence file."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def tls_client(port: int, ca: Path, user: str, password: str, on_message=None, *, client_id: str | None = None,
+               protocol=mqtt.MQTTv311, clean: bool = True, on_disconnect=None) -> tuple[mqtt.Client, object]:
+    """A connected paho client over TLS (loop started); (client, CONNACK reason code)."""
+    cid = client_id if client_id is not None else f"t-{user}-{time.monotonic_ns()}"
+    if protocol == mqtt.MQTTv5:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=protocol)
+    else:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=protocol, clean_session=clean)
+    c.tls_set(ca_certs=str(ca))
+    c.username_pw_set(user, password)
+    result: dict[str, object] = {}
+    ready = threading.Event()
+
+    def on_connect(cl, ud, flags, rc, props):
+        result["rc"] = rc
+        result["flags"] = flags
+        ready.set()
+
+    c.on_connect = on_connect
+    if on_message:
+        c.on_message = on_message
+    if on_disconnect:
+        c.on_disconnect = on_disconnect
+    if protocol == mqtt.MQTTv5:
+        c.connect("localhost", port, keepalive=10, clean_start=clean)
+    else:
+        c.connect("localhost", port, keepalive=10)
+    c.loop_start()
+    assert ready.wait(5), "no CONNACK"
+    return c, result["rc"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
-from brokerutil import Mosquitto
+from brokerutil import GeneratedBroker, Mosquitto, free_port, hand_to_broker_user
 
 
 @pytest.fixture
@@ -26,3 +29,43 @@ def mosquitto_factory(tmp_path):
     yield make
     for b in made:
         b.__exit__(None, None, None)
+
+
+@dataclass
+class Pilot:
+    """A workspace from `meterveil broker-config` with two meter logins, its broker running."""
+
+    ws: object  # meterveil.tools.workspace.Workspace
+    port: int
+    pw: dict[str, str]
+    broker: GeneratedBroker
+
+    @property
+    def ca(self) -> Path:
+        return self.ws.pki.ca_cert
+
+    @property
+    def gateway_password(self) -> str:
+        return self.ws.gateway_password.read_text().strip()
+
+    def restart(self) -> None:
+        self.broker.stop()
+        hand_to_broker_user(self.ws.broker_dir)  # another pytest run may have reset its tmp root to 0700
+        self.broker = GeneratedBroker(self.ws.broker_conf, self.port)
+
+
+@pytest.fixture
+def pilot(tmp_path):
+    from meterveil.tools import mqtt_auth
+    from meterveil.tools.broker_config import generate
+
+    port = free_port()
+    ws = generate(tmp_path / "ws", port=port, hostnames=["gw.example"], bind="127.0.0.1").workspace
+    pw = {m: mqtt_auth.new_password() for m in ("m0001", "m0002")}
+    for m, p in pw.items():
+        mqtt_auth.set_password(ws.passwd, m, p)
+    mqtt_auth.write_acl(ws.acl, "gateway", list(pw))
+    hand_to_broker_user(ws.broker_dir)
+    p = Pilot(ws, port, pw, GeneratedBroker(ws.broker_conf, port))
+    yield p
+    p.broker.stop()

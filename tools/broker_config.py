@@ -3,6 +3,15 @@
 Why generated and not hand-written: the broker is the only thing standing between the internet and
 a meter's topic; one missing `allow_anonymous false` or a wrong ACL line silently lets any meter
 publish as any other. Re-running is safe: the CA, the password file and the meter ACL blocks are kept.
+
+Client ids are bound to logins with `use_username_as_clientid true`: the broker replaces whatever
+client id a client sends by its username. Without it, any meter account connecting with the
+gateway's client id closes the gateway's connection and, with a clean start, deletes the gateway's
+session and the QoS 1 messages the broker had acknowledged to other meters. mosquitto has no
+per-account client-id rule short of the dynamic-security plugin (which would replace the password
+file and ACL written here), and a meter's client id is its login anyway. Consequences: the gateway's
+`--client-id` is ignored by this broker (its session is keyed by the gateway account), and several
+gateway workers sharing a subscription need one broker account each.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from meterveil.protocol import frame
+
 from . import mqtt_auth
 from .fileio import ToolError, write_public, write_secret
 from .pki import ensure_ca, ensure_server_cert
@@ -21,6 +32,28 @@ from .workspace import Workspace
 
 DEFAULT_PORT = 8883
 DEFAULT_GATEWAY_USER = "gateway"
+# End-to-end mode carries a reading as Paillier ciphertexts instead of an AES body: assumed at most
+# two (the utility's and the household's copy), each mod n^2 of an n of at most this many bits.
+E2E_MAX_MODULUS_BITS = 3072
+E2E_CIPHERTEXTS = 2
+
+
+def largest_frame() -> int:
+    """Bytes of the largest frame the gateway can accept in either mode.
+
+    v1 frames are at most `frame.MAX_FRAME` (a reading is 104 bytes, a status 120). An end-to-end
+    frame: header, IV, per ciphertext a 2-byte length and 2 * bits / 8 bytes, one block of padding,
+    tag; with two 3072-bit ciphertexts 1,628 bytes.
+    """
+    ciphertext = 2 + 2 * E2E_MAX_MODULUS_BITS // 8
+    e2e = frame.HEADER_LEN + frame.IV_LEN + E2E_CIPHERTEXTS * ciphertext + 16 + frame.TAG_LEN
+    return max(frame.MAX_FRAME, e2e)
+
+
+def message_size_limit() -> int:
+    """The broker's payload cap: the largest valid frame rounded up to a power of two (headroom for
+    a frame layout that grows by a few fields), far below what a meter could otherwise push."""
+    return 1 << (largest_frame() - 1).bit_length()
 
 
 @dataclass(frozen=True)
@@ -55,6 +88,13 @@ def render_conf(ws: Workspace, port: int, bind: str | None) -> str:
         "allow_anonymous false",
         f"password_file {b / 'passwd'}",
         f"acl_file {b / 'acl'}",
+        "# A client id is its login: no account can take over another's session (the gateway's).",
+        "use_username_as_clientid true",
+        "",
+        "# Frames are small and never retained: a bigger payload is refused at the broker, and a",
+        "# retained frame would come back to the gateway at every restart.",
+        f"message_size_limit {message_size_limit()}",
+        "retain_available false",
         "",
         "# Persistence: QoS 1 messages for a disconnected gateway survive a broker restart.",
         "persistence true",
@@ -80,6 +120,23 @@ def _check_port(port: int) -> None:
         raise ToolError(f"--port {port}: must be between 1 and 65535 (8883 is the MQTT-over-TLS default)")
 
 
+def _move_legacy_ca_key(ws: Workspace) -> None:
+    """A workspace made before the CA key left the broker's folder: move the key out (same CA)."""
+    old, new = ws.legacy_ca_key, ws.pki.ca_key
+    if not old.exists():
+        return
+    if new.exists():
+        raise ToolError(f"two CA keys: {old} and {new}; keep the one matching {ws.pki.ca_cert} and delete "
+                        f"the other")
+    ws.ca_key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ws.ca_key_dir.chmod(0o700)
+    os.replace(old, new)
+    if os.geteuid() == 0:  # an earlier `chown -R mosquitto:` gave it to the broker's user: take it back
+        os.chown(new, 0, 0)
+    os.chmod(new, 0o600)
+    print(f"moved the CA private key out of the broker's folder: {old} -> {new}")
+
+
 def generate(workspace: Path, *, port: int = DEFAULT_PORT, hostnames: Sequence[str] = (),
              bind: str | None = None, gateway_user: str = DEFAULT_GATEWAY_USER) -> BrokerConfig:
     """Create or refresh the broker files in `workspace`; return what meters and the gateway need."""
@@ -89,6 +146,7 @@ def generate(workspace: Path, *, port: int = DEFAULT_PORT, hostnames: Sequence[s
     ws.broker_dir.mkdir(parents=True, exist_ok=True)
     for d in ("data", "log"):
         (ws.broker_dir / d).mkdir(exist_ok=True)
+    _move_legacy_ca_key(ws)
     ensure_ca(ws.pki)
     ensure_server_cert(ws.pki, names)
 
@@ -119,7 +177,8 @@ def start_instructions(cfg: BrokerConfig) -> str:
         "start it:",
         f"  mosquitto -c {ws.broker_conf.resolve()}",
         "running as root? mosquitto drops to user 'mosquitto' and must read the password file, ACL and",
-        "server key and write data/ and log/ (otherwise: 'Unable to open pwfile'):",
+        "server key and write data/ and log/ (otherwise: 'Unable to open pwfile'). The broker's folder",
+        f"holds nothing else (the CA private key is in {ws.ca_key_dir.resolve()}, which stays yours):",
         f"  sudo chown -R mosquitto: {b}",
         "after `meterveil provision` adds or rotates meters, reload without dropping connections:",
         "  sudo kill -HUP $(pidof mosquitto)",
@@ -129,6 +188,8 @@ def start_instructions(cfg: BrokerConfig) -> str:
         f"  meterveil gateway --broker {cfg.url} --tls-ca {ws.pki.ca_cert.resolve()} "
         f"--username {cfg.gateway_user} --password-file {ws.gateway_password.resolve()} "
         f"--keys {ws.keys_dir.resolve()} --db {(ws.root / 'store.sqlite').resolve()}",
+        "this broker uses each login as its client id (--client-id is ignored): one gateway process per",
+        "broker account; workers sharing a subscription need an account each.",
     ]
     if os.geteuid() == 0:
         lines.append("(you are root now: run the chown line before starting mosquitto)")

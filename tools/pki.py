@@ -32,9 +32,14 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 @dataclass(frozen=True)
 class PkiPaths:
-    """Where the files of one PKI directory live (ca.crt/ca.der/ca.key, server.crt/server.key)."""
+    """Where the files of one PKI directory live (ca.crt/ca.der/ca.key, server.crt/server.key).
+
+    `key_dir` keeps the CA private key apart: a broker's folder is handed to the broker's user as a
+    whole, and the key that can mint a server certificate meters trust must not go with it.
+    """
 
     dir: Path
+    key_dir: Path | None = None
 
     @property
     def ca_cert(self) -> Path:
@@ -46,7 +51,7 @@ class PkiPaths:
 
     @property
     def ca_key(self) -> Path:
-        return self.dir / "ca.key"
+        return (self.key_dir or self.dir) / "ca.key"
 
     @property
     def server_cert(self) -> Path:
@@ -126,6 +131,9 @@ def ensure_ca(paths: PkiPaths, *, common_name: str = "meterveil pilot CA", key_t
                                          encipher_only=False, decipher_only=False), critical=True)
             .add_extension(ski, critical=False)
             .sign(key, hashes.SHA256()))
+    if paths.key_dir is not None:  # owner-only folder: nobody else even lists it
+        paths.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        paths.key_dir.chmod(0o700)
     write_secret(paths.ca_key, _key_pem(key))
     write_public(paths.ca_cert, cert.public_bytes(serialization.Encoding.PEM))
     write_public(paths.ca_der, cert.public_bytes(serialization.Encoding.DER))

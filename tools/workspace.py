@@ -3,7 +3,9 @@
 Why one layout object: the broker, the gateway and the provisioning tool must agree on where the
 password file, the ACL, the CA and the meter registry are, and a typo in a path is a silent outage.
 
-    DIR/broker/mosquitto.conf  passwd (0600)  acl  pki/{ca.crt,ca.der,ca.key,server.*}  data/  log/
+    DIR/broker/mosquitto.conf  passwd (0600)  acl  pki/{ca.crt,ca.der,server.*}  data/  log/
+                               (everything the broker's user needs: `chown -R mosquitto:` is safe)
+    DIR/ca/ca.key              the CA private key (0600, folder 0700): never in the broker's folder
     DIR/broker.json            how meters and the gateway reach the broker (host, port, CA) - public
     DIR/gateway.password       the gateway's broker password (0600; gateway --password-file)
     DIR/keys/                  the gateway's keys: utility.pub.json, meter-keys.json (0600)
@@ -46,7 +48,16 @@ class Workspace:
 
     @property
     def pki(self) -> PkiPaths:
-        return PkiPaths(self.broker_dir / "pki")
+        return PkiPaths(self.broker_dir / "pki", key_dir=self.ca_key_dir)
+
+    @property
+    def ca_key_dir(self) -> Path:
+        return self.root / "ca"
+
+    @property
+    def legacy_ca_key(self) -> Path:
+        """Where workspaces made before the CA key moved kept it (inside the broker's folder)."""
+        return self.broker_dir / "pki" / "ca.key"
 
     @property
     def broker_info(self) -> Path:

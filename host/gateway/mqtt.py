@@ -13,6 +13,13 @@ on the resumed session and they are then acked as duplicates.
 Session: fixed client id, ``clean_start=False`` and a long session expiry, so the broker queues QoS 1
 messages for us while the gateway is down. ``share_group`` subscribes ``$share/<group>/...`` so several
 stateless workers split the load (ingest is idempotent by (meter_id, counter)).
+
+Takeover: whoever connects with our client id closes our connection, and with a clean start deletes
+the session and the messages queued in it, already acknowledged to the meters. A broker from
+`meterveil broker-config` binds client ids to logins, so only the gateway's own account can; if it
+happens anyway (a second gateway with the same account, a hand-written broker config) the gateway
+logs an ERROR for the DISCONNECT "session taken over" and for every reconnect that finds no session,
+and counts both (``takeovers``, ``sessions_lost``).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from meterveil.protocol import frame
 log = logging.getLogger("meterveil.gateway.mqtt")
 
 TOPICS = tuple(frame.topic("+", leaf) for leaf in frame.TOPIC_LEAVES)
+SESSION_TAKEN_OVER = 0x8E  # MQTT v5 DISCONNECT reason code
 # paho's reconnect backoff: doubles from MIN to MAX seconds between attempts
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
@@ -103,6 +111,9 @@ class MqttIngest:
         self.error: BaseException | None = None
         self.acked = 0
         self.connect_failures = 0  # failed TCP/TLS connection attempts since start (each logged)
+        self.takeovers = 0         # DISCONNECTs "session taken over": another client used our client id
+        self.sessions_lost = 0     # reconnects after which the broker had no session for us
+        self._had_session = False  # a CONNACK in this process already established our session
         if config.mqtt_version not in (5, 311):
             raise ValueError("mqtt_version must be 5 or 311")
         if config.mqtt_version == 311 and config.share_group:
@@ -160,6 +171,12 @@ class MqttIngest:
         self._generation += 1
         log.info("connected to %s:%d as %s (session present: %s)", self.config.host, self.config.port,
                  self.config.client_id, flags.session_present)
+        if self._had_session and not flags.session_present:
+            self.sessions_lost += 1
+            log.error("SESSION LOST: reconnected as %s and the broker had no session for it: the frames it "
+                      "queued for the gateway meanwhile are gone (another client used this client id with a "
+                      "clean start, or the broker restarted without persistence)", self.config.client_id)
+        self._had_session = True
         if self.config.mqtt_version == 5:
             client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.config.topics()])
         else:
@@ -187,7 +204,13 @@ class MqttIngest:
         self.subscribed.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if not self._stop.is_set():
+        if reason_code == SESSION_TAKEN_OVER:
+            self.takeovers += 1
+            log.error("SESSION TAKEN OVER: another client connected with client id %s and the broker closed "
+                      "ours (takeover %d); readings queued for the gateway may be lost. Bind client ids to "
+                      "logins (`use_username_as_clientid true`, as `meterveil broker-config` writes) and run "
+                      "one gateway per broker account", self.config.client_id, self.takeovers)
+        elif not self._stop.is_set():
             log.warning("disconnected from broker (%s); paho reconnects", reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
