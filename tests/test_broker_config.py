@@ -16,7 +16,6 @@ from meterveil.host.cli.main import main as cli_main
 from meterveil.protocol import frame
 from meterveil.tools import broker_config, mqtt_auth
 from meterveil.tools.broker_config import generate
-from meterveil.tools.workspace import Workspace
 
 
 def test_files_and_modes(tmp_path):

@@ -191,7 +191,7 @@ def test_frames_that_may_pass_later_are_quarantined_then_released(gw):
         assert gw.process(Message(t, f)).status == "quarantined"
     gw.commit()
     assert gw.store.quarantine_counts() == {"future": 1, "unknown_meter": 1}
-    assert gw.release_quarantine() == {"kept": 2}  # nothing changed yet: both wait, nothing recounted
+    assert gw.release_quarantine() == {}  # neither can pass yet (unregistered, interval to come): not even tried
     assert gw.store.counters() == {"future": 1, "unknown_meter": 1}
     reg.add("m0009", feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=10, key=bytes([9]) * 32)
     gw.registry = reloaded(reg)
@@ -213,10 +213,9 @@ def test_frames_that_may_pass_later_are_quarantined_then_released(gw):
     assert gw.release_quarantine() == {"stale": 1} and gw.store.quarantine_counts() == {}
 
 
-def test_quarantine_retries_every_frame_in_turn_keeps_on_faults_and_expires(gw, monkeypatch):
-    """Frames of a meter that is never registered must neither starve the others (retry order is
-    least recently tried) nor stay forever (expire after max_age_s, counted); an internal fault during
-    a retry keeps the frame."""
+def test_quarantine_retries_what_can_pass_keeps_on_faults_and_expires(gw, monkeypatch):
+    """Frames of a meter that is never registered are never retried, so they cannot starve the others;
+    they expire after max_age_s, counted; an internal fault during a retry keeps the frame."""
     reg, clock = gw.registry, gw.clock_ref
     for c in range(1, 6):  # an unregistered meter, first in line
         gw.process(Message(topic("m0006"), seal(reg, "m0001", c, key=bytes([6]) * 32, meter_id="m0006")))
@@ -235,20 +234,20 @@ def test_quarantine_retries_every_frame_in_turn_keeps_on_faults_and_expires(gw, 
         return real(b, a)
 
     monkeypatch.setattr(gw.encryptor, "encrypt_reading", flaky)
-    passes = [gw.release_quarantine(limit=3) for _ in range(4)]
-    # rounds: m0006 #1-3; m0006 #4-5 + m0005 (fault: kept); m0006 #1-3 again; then m0005 is stored
-    assert passes[:3] == [{"kept": 3}] * 3, passes
-    assert passes[3] == {"kept": 2, "accepted": 1}, passes
+    passes = [gw.release_quarantine(limit=3) for _ in range(3)]
+    # m0005 only (m0006 is never tried): a fault keeps it, the next round stores it
+    assert passes == [{"kept": 1}, {"accepted": 1}, {}], passes
     assert [r.meter_id for r in gw.store.iter_readings()] == ["m0005"]
     clock.now += gw.config.max_age_s + 1
     assert gw.release_quarantine(limit=10) == {"quarantine_expired": 5}
     assert gw.store.quarantine_counts() == {} and gw.store.counters()["quarantine_expired"] == 5
+    assert gw.store.meter_counters()["m0006"]["quarantine_expired"] == 5
 
 
 def test_quarantine_is_bounded_per_meter(gw, monkeypatch):
-    from meterveil.host.store import sqlite as store_sqlite
+    from meterveil.host.store.quarantine import QuarantinePolicy
 
-    monkeypatch.setattr(store_sqlite, "QUARANTINE_PER_METER", 2)
+    monkeypatch.setattr(gw.store, "quarantine_policy", QuarantinePolicy(per_id=2))
     for c in range(1, 4):
         gw.process(Message(topic("m0007"), seal(gw.registry, "m0001", c, key=bytes([7]) * 32, meter_id="m0007")))
     gw.commit()

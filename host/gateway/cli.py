@@ -146,7 +146,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=int, default=256)
     g.add_argument("--batch-ms", type=int, default=100)
     g.add_argument("--duplicate-window-s", type=int, default=IngestConfig.duplicate_window_s)
-    g.add_argument("--quarantine-retry-s", type=_positive_seconds, default=60.0,
+    g.add_argument("--quarantine-retry-s", type=_positive_seconds, default=MqttConfig.quarantine_retry_s,
                    help="retry frames kept in quarantine (unknown meter, clock, DP params) this often")
     g.set_defaults(func=_gateway)
     s = sub.add_parser("stats", help="ingest counters as JSON")

@@ -23,9 +23,11 @@ meter too, and logged once per (meter, reason) per ``log_interval_s``):
 7. reading ranges: clock synced (``clock_unsynced``), interval length allowed and start aligned
    (``bad_interval``), not ending in the future beyond ``clock_skew_s`` (``future``), not older than
    ``max_age_s`` (``stale``: also bounds replays after old rows are pruned), billing_wh within what the
-   meter's rated current can draw in the interval, analytics within clamp +- a noise bound, sample
+   meter's rated current can draw in the interval, DP parameters equal the registry's
+   (``dp_mismatch``), analytics within [-B, clamp + B] where B is the largest noise share the meter's
+   configured sampler draws except with probability 1e-12 (``common/noise_bound.py``), sample
    counters consistent (``out_of_range``);
-8. DP parameters equal the registry's (``dp_mismatch``);
+8. (DP parameters are checked in step 7, before the analytics bound that depends on them);
 9. no other reading of this meter, stored or pending, covers any of the interval
    (``interval_overlap``): the firmware seals an interval once, so a second reading for it is a
    faulty or cloned meter, and both would be billed;
@@ -35,14 +37,20 @@ meter too, and logged once per (meter, reason) per ``log_interval_s``):
 Quarantine: a frame rejected as ``unknown_meter``, ``future`` or ``dp_mismatch`` may be genuine and pass
 later (meter registered after it started sending, gateway clock behind, DP parameters being
 re-provisioned). It is counted like any rejection and acked (the meter's outbox then forgets it), but
-kept sealed, as received, in the store's quarantine; ``release_quarantine`` (run by the MQTT worker
-every ``quarantine_retry_s``) puts it through the pipeline again and settles it when it is accepted,
-a duplicate, or rejected for a lasting reason (``stale`` after ``max_age_s`` ends every wait).
+kept sealed, as received, in the store's quarantine within the room store/quarantine.py gives its
+sender; ``release_quarantine`` (run by the MQTT worker every ``quarantine_retry_s``) retries only
+frames that can pass now (their meter is in the registry, and a ``future`` frame's interval has
+come), so junk for ids nobody registered never delays a genuine frame. A frame settles when it is
+accepted, a duplicate, or rejected for a lasting reason; one still held after ``max_age_s`` expires.
+A reading for an unknown id must at least look like one (aligned interval of an allowed length, not
+stale) to be kept: a header no key has checked buys room only if it could be genuine.
 
-Status frames pass steps 1-5 and are kept as the latest status per meter. A resend of the stored
-latest one counts as ``duplicate``; an older one arriving late (the meter's last will, sealed at
-connect time, is the usual case) is counted as ``status_superseded`` and not stored: neither is a
-rejection.
+Status frames pass steps 1-5, must not be sealed beyond ``clock_skew_s`` in the future (``future``),
+and are kept as the latest status per meter: the one sealed last (header time, then counter; a time
+before 2020 means the meter's clock was not set and sorts first), so no counter, however high, pins
+a meter's status. A resend of the stored latest one counts as ``duplicate``; an older one arriving
+late (the meter's last will, sealed at connect time, is the usual case) is counted as
+``status_superseded`` and not stored: neither is a rejection.
 Anything unexpected is ``internal_error``: counted and logged, never raised to the transport.
 """
 
@@ -55,6 +63,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from meterveil.host.common.noise_bound import noise_share_bound
 from meterveil.host.gateway.encryptor import ReadingEncryptor
 from meterveil.host.gateway.meter_keys import KeyedMeter, KeyedRegistry
 from meterveil.host.store.base import Batch, QuarantinedFrame, StatusRecord, Store, StoredReading
@@ -69,11 +78,14 @@ KIND_BY_LEAF = {"reading": frame.KIND_READING, "status": frame.KIND_STATUS}
 STORED_FLAGS = frame.FLAG_CLOCK_UNSYNCED | frame.FLAG_PARTIAL_INTERVAL
 REASONS = ("oversize", "bad_topic", *frame_errors.REASONS, "wrong_kind", "unknown_meter", "duplicate",
            "replay", "counter_reuse", "clock_unsynced", "bad_interval", "future", "stale", "out_of_range",
-           "dp_mismatch", "interval_overlap", "quarantine_full", "quarantine_expired", "internal_error")
+           "dp_mismatch", "interval_overlap", "quarantine_full", "quarantine_evicted", "quarantine_expired",
+           "internal_error")
 # Counters that are outcomes, not rejections (everything else in the counters table is a rejection).
 NOT_REJECTIONS = ("accepted", "duplicate", "status", "status_superseded", "quarantine_released")
 # Rejections that can pass later: the frame is kept (sealed) and retried, not lost.
 QUARANTINE_REASONS = ("unknown_meter", "future", "dp_mismatch")
+# A header time before this (2020-01-01) comes from a meter whose clock was never set.
+CLOCK_SET_AFTER = 1_577_836_800
 
 
 @dataclass(frozen=True)
@@ -89,7 +101,6 @@ class IngestConfig:
     volts: float = 250.0          # registry attribute ``volts`` overrides
     phases: int = 1               # registry attribute ``phases`` overrides
     range_margin: float = 1.25
-    noise_bound_scales: int = 64  # |noise| > 64 * clamp/epsilon has probability ~e^-64
     log_interval_s: float = 60.0
     registry_recheck_s: float = 1.0
 
@@ -112,10 +123,11 @@ class Outcome:
 
 
 class Rejected(Exception):
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", retry_at: int | None = None):
         super().__init__(detail or reason)
         self.reason = reason
         self.detail = detail
+        self.retry_at = retry_at  # a quarantined frame cannot pass before this time
 
 
 @dataclass
@@ -153,10 +165,11 @@ class Gateway:
         self.batch = Batch()
         self._pending: dict[tuple[str, int], bytes] = {}
         self._pending_spans: dict[str, list[tuple[int, int]]] = {}
-        self._status_pending: dict[str, int] = {}
+        self._status_pending: dict[str, tuple[int, int]] = {}
         self._keys: dict[str, tuple[bytes, tuple[bytes, bytes], tuple[bytes, bytes] | None]] = {}
         self._registry_checked = 0.0
         self._replaying = False
+        self._replay_retry_at: int | None = None
         self._limiter = _LogLimiter(self.config.log_interval_s, time.monotonic)
 
     # -- public ---------------------------------------------------------------------------------
@@ -172,7 +185,7 @@ class Gateway:
             return self._process(msg, m.group(1), m.group(2))
         except Rejected as rej:
             if rej.reason in QUARANTINE_REASONS and topic_meter is not None:
-                return self._quarantine(msg, topic_meter, rej.reason, rej.detail)
+                return self._quarantine(msg, topic_meter, rej)
             return self._reject(topic_meter, rej.reason, rej.detail)
         except frame_errors.FrameError as exc:
             return self._reject(topic_meter, exc.reason, str(exc))
@@ -183,33 +196,43 @@ class Gateway:
         return len(self.batch)
 
     def release_quarantine(self, limit: int = 1000) -> dict[str, int]:
-        """Retry up to `limit` quarantined frames (least recently tried first, so every held frame
-        gets its turn) and commit; outcome -> count ("kept" for those still waiting).
+        """Retry up to `limit` quarantined frames that can pass now, expire those held past `max_age_s`,
+        and commit; outcome -> count ("kept" for those still waiting).
 
-        A frame leaves the quarantine on a definite outcome: accepted, duplicate, or rejected for a
-        lasting reason. `internal_error` keeps it (the meter has forgotten it; a passing fault must not
-        lose it). A frame still held after `max_age_s` (a meter never registered, a clock years ahead)
-        expires: counted `quarantine_expired`, a loss that stats reports.
+        Only frames of meters now in the registry are retried, and a ``future`` frame only once its
+        interval has come, least recently tried first: frames for ids nobody registered cost nothing
+        and delay nobody. A frame leaves on a definite outcome: accepted, duplicate, or rejected for
+        a lasting reason. `internal_error` keeps it (the meter has forgotten it; a passing fault must
+        not lose it). One still held after `max_age_s` (a meter never registered, a clock years ahead)
+        expires: counted `quarantine_expired` against its meter id, a loss that stats reports.
         """
         out: dict[str, int] = {}
         now = int(self.clock())
-        for q in self.store.quarantined(limit):
+        self._registry_checked = 0.0  # a meter registered a moment ago must be seen now
+        self._reload_registry()
+        known = [m for m in self.store.quarantine_meter_ids() if self.registry.get(m) is not None]
+        settled: set[bytes] = set()
+        for q in self.store.quarantined(limit, meter_ids=known, due_by=now) if known else ():
             self._replaying = True
             try:
                 res = self.process(Message(q.topic, q.payload))
             finally:
-                self._replaying = False
+                self._replaying, retry_at = False, self._replay_retry_at
             key = "kept" if res.status == "quarantined" or res.reason == "internal_error" else res.reason
-            if key == "kept" and now - q.received_at > self.config.max_age_s:
-                key = "quarantine_expired"
-                self.batch.count(key, q.meter_id)
-            out[key] = out.get(key, 0) + 1
             if key == "kept":
-                self.batch.retried.append((q.digest, res.reason))
+                self.batch.retried.append((q.digest, res.reason, retry_at))
             else:
+                settled.add(q.digest)
                 self.batch.released.append(q.digest)
-                if key != "quarantine_expired":
-                    self.batch.count("quarantine_released", q.meter_id)
+                self.batch.count("quarantine_released", q.meter_id)
+            out[key] = out.get(key, 0) + 1
+        for q in self.store.quarantine_expiring(now - self.config.max_age_s, limit):
+            if q.digest in settled:
+                continue
+            self.batch.released.append(q.digest)
+            self.batch.count("quarantine_expired", q.meter_id)
+            out["quarantine_expired"] = out.get("quarantine_expired", 0) + 1
+            self.batch.retried[:] = [r for r in self.batch.retried if r[0] != q.digest]
         self.commit()
         return out
 
@@ -224,14 +247,15 @@ class Gateway:
         return self.store.write_batch(batch)
 
     # -- steps ----------------------------------------------------------------------------------
-    def _quarantine(self, msg: Message, meter_id: str, reason: str, detail: str) -> Outcome:
+    def _quarantine(self, msg: Message, meter_id: str, rej: Rejected) -> Outcome:
         if self._replaying:  # already held: nothing new to count or keep
-            return Outcome("quarantined", reason, meter_id)
+            self._replay_retry_at = rej.retry_at
+            return Outcome("quarantined", rej.reason, meter_id)
         payload = bytes(msg.payload)
         self.batch.quarantine.append(QuarantinedFrame(hashlib.sha256(payload).digest(), meter_id, msg.topic,
-                                                      payload, reason, int(self.clock())))
-        self._reject(meter_id, reason, detail + " (kept in quarantine, retried later)")
-        return Outcome("quarantined", reason, meter_id)
+                                                      payload, rej.reason, int(self.clock()), rej.retry_at))
+        self._reject(meter_id, rej.reason, rej.detail + " (kept in quarantine, retried later)")
+        return Outcome("quarantined", rej.reason, meter_id)
 
     def _reject(self, meter_id: str | None, reason: str, detail: str, exc_info: bool = False) -> Outcome:
         self.batch.count(reason, meter_id)
@@ -289,7 +313,12 @@ class Gateway:
             raise Rejected("wrong_meter", f"header meter {header['meter_id']} on its topic")
         if header["kind"] != KIND_BY_LEAF[leaf]:
             raise Rejected("wrong_kind", f"kind {header['kind']} on {leaf} topic")
-        rec = self._record(topic_meter)
+        try:
+            rec = self._record(topic_meter)
+        except Rejected as rej:
+            if rej.reason == "unknown_meter":
+                self._check_unverified(header)
+            raise
         rec, opened = self._open(rec, payload, topic_meter)
         header, fields = opened["header"], opened["fields"]
         now = self.clock()
@@ -312,6 +341,18 @@ class Gateway:
         self._pending_spans.setdefault(rec.meter_id, []).append(
             (header["interval_start"], header["interval_start"] + header["interval_len"]))
         return Outcome("accepted", "accepted", rec.meter_id, header["counter"])
+
+    def _check_unverified(self, h: dict) -> None:
+        """A reading for an unknown meter id is kept only if its (unauthenticated) header could be genuine:
+        what would reject it for good once its meter is registered rejects it now."""
+        if h["kind"] != frame.KIND_READING:
+            return
+        cfg, now = self.config, self.clock()
+        ilen, start = h["interval_len"], h["interval_start"]
+        if ilen not in cfg.interval_lens or start % ilen:
+            raise Rejected("bad_interval", f"interval {start}+{ilen} (unknown meter)")
+        if start < now - cfg.max_age_s:
+            raise Rejected("stale", f"interval {int(now - start)} s old (unknown meter)")
 
     def _check_overlap(self, meter_id: str, counter: int, start: int, length: int) -> None:
         end = start + length
@@ -344,7 +385,8 @@ class Gateway:
         if ilen not in cfg.interval_lens or start % ilen:
             raise Rejected("bad_interval", f"interval {start}+{ilen}")
         if start + ilen > now + cfg.clock_skew_s:
-            raise Rejected("future", f"interval ends {int(start + ilen - now)} s in the future")
+            raise Rejected("future", f"interval ends {int(start + ilen - now)} s in the future",
+                           retry_at=start + ilen - cfg.clock_skew_s)
         if start < now - cfg.max_age_s:
             raise Rejected("stale", f"interval {int(now - start)} s old")
         attrs = rec.attributes
@@ -353,28 +395,35 @@ class Gateway:
         if not 0 <= f["billing_wh"] <= max_wh:
             # no values in the message: logs must not carry readings
             raise Rejected("out_of_range", f"billing_wh outside [0, {int(max_wh)}]")
-        eps = max(1, h["epsilon_milli"])
-        noise = cfg.noise_bound_scales * h["clamp_wh"] * 1000 // eps + 1
-        if not -noise <= f["analytics_wh"] <= h["clamp_wh"] + noise:
-            raise Rejected("out_of_range", "analytics_wh outside clamp +- noise bound")
-        if f["missing_s"] > ilen or f["clipped"] > f["samples"]:
-            raise Rejected("out_of_range", "sample counters inconsistent")
         if (h["epsilon_milli"], h["clamp_wh"], h["m"]) != (rec.epsilon_milli, rec.clamp_wh, rec.m):
             raise Rejected("dp_mismatch", f"dp params {h['epsilon_milli']}/{h['clamp_wh']}/{h['m']} "
                                           f"!= registry {rec.epsilon_milli}/{rec.clamp_wh}/{rec.m}")
+        # the parameters are the registry's: bound the share by what the configured sampler draws
+        share = noise_share_bound(rec.epsilon_milli, rec.clamp_wh, rec.m)
+        if not -share <= f["analytics_wh"] <= rec.clamp_wh + share:
+            raise Rejected("out_of_range", "analytics_wh outside [-B, clamp + B] (B: largest honest noise share)")
+        if f["missing_s"] > ilen or f["clipped"] > f["samples"]:
+            raise Rejected("out_of_range", "sample counters inconsistent")
 
     def _status(self, rec: KeyedMeter, h: dict, f: dict, now: float) -> Outcome:
+        sealed = h["interval_start"]
+        if sealed > now + self.config.clock_skew_s:
+            raise Rejected("future", f"status sealed {int(sealed - now)} s in the future",
+                           retry_at=sealed - self.config.clock_skew_s)
+        order = (sealed if sealed >= CLOCK_SET_AFTER else 0, h["counter"])
         latest = self._status_pending.get(rec.meter_id)
         if latest is None:
             stored = self.store.latest_status(rec.meter_id)
-            latest = stored.counter if stored else None
-        if latest is not None and h["counter"] <= latest:
+            latest = (stored.sealed_at, stored.counter) if stored else None
+        if latest is not None and h["counter"] == latest[1]:
             # Counters never repeat on a meter and the MAC verified: an equal counter is a resend.
-            reason = "duplicate" if h["counter"] == latest else "status_superseded"
-            self.batch.count(reason, rec.meter_id)
-            return Outcome("duplicate" if reason == "duplicate" else "status", reason, rec.meter_id, h["counter"])
-        self._status_pending[rec.meter_id] = h["counter"]
-        self.batch.statuses.append(StatusRecord(rec.meter_id, h["counter"], int(now), dict(f)))
+            self.batch.count("duplicate", rec.meter_id)
+            return Outcome("duplicate", "duplicate", rec.meter_id, h["counter"])
+        if latest is not None and order < latest:
+            self.batch.count("status_superseded", rec.meter_id)
+            return Outcome("status", "status_superseded", rec.meter_id, h["counter"])
+        self._status_pending[rec.meter_id] = order
+        self.batch.statuses.append(StatusRecord(rec.meter_id, h["counter"], int(now), dict(f), order[0]))
         self.batch.count("status", rec.meter_id)
         return Outcome("status", "status", rec.meter_id, h["counter"])
 

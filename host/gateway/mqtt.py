@@ -72,7 +72,7 @@ class MqttConfig:
     # loses the broker's queue anyway, so the later ack protects nothing. Never with a real broker.
     ack_on_receipt: bool = False
     # how often the worker retries quarantined frames (gateway.py: unknown meter, clock, DP params)
-    quarantine_retry_s: float = 60.0
+    quarantine_retry_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.quarantine_retry_s) or self.quarantine_retry_s <= 0:

@@ -19,12 +19,17 @@ Interface (stable; back office = aggregation, billing, decryption role):
 - ``lookup(meter_id, counter) -> (frame_digest, received_at) | None``; ``max_counter(meter_id)``;
   ``overlapping(meter_id, start, end) -> counter | None`` (a stored reading whose interval overlaps).
 - ``counters() -> dict[reason, n]``; ``meter_counters() -> {meter_id: {reason: n}}``.
-- quarantine: ``write_batch`` also keeps ``batch.quarantine`` frames (sealed, as received; at most
-  ``QUARANTINE_PER_METER`` per meter id and ``QUARANTINE_MAX`` in all, the rest counted
-  ``quarantine_full``), deletes ``batch.released`` digests and stamps ``batch.retried`` ones;
-  ``quarantined(limit)`` least recently tried first (every held frame gets its turn);
-  ``quarantine_counts() -> {reason: n}``.
-- ``latest_status(meter_id) -> StatusRecord | None``; ``statuses() -> list[StatusRecord]``.
+- quarantine: ``write_batch`` also keeps ``batch.quarantine`` frames (sealed, as received) as far as
+  the store's ``QuarantinePolicy`` admits them (store/quarantine.py: reserved room per registered
+  meter for verified frames, per-id caps and a fair share for unverified ones; each frame refused or
+  evicted counted ``quarantine_full`` / ``quarantine_evicted`` against the id that caused it),
+  deletes ``batch.released`` digests and stamps ``batch.retried`` (digest, reason, retry_at) ones;
+  ``quarantined(limit, meter_ids=None, due_by=None)`` least recently tried first, only those ids and
+  only frames whose ``retry_at`` is unset or <= ``due_by`` when given; ``quarantine_meter_ids()``;
+  ``quarantine_expiring(before, limit)`` (received before ``before``); ``quarantine_counts() -> {reason: n}``.
+- ``latest_status(meter_id) -> StatusRecord | None``; ``statuses() -> list[StatusRecord]``. The latest
+  status is the one sealed last: ordered by (``sealed_at``, counter), ``sealed_at`` 0 for a meter
+  whose clock was not set.
 - ``iter_readings(feeder=None, meter_id=None, t_from=None, t_to=None)`` (interval_start in [t_from, t_to),
   ordered by interval_start, meter_id, counter); ``readings_for_feeder(feeder, t_from, t_to)``,
   ``readings_for_meter(meter_id, t_from, t_to)`` (lists).
@@ -75,6 +80,7 @@ class StatusRecord:
     counter: int
     received_at: int
     status: dict[str, Any]
+    sealed_at: int = 0  # when the meter sealed it (its clock); 0 = clock not set
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ class QuarantinedFrame:
     payload: bytes = field(repr=False)
     reason: str
     received_at: int
+    retry_at: int | None = None  # no retry can pass before this time (None: only a registry change helps)
 
 
 @dataclass
@@ -98,7 +105,7 @@ class Batch:
     statuses: list[StatusRecord] = field(default_factory=list)
     quarantine: list[QuarantinedFrame] = field(default_factory=list)
     released: list[bytes] = field(default_factory=list)  # digests of quarantined frames now settled
-    retried: list[tuple[bytes, str]] = field(default_factory=list)  # (digest, reason) tried, still held
+    retried: list[tuple[bytes, str, int | None]] = field(default_factory=list)  # (digest, reason, retry_at) still held
     counts: Counter[str] = field(default_factory=Counter)
     meter_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -143,7 +150,10 @@ class Store(Protocol):
     def max_counter(self, meter_id: str) -> int | None: ...
     def overlapping(self, meter_id: str, start: int, end: int) -> int | None: ...
     def counters(self) -> dict[str, int]: ...
-    def quarantined(self, limit: int = 1000) -> list[QuarantinedFrame]: ...
+    def quarantined(self, limit: int = 1000, *, meter_ids: Sequence[str] | None = None,
+                    due_by: int | None = None) -> list[QuarantinedFrame]: ...
+    def quarantine_meter_ids(self) -> list[str]: ...
+    def quarantine_expiring(self, before: int, limit: int = 1000) -> list[QuarantinedFrame]: ...
     def quarantine_counts(self) -> dict[str, int]: ...
     def meter_counters(self) -> dict[str, dict[str, int]]: ...
     def latest_status(self, meter_id: str) -> StatusRecord | None: ...

@@ -30,6 +30,7 @@ from meterveil.host.store.base import (
     StoredReading,
     StoreError,
 )
+from meterveil.host.store.quarantine import UNVERIFIED, QuarantinePolicy, admit, pool_of
 
 
 class StoreVersionError(RuntimeError):
@@ -62,11 +63,31 @@ def _m2_quarantine(c: sqlite3.Connection) -> None:
     c.execute("CREATE INDEX quarantine_retry ON quarantine(last_try, received_at)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_quarantine]
-# Quarantine bounds: a month of 15-minute readings per meter id; only broker users can publish, and the
-# broker ACL limits each to its own id, so the total bounds what a misprovisioned fleet can park here.
-QUARANTINE_PER_METER = 3000
-QUARANTINE_MAX = 200_000
+def _m3_fair_quarantine(c: sqlite3.Connection) -> None:
+    """Quarantine pools with per-id counts kept by triggers (admission is O(1), not a COUNT over
+    200,000 rows per frame), a retry time, and statuses ordered by when they were sealed."""
+    # literal values: a migration is frozen, whatever the policy module says later
+    c.execute("ALTER TABLE quarantine ADD COLUMN pool TEXT NOT NULL DEFAULT 'verified'")
+    c.execute("ALTER TABLE quarantine ADD COLUMN retry_at INTEGER")
+    c.execute("UPDATE quarantine SET pool='unverified' WHERE reason='unknown_meter'")
+    c.execute("CREATE INDEX quarantine_received ON quarantine(received_at)")
+    c.execute("""CREATE TABLE quarantine_held(meter_id TEXT NOT NULL, pool TEXT NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY(meter_id, pool))""")
+    c.execute("CREATE INDEX quarantine_held_largest ON quarantine_held(pool, n)")
+    c.execute("INSERT INTO quarantine_held(meter_id, pool, n) SELECT meter_id, pool, COUNT(*) FROM quarantine "
+              "GROUP BY meter_id, pool")
+    add = ("INSERT INTO quarantine_held(meter_id, pool, n) VALUES (NEW.meter_id, NEW.pool, 1) "
+           "ON CONFLICT(meter_id, pool) DO UPDATE SET n = n + 1;")
+    sub = ("UPDATE quarantine_held SET n = n - 1 WHERE meter_id = OLD.meter_id AND pool = OLD.pool; "
+           "DELETE FROM quarantine_held WHERE meter_id = OLD.meter_id AND pool = OLD.pool AND n <= 0;")
+    c.execute(f"CREATE TRIGGER quarantine_held_add AFTER INSERT ON quarantine BEGIN {add} END")
+    c.execute(f"CREATE TRIGGER quarantine_held_sub AFTER DELETE ON quarantine BEGIN {sub} END")
+    c.execute(f"CREATE TRIGGER quarantine_held_move AFTER UPDATE OF meter_id, pool ON quarantine BEGIN {sub} "
+              f"{add} END")
+    c.execute("ALTER TABLE meter_status ADD COLUMN sealed_at INTEGER NOT NULL DEFAULT 0")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_quarantine, _m3_fair_quarantine]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLS = ("meter_id, counter, feeder, interval_start, interval_len, epsilon_milli, clamp_wh, m, "
@@ -113,8 +134,9 @@ class SqliteStore:
     """The default store. Thread-safe by one lock (ingest writes from its worker thread)."""
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", timeout: float = 30.0,
-                 create: bool = True):
+                 create: bool = True, quarantine: QuarantinePolicy | None = None):
         self.path = Path(path)
+        self.quarantine_policy = quarantine or QuarantinePolicy()
         if not create:
             # read-only commands: a mistyped path must not become a new empty store
             if "readings" not in inspect_file(self.path):
@@ -190,24 +212,19 @@ class SqliteStore:
                     counts[reason] += 1
                     meter_counts[(r.meter_id, reason)] += 1
                 for q in batch.quarantine:
-                    held = c.execute("SELECT COUNT(*) FROM quarantine WHERE meter_id=?", (q.meter_id,)).fetchone()[0]
-                    if held >= QUARANTINE_PER_METER or self._quarantine_total(c) >= QUARANTINE_MAX:
-                        counts["quarantine_full"] += 1
-                        meter_counts[(q.meter_id, "quarantine_full")] += 1
-                        continue
-                    c.execute("INSERT OR IGNORE INTO quarantine(digest, meter_id, topic, payload, reason, received_at) "
-                              "VALUES (?,?,?,?,?,?)", (q.digest, q.meter_id, q.topic, q.payload, q.reason, q.received_at))
+                    self._keep_quarantined(c, q, counts, meter_counts)
                 c.executemany("DELETE FROM quarantine WHERE digest=?", [(d,) for d in batch.released])
                 if batch.retried:  # to the back of the line: a retry round number, not a clock
                     stamp = int(c.execute("SELECT COALESCE(MAX(last_try), 0) FROM quarantine").fetchone()[0]) + 1
-                    c.executemany("UPDATE quarantine SET last_try=?, reason=? WHERE digest=?",
-                                  [(stamp, r, d) for d, r in batch.retried])
+                    c.executemany("UPDATE quarantine SET last_try=?, reason=?, pool=?, retry_at=? WHERE digest=?",
+                                  [(stamp, r, pool_of(r), at, d) for d, r, at in batch.retried])
                 for s in batch.statuses:
-                    c.execute("INSERT INTO meter_status(meter_id, counter, received_at, status_json) "
-                              "VALUES (?,?,?,?) ON CONFLICT(meter_id) DO UPDATE SET counter=excluded.counter, "
-                              "received_at=excluded.received_at, status_json=excluded.status_json "
-                              "WHERE excluded.counter > meter_status.counter",
-                              (s.meter_id, s.counter, s.received_at, json.dumps(s.status, sort_keys=True)))
+                    c.execute("INSERT INTO meter_status(meter_id, counter, received_at, status_json, sealed_at) "
+                              "VALUES (?,?,?,?,?) ON CONFLICT(meter_id) DO UPDATE SET counter=excluded.counter, "
+                              "received_at=excluded.received_at, status_json=excluded.status_json, "
+                              "sealed_at=excluded.sealed_at "
+                              "WHERE (excluded.sealed_at, excluded.counter) > (meter_status.sealed_at, meter_status.counter)",
+                              (s.meter_id, s.counter, s.received_at, json.dumps(s.status, sort_keys=True), s.sealed_at))
                 c.executemany("INSERT INTO counters(reason, count) VALUES (?,?) "
                               "ON CONFLICT(reason) DO UPDATE SET count = count + excluded.count",
                               [(k, v) for k, v in counts.items() if v])
@@ -220,15 +237,72 @@ class SqliteStore:
                 raise
             return inserted
 
-    @staticmethod
-    def _quarantine_total(c: sqlite3.Connection) -> int:
-        return int(c.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0])
+    def _keep_quarantined(self, c: sqlite3.Connection, q: QuarantinedFrame, counts, meter_counts) -> None:
+        """Admit one frame under the policy (store/quarantine.py), evicting or counting as it says."""
+        if c.execute("SELECT 1 FROM quarantine WHERE digest=?", (q.digest,)).fetchone():
+            return  # a redelivery of a frame already held
+        pool = pool_of(q.reason)
+        row = c.execute("SELECT n FROM quarantine_held WHERE meter_id=? AND pool=?", (q.meter_id, pool)).fetchone()
+        held = int(row[0]) if row else 0
+        total = ids = 0
+        largest = None
+        if pool == UNVERIFIED:
+            total, ids = c.execute("SELECT COALESCE(SUM(n), 0), COUNT(*) FROM quarantine_held WHERE pool=?",
+                                   (UNVERIFIED,)).fetchone()
+            top = c.execute("SELECT meter_id, n FROM quarantine_held WHERE pool=? ORDER BY n DESC LIMIT 1",
+                            (UNVERIFIED,)).fetchone()
+            largest = (top[0], int(top[1])) if top else None
+        verdict = admit(self.quarantine_policy, pool, q.meter_id, held, int(total), int(ids), largest)
+        if not verdict.admit:
+            counts["quarantine_full"] += 1
+            meter_counts[(q.meter_id, "quarantine_full")] += 1
+            return
+        if verdict.evict_from is not None:
+            c.execute("DELETE FROM quarantine WHERE rowid = (SELECT rowid FROM quarantine WHERE meter_id=? AND pool=? "
+                      "ORDER BY received_at, rowid LIMIT 1)", (verdict.evict_from, UNVERIFIED))
+            counts["quarantine_evicted"] += 1
+            meter_counts[(verdict.evict_from, "quarantine_evicted")] += 1
+        c.execute("INSERT INTO quarantine(digest, meter_id, topic, payload, reason, received_at, pool, retry_at) "
+                  "VALUES (?,?,?,?,?,?,?,?)",
+                  (q.digest, q.meter_id, q.topic, q.payload, q.reason, q.received_at, pool, q.retry_at))
 
-    def quarantined(self, limit: int = 1000) -> list[QuarantinedFrame]:
+    _Q_COLS = "digest, meter_id, topic, payload, reason, received_at, retry_at"
+
+    @staticmethod
+    def _q_rows(rows) -> list[QuarantinedFrame]:
+        return [QuarantinedFrame(bytes(r[0]), r[1], r[2], bytes(r[3]), r[4], int(r[5]),
+                                 None if r[6] is None else int(r[6])) for r in rows]
+
+    def quarantined(self, limit: int = 1000, *, meter_ids: Sequence[str] | None = None,
+                    due_by: int | None = None) -> list[QuarantinedFrame]:
+        """Held frames, least recently tried first; only of `meter_ids` and due by `due_by` if given."""
+        where, args = [], []
+        if due_by is not None:
+            where.append("(retry_at IS NULL OR retry_at <= ?)")
+            args.append(due_by)
+        if meter_ids is not None:
+            ids = list(dict.fromkeys(meter_ids))
+            if not ids:
+                return []
+            where.append("meter_id IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(ids))
+        sql = f"SELECT {self._Q_COLS} FROM quarantine"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         with self._lock:
-            rows = self.conn.execute("SELECT digest, meter_id, topic, payload, reason, received_at FROM quarantine "
-                                     "ORDER BY last_try, received_at, rowid LIMIT ?", (limit,)).fetchall()
-        return [QuarantinedFrame(bytes(r[0]), r[1], r[2], bytes(r[3]), r[4], int(r[5])) for r in rows]
+            rows = self.conn.execute(sql + " ORDER BY last_try, received_at, rowid LIMIT ?", (*args, limit)).fetchall()
+        return self._q_rows(rows)
+
+    def quarantine_meter_ids(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self.conn.execute("SELECT DISTINCT meter_id FROM quarantine_held ORDER BY 1")]
+
+    def quarantine_expiring(self, before: int, limit: int = 1000) -> list[QuarantinedFrame]:
+        """Frames received before `before`, oldest first (the gateway expires them, counted)."""
+        with self._lock:
+            rows = self.conn.execute(f"SELECT {self._Q_COLS} FROM quarantine WHERE received_at < ? "
+                                     "ORDER BY received_at, rowid LIMIT ?", (before, limit)).fetchall()
+        return self._q_rows(rows)
 
     def quarantine_counts(self) -> dict[str, int]:
         with self._lock:
@@ -270,15 +344,15 @@ class SqliteStore:
 
     def latest_status(self, meter_id: str) -> StatusRecord | None:
         with self._lock:
-            row = self.conn.execute("SELECT meter_id, counter, received_at, status_json FROM meter_status "
+            row = self.conn.execute("SELECT meter_id, counter, received_at, status_json, sealed_at FROM meter_status "
                                     "WHERE meter_id=?", (meter_id,)).fetchone()
-        return StatusRecord(row[0], row[1], row[2], json.loads(row[3])) if row else None
+        return StatusRecord(row[0], row[1], row[2], json.loads(row[3]), row[4]) if row else None
 
     def statuses(self) -> list[StatusRecord]:
         with self._lock:
-            rows = self.conn.execute("SELECT meter_id, counter, received_at, status_json FROM meter_status "
+            rows = self.conn.execute("SELECT meter_id, counter, received_at, status_json, sealed_at FROM meter_status "
                                      "ORDER BY meter_id").fetchall()
-        return [StatusRecord(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+        return [StatusRecord(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
 
     # -- back-office queries ------------------------------------------------------------------
     def iter_readings(self, *, feeder: str | None = None, meter_id: str | None = None,
