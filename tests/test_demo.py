@@ -71,6 +71,15 @@ def test_all_outputs_written(demo):
     assert result.readings == result.expected == METERS * HOURS * 4
 
 
+def test_every_file_the_demo_writes_is_owner_only(demo):
+    """Attack run: bills, feeder loads and the report were 0644. Every file of a run (outputs, the
+    simulated truth and profiles, meter logs that print readings, keys, store, audit log) is 0600."""
+    _, _, out = demo
+    loose = sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                   if p.is_file() and p.stat().st_mode & 0o077)
+    assert loose == []
+
+
 def test_every_interval_of_every_meter_stored_exactly_once(demo):
     cfg, result, out = demo
     store = open_store(result.workspace / "store.sqlite")

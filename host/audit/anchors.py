@@ -20,6 +20,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from meterveil.host.audit import signing
+from meterveil.host.common.files import open_private_append
 
 ANCHOR_DOMAIN = b"meterveil/audit-anchor/v1\0"
 ANCHORS_NAME = "audit-anchors.jsonl"
@@ -41,13 +42,13 @@ def _message(seq: int, h: str) -> bytes:
 
 
 def append(path: str | os.PathLike[str], seq: int, entry_hash: str, signer: Ed25519PrivateKey) -> Anchor:
-    """Append a signed anchor line (the file is created 0644: anchors are public, not secret)."""
+    """Append a signed anchor line. The file is 0600 like everything in the role's folder: anchors hold
+    no secret, and the auditor gets them as a shipped copy, not by reading this folder."""
     ts = datetime.now(timezone.utc).isoformat(timespec="seconds")
     line = json.dumps({"seq": seq, "hash": entry_hash, "ts": ts,
                        "sig": signing.sign(signer, ANCHOR_DOMAIN, _message(seq, entry_hash))},
                       sort_keys=True, separators=(",", ":"))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    with os.fdopen(fd, "a") as fh:
+    with open_private_append(path) as fh:
         fh.write(line + "\n")
         fh.flush()
         os.fsync(fh.fileno())

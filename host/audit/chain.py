@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -175,6 +176,9 @@ class AuditLog:
                 self._db.close()
                 raise AuditError(f"{self.path} holds no audit log (the decryption role's is ROLE_DIR/decryption.db)")
             return
+        # Owner-only from the first byte (SQLite gives the -wal/-shm files the same mode): the log
+        # names every release, its meters and feeders.
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)

@@ -36,7 +36,7 @@ def generate(directory: str | os.PathLike[str], *, force: bool = False) -> tuple
                            overwrite=force)
     b = write_private_json(d / VERIFY_NAME, {"kind": "audit-verify-key", "version": 1, "ed25519": pk.hex()},
                            overwrite=force)
-    os.chmod(b, 0o644)  # public: auditors may read it
+    # 0600 like every file in the role's (0700) folder: the key is public, and auditors get a copy
     return a, b
 
 

@@ -48,6 +48,18 @@ def write_private_json(path: str | os.PathLike[str], data: Any, *, overwrite: bo
     return write_private(path, json.dumps(data, indent=1, sort_keys=True) + "\n", overwrite=overwrite)
 
 
+def open_private_append(path: str | os.PathLike[str], *, binary: bool = False):
+    """Open `path` for appending, created 0600 (an existing file is brought to 0600 too): logs and the
+    anchor log grow line by line, so they cannot go through the atomic writer."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_MODE)
+        return os.fdopen(fd, "ab" if binary else "a")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def private_dir(path: str | os.PathLike[str]) -> Path:
     """Create `path` (and parents) as a 0700 folder if missing; return it."""
     p = Path(path)

@@ -49,6 +49,7 @@ from meterveil.host.backoffice.aggregate import FeederCell, HouseholdSums, billi
 from meterveil.host.backoffice.billing import expected_intervals as count_expected
 from meterveil.host.backoffice.tariff import Tariff
 from meterveil.host.common import packing
+from meterveil.host.common.files import open_private_append
 from meterveil.host.common.registry import MeterRegistry
 from meterveil.host.decryption.policy import Policy, PolicyError
 from meterveil.host.store.base import Store, StoredReading
@@ -153,8 +154,7 @@ class DecryptionRole:
             raise PolicyError(f"refusing to decrypt: the audit log has {head[0]} entries but the anchor file "
                               f"{self.anchor_path} is missing (truncation could not be detected)")
         else:  # a new role: the anchor log starts now, so a later session can tell "new" from "emptied"
-            fd = os.open(self.anchor_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            os.close(fd)
+            open_private_append(self.anchor_path).close()
         result = self.audit.verify(anchor=anchor)
         if not result.ok:
             raise PolicyError(f"refusing to decrypt: {result.describe()}")

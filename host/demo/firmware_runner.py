@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from meterveil.host.common.files import open_private_append
+
 REPO = Path(os.environ.get("METERVEIL_REPO", Path(__file__).resolve().parents[2]))
 FIRMWARE = REPO / "firmware"
 MAIN = FIRMWARE / "main.py"
@@ -37,6 +39,8 @@ EXIT_OK, EXIT_CRASH, EXIT_BAD_CONFIG, EXIT_NOT_DRAINED = 0, 1, 2, 3
 # (docs/FIRMWARE.md "Memory", tests/test_fw_heap.py). 128k leaves room for TLS sessions, dense
 # sampling and long outages.
 DEFAULT_HEAPSIZE = "128k"
+# The meter's simulated flash (outbox, counters, DP spend) is its owner's: files it writes are 0600.
+METER_UMASK = 0o077
 
 
 class FirmwareRunnerError(RuntimeError):
@@ -209,13 +213,13 @@ class MeterProcess:
             raise FirmwareRunnerError("meter already running")
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env=self.env, text=True, bufsize=1)
+                                     env=self.env, text=True, bufsize=1, umask=METER_UMASK)
         self._reader = threading.Thread(target=self._pump, args=(self.proc,), daemon=True)
         self._reader.start()
         return self
 
     def _pump(self, proc: subprocess.Popen) -> None:
-        logf = open(self.log_path, "a") if self.log_path else None
+        logf = open_private_append(self.log_path) if self.log_path else None  # it prints readings
         try:
             for line in proc.stdout:
                 line = line.rstrip("\n")

@@ -18,7 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from meterveil.host.demo.firmware_runner import MeterProcess, build_firmware
+from meterveil.host.common.files import open_private_append
+from meterveil.host.demo.firmware_runner import METER_UMASK, MeterProcess, build_firmware
 from meterveil.host.demo.setup import MeterPlan
 
 
@@ -29,10 +30,11 @@ class GroupedMeterProcess(MeterProcess):
         """Spawn only; the Fleet's reader thread collects the output (see feed())."""
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env=self.env, start_new_session=True)
+                                     env=self.env, start_new_session=True, umask=METER_UMASK)
         os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
         self._partial = b""
-        self._logf = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
+        # the meter prints its readings: its log is as private as the readings
+        self._logf = open_private_append(self.log_path, binary=True) if self.log_path else None
         return self
 
     def feed(self, data: bytes) -> None:

@@ -1,4 +1,5 @@
-"""After ingest: run the decryption role for bills and feeder loads, write the demo's CSV/JSON files.
+"""After ingest: run the decryption role for bills and feeder loads, write the demo's CSV/JSON files
+(0600, like the decryption role's own outputs: bills, loads and the simulated truth are private).
 
 Why separate from the run loop: these are pure functions of (store, secret key, truth), so a finished
 workspace can be re-evaluated without rerunning meters, and tests can check them on their own.
@@ -7,6 +8,7 @@ workspace can be re-evaluated without rerunning meters, and tests can check them
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import defaultdict
@@ -18,6 +20,8 @@ from typing import Any
 
 from meterveil.host.backoffice.billing import CSV_COLUMNS, Bill, bill_rows, compute_bill
 from meterveil.host.backoffice.tariff import Tariff
+from meterveil.host.common.files import write_private
+from meterveil.host.common.outpath import write_csv
 from meterveil.host.common.registry import MeterRegistry
 from meterveil.host.decryption.policy import Policy
 from meterveil.host.decryption.role import DecryptionRole, FeederLoad
@@ -41,12 +45,13 @@ class DpError:
 
 
 def write_truth(path: Path, truth: dict[tuple[str, int], int]) -> None:
-    with path.open("w", newline="") as f:
-        f.write(TRUTH_HEADER)
-        w = csv.writer(f)
-        w.writerow(["meter_id", "interval_start", "energy_wh"])
-        for (mid, t), wh in sorted(truth.items()):
-            w.writerow([mid, t, wh])
+    buf = io.StringIO(newline="")
+    buf.write(TRUTH_HEADER)
+    w = csv.writer(buf)
+    w.writerow(["meter_id", "interval_start", "energy_wh"])
+    for (mid, t), wh in sorted(truth.items()):
+        w.writerow([mid, t, wh])
+    write_private(path, buf.getvalue())  # every household's consumption in clear
 
 
 def read_truth(path: Path) -> dict[tuple[str, int], int]:
@@ -113,10 +118,7 @@ def bill_mismatches(decrypted: list[Bill], reference: list[Bill]) -> list[str]:
 
 
 def write_bills(path: Path, bills: list[Bill]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        w.writerows(bill_rows(bills))
+    write_csv(path, CSV_COLUMNS, bill_rows(bills))
 
 
 def feeder_rows(loads: list[FeederLoad], truth: dict[tuple[str, int], int], feeder_of: dict[str, str],
@@ -141,10 +143,7 @@ def feeder_rows(loads: list[FeederLoad], truth: dict[tuple[str, int], int], feed
 
 
 def write_rows(path: Path, columns: Iterable[str], rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(path, list(columns), rows)
 
 
 def dp_error(rows: list[dict[str, Any]]) -> DpError:
@@ -178,4 +177,4 @@ def decrypt_all(role_dir: Path, registry_path: Path, store: Store, tariff: Tarif
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+    write_private(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")

@@ -27,12 +27,15 @@ Local time is taken equal to the simulation clock (UTC); no DST.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import random
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+from meterveil.host.common.files import write_private
 
 MIN_PER_DAY = 1440
 
@@ -116,16 +119,16 @@ class Profile:
             raise ValueError("offset_s must be whole minutes")
         path = Path(path)
         first = offset_s // 60
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["seconds", "watts"])
-            last = None
-            for m in range(first, self.minutes):
-                p = self.watts[m]
-                if p != last:
-                    w.writerow([(m - first) * 60, int(p)])
-                    last = p
-        return path
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(["seconds", "watts"])
+        last = None
+        for m in range(first, self.minutes):
+            p = self.watts[m]
+            if p != last:
+                w.writerow([(m - first) * 60, int(p)])
+                last = p
+        return write_private(path, buf.getvalue())  # a household's (simulated) consumption
 
 
 def household_seed(base_seed: int, index: int) -> int:

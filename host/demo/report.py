@@ -22,6 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from meterveil.host.common.files import write_private  # noqa: E402
+
 
 def discrete_laplace_std(epsilon: float, clamp_wh: int) -> float:
     """Std of the two-sided geometric noise with a = exp(-epsilon/clamp): sqrt(2a)/(1-a)."""
@@ -186,5 +188,5 @@ def build_report(out_dir: Path | str) -> Path:
         "</body></html>",
     ]
     path = out / "report.html"
-    path.write_text("\n".join(parts))
+    write_private(path, "\n".join(parts))  # bills and the true feeder load: the owner's eyes only
     return path

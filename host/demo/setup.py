@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 
 from meterveil.host.audit import signing
 from meterveil.host.backoffice.tariff import DEFAULT_TARIFF, Tariff, TariffError, load_tariff
+from meterveil.host.common.files import write_private
 from meterveil.host.common.pubkey import write_public
 from meterveil.host.common.registry import REGISTRY_NAME
 from meterveil.host.decryption import secret_key
@@ -164,7 +165,7 @@ def _prepare_dir(root: Path) -> None:
             raise DemoError(f"workspace {root} is not empty and was not made by the demo; choose another")
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
-    (root / MARKER).write_text("made by `meterveil demo`; wiped by the next run\n")
+    write_private(root / MARKER, "made by `meterveil demo`; wiped by the next run\n")
 
 
 def meter_config(plan: MeterPlan, dp: DpParams, cfg: DemoConfig, start: datetime,
@@ -235,7 +236,7 @@ def provision(cfg: DemoConfig, root: Path, *, with_passwords: bool, now: datetim
         profiles.simulate(hh, midnight, days).to_csv(mdir / "profile.csv", offset_s=cfg.start_hour * 3600)
         plans.append(plan)
     registry.save()
-    (root / "demo.json").write_text(json.dumps(
+    write_private(root / "demo.json", json.dumps(
         {"config": {k: str(v) for k, v in asdict(cfg).items()}, "start": start.isoformat(),
          "dp": asdict(dp)}, indent=1))
     return Workspace(root, keys_dir, root / "store.sqlite", start, tariff, dp, plans, users)
