@@ -140,7 +140,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--username")
     g.add_argument("--password-file")
     g.add_argument("--share-group", help="MQTT v5 shared subscription group ($share/NAME/...)")
-    g.add_argument("--client-id", default="meterveil-gateway", help="fixed id: the broker keeps our session")
+    g.add_argument("--client-id", default="meterveil-gateway",
+                   help="fixed id: the broker keeps our session (a broker from `meterveil broker-config` uses "
+                        "the login as client id instead, so no other account can take the session over)")
     g.add_argument("--encryption", choices=PACKED_STRATEGIES, default="djn+packed")
     g.add_argument("--djn-exp-bits", type=int, default=None, help="DJN exponent bits (default n_bits/2)")
     g.add_argument("--batch-size", type=int, default=256)
