@@ -193,3 +193,11 @@ def tls_client(port: int, ca: Path, user: str, password: str, on_message=None, *
     c.loop_start()
     assert ready.wait(5), "no CONNACK"
     return c, result["rc"]
+
+
+def subscribe_and_wait(client: mqtt.Client, topic: str, qos: int = 1, timeout: float = 10.0) -> None:
+    """Subscribe and return once the broker's SUBACK arrived (the subscription is then in effect)."""
+    done = threading.Event()
+    client.on_subscribe = lambda *a: done.set()
+    client.subscribe(topic, qos=qos)
+    assert done.wait(timeout), f"no SUBACK for {topic}"

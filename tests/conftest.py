@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +58,16 @@ class Pilot:
 
 
 @pytest.fixture
-def pilot(tmp_path):
+def pilot():
     from meterveil.tools import mqtt_auth
     from meterveil.tools.broker_config import generate
 
+    # Not under pytest's basetemp: a concurrent pytest run resets /tmp/pytest-of-<user> to 0700, and
+    # the broker (user mosquitto) could then not write its persistence file on shutdown.
+    root = Path(tempfile.mkdtemp(prefix="meterveil-pilot-"))
+    os.chmod(root, 0o711)
     port = free_port()
-    ws = generate(tmp_path / "ws", port=port, hostnames=["gw.example"], bind="127.0.0.1").workspace
+    ws = generate(root / "ws", port=port, hostnames=["gw.example"], bind="127.0.0.1").workspace
     pw = {m: mqtt_auth.new_password() for m in ("m0001", "m0002")}
     for m, p in pw.items():
         mqtt_auth.set_password(ws.passwd, m, p)
@@ -69,3 +76,4 @@ def pilot(tmp_path):
     p = Pilot(ws, port, pw, GeneratedBroker(ws.broker_conf, port))
     yield p
     p.broker.stop()
+    shutil.rmtree(root, ignore_errors=True)

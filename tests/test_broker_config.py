@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from brokerutil import free_port, tls_client, wait_until
+from brokerutil import free_port, subscribe_and_wait, tls_client, wait_until
 
 from meterveil.host.cli.main import main as cli_main
 from meterveil.protocol import frame
@@ -63,8 +63,7 @@ def test_generated_broker_enforces_acl(pilot):
     got: list[tuple[str, bytes]] = []
     gw, rc = tls_client(port, ca, "gateway", gw_pw, on_message=lambda c, u, m: got.append((m.topic, m.payload)))
     assert rc == 0
-    gw.subscribe("meterveil/v1/#", qos=1)
-    time.sleep(0.3)
+    subscribe_and_wait(gw, "meterveil/v1/#")
 
     meter, rc = tls_client(port, ca, "m0001", pw["m0001"])
     assert rc == 0
@@ -192,8 +191,7 @@ def test_generated_broker_refuses_oversize_and_retained_keeps_queue_and_not_the_
 
     # Logins are client ids on this broker: each step below uses an account's one session in turn.
     gw, rc = tls_client(port, ca, "gateway", pilot.gateway_password, on_message, clean=False)
-    gw.subscribe("meterveil/v1/#", qos=1)
-    time.sleep(0.3)
+    subscribe_and_wait(gw, "meterveil/v1/#")
     t = "meterveil/v1/m0001/reading"
     meter, rc = tls_client(port, ca, "m0001", pw["m0001"])
     meter.publish(t, bytes(limit), qos=1).wait_for_publish(5)
@@ -213,15 +211,14 @@ def test_generated_broker_refuses_oversize_and_retained_keeps_queue_and_not_the_
     stop(meter2, gw)
     late: list[bytes] = []
     sub, rc = tls_client(port, ca, "gateway", pilot.gateway_password, lambda c, u, m: late.append(m.payload))
-    sub.subscribe("meterveil/v1/#", qos=1)
-    time.sleep(0.5)
+    subscribe_and_wait(sub, "meterveil/v1/#")
+    time.sleep(0.5)  # a retained message would be delivered right after the SUBACK
     stop(sub)
     assert late == [] and got == [(t, limit, False)]
 
     # persistence: a frame queued for the disconnected gateway survives a broker restart
     gw, rc = tls_client(port, ca, "gateway", pilot.gateway_password, on_message, clean=False)
-    gw.subscribe("meterveil/v1/#", qos=1)
-    time.sleep(0.3)
+    subscribe_and_wait(gw, "meterveil/v1/#")
     stop(gw)
     meter, rc = tls_client(port, ca, "m0001", pw["m0001"])
     meter.publish(t, b"queued", qos=1).wait_for_publish(5)

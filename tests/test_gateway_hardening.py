@@ -78,6 +78,7 @@ def test_filled_quarantine_still_keeps_a_late_registered_and_a_fast_clock_meter(
     assert lost + kept == 12 * 60 + 3 and kept <= POLICY.total + 1
     assert gw.store.counters()["quarantine_full"] + gw.store.counters().get("quarantine_evicted", 0) == lost
 
+    assert gw.release_quarantine() == {}  # m0042 unregistered, m0001's interval still to come: nothing tried
     reg.add("m0042", feeder="F1", epsilon_milli=1000, clamp_wh=1000, m=10, key=late_key)
     gw.registry = reloaded(reg)
     clock.now += 1800

@@ -15,6 +15,9 @@
 # shares sum to exactly DL(a); k >= m shares sum to DL plus extra independent noise. NB(1/m, a) is
 # compound Poisson: N ~ Poisson(-ln(1-a)/m) logarithmic(a) variates (Kemp's LK algorithm).
 #
+# The gateway rejects an analytics value beyond clamp + the 1e-12 quantile of this share
+# (host/common/noise_bound.py): a new sampler needs a new bound there.
+#
 # Floats: the samplers need exp/log; they only shape the noise distribution and never touch the
 # reading. Uniforms come from 64 random bits kept as (hi, lo) so that both U and 1-U, and ln U,
 # keep full relative precision even in float32 (tails reach 2**-64, i.e. ~44 noise scales, instead

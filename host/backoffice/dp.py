@@ -17,6 +17,8 @@ Interface:
   of the sum of n shares and its pure-DP privacy loss.
 - ``compose(epsilon, k, delta)`` -> Composition (basic, advanced, zCDP) over k readings;
   ``READINGS_PER_DAY``.
+- the largest share an honest meter draws (the gateway's bound on analytics values) is
+  ``meterveil.host.common.noise_bound.noise_share_bound``: it follows this mechanism, change both together.
 - ``ledger(conn, ..., released=...)`` -> list[FeederDay]: per feeder per UTC day, what the stored
   readings would cost if released ("collected") and what releases spent ("released", folded from the
   decryption role's signed audit log by ``meterveil.host.audit.ledger``).

@@ -213,7 +213,7 @@ class Gateway:
         known = [m for m in self.store.quarantine_meter_ids() if self.registry.get(m) is not None]
         settled: set[bytes] = set()
         for q in self.store.quarantined(limit, meter_ids=known, due_by=now) if known else ():
-            self._replaying = True
+            self._replaying, self._replay_retry_at = True, None
             try:
                 res = self.process(Message(q.topic, q.payload))
             finally:
