@@ -60,7 +60,7 @@ def test_a_meter_login_using_the_gateway_client_id_cannot_disconnect_it(tmp_path
                               password=pilot.gateway_password, batch_ms=20)
     assert cfg.client_id == "meterveil-gateway"  # the default the attack used
     ingest = MqttIngest(Gateway(store, reg, make_encryptor("djn+packed", PUB, exp_bits=256)), cfg).start()
-    caplog.set_level(logging.INFO, logger="meterveil.mqtt_ingest")
+    caplog.set_level(logging.INFO, logger="meterveil.gateway.mqtt")
     intruders: list[mqtt.Client] = []
 
     def attack():
@@ -101,7 +101,7 @@ def test_gateway_logs_a_session_takeover_loudly(tmp_path, mosquitto, caplog):
     store = open_store(tmp_path / "gw.db")
     cfg = MqttConfig(port=mosquitto.port, client_id="gw-takeover", batch_ms=20)
     ingest = MqttIngest(Gateway(store, reg, make_encryptor("djn+packed", PUB, exp_bits=256)), cfg).start()
-    caplog.set_level(logging.INFO, logger="meterveil.mqtt_ingest")
+    caplog.set_level(logging.INFO, logger="meterveil.gateway.mqtt")
     try:
         assert ingest.wait_subscribed()
         intruder = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-takeover", protocol=mqtt.MQTTv5)
