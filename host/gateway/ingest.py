@@ -27,11 +27,10 @@ meter too, and logged once per (meter, reason) per ``log_interval_s``):
    (``dp_mismatch``), analytics within [-B, clamp + B] where B is the largest noise share the meter's
    configured sampler draws except with probability 1e-12 (``common/noise_bound.py``), sample
    counters consistent (``out_of_range``);
-8. (DP parameters are checked in step 7, before the analytics bound that depends on them);
-9. no other reading of this meter, stored or pending, covers any of the interval
+8. no other reading of this meter, stored or pending, covers any of the interval
    (``interval_overlap``): the firmware seals an interval once, so a second reading for it is a
    faulty or cloned meter, and both would be billed;
-10. encrypt (packed plaintext, one ciphertext) and add to the batch. Plaintext values exist only in
+9. encrypt (packed plaintext, one ciphertext) and add to the batch. Plaintext values exist only in
    this function's locals.
 
 Quarantine: a frame rejected as ``unknown_meter``, ``future`` or ``dp_mismatch`` may be genuine and pass
