@@ -46,6 +46,16 @@ def _export(sub):
     export_cli.register(sub)
 
 
+def _decryption_serve(sub):
+    from meterveil.host.decryption import serve
+    serve.register(sub)
+
+
+def _web(sub):
+    from meterveil.host.web import cli
+    cli.register(sub)
+
+
 def _audit(sub):
     from meterveil.host.audit import cli
     cli.register(sub)
@@ -74,6 +84,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = 
     "stats": ("ingest counters as JSON", _gateway),
     "bill": ("decrypt household band totals for a period and bill them (decryption role)", _decryption),
     "feeder-load": ("decrypt DP feeder sums per interval, >= m contributors (decryption role)", _decryption),
+    "decryption": ("the decryption role as a service: `decryption serve` answers the web console's requests",
+                   _decryption_serve),
+    "web": ("the web console (utility roles) and household portal; holds no key", _web),
+    "users": ("web console accounts (argon2-hashed, generated passwords)", _web),
     "export": ("privacy-safe exports for researchers (decryption role)", _export),
     "audit": ("verify the decryption role's signed audit log (auditor)", _audit),
     "privacy-report": ("DP parameters and privacy spend per feeder per day", _backoffice),
