@@ -9,8 +9,8 @@ able to read password hashes or session tokens. ``web.db`` (0600) sits next to t
 - Sessions: a random 256-bit token in the cookie; the database keeps only its SHA-256, so a copy of
   ``web.db`` opens no session. A login always creates a new session (no fixation), logout deletes it,
   sessions expire after ``IDLE_S`` without a request and ``MAX_AGE_S`` in all.
-- Throttling: ``MAX_FAILURES`` failed logins per user name or per client address in ``WINDOW_S`` lock
-  that name/address out until the window slides past them.
+- Throttling: ``MAX_FAILURES`` failed logins for a user name (``MAX_FAILURES_ADDR`` from one client
+  address) in ``WINDOW_S`` lock that name (address) out until the window slides past them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ ROLES = ("operator", "billing", "auditor", "analyst", "household")
 NAME_RE_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 IDLE_S = 30 * 60
 MAX_AGE_S = 12 * 3600
-MAX_FAILURES = 5
+MAX_FAILURES = 5  # per user name
+MAX_FAILURES_ADDR = 50  # per client address (one address may front many people: a NAT, a proxy)
 WINDOW_S = 15 * 60
 
 _SCHEMA = (
@@ -117,7 +118,7 @@ class Accounts:
         for s in subjects:
             n = self.conn.execute("SELECT COUNT(*) FROM login_failures WHERE subject=? AND at > ?",
                                   (s, since)).fetchone()[0]
-            if n >= MAX_FAILURES:
+            if n >= (MAX_FAILURES_ADDR if s.startswith("addr:") else MAX_FAILURES):
                 return True
         return False
 

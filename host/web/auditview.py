@@ -40,12 +40,12 @@ class AuditView:
     def summary(self, limit: int = 100) -> dict[str, Any]:
         log = self._open()
         if log is None:
-            return {"entries": [], "head": (0, ""), "spend": [], "missing": True}
+            return {"entries": [], "head": (0, ""), "spend": [], "budget": None, "missing": True}
         with log, self._lock:
             try:
                 self._ledger.apply_all(log.entries_after(self._ledger.seq))
             except AuditError as e:
-                return {"entries": [], "head": log.head(), "spend": [], "error": str(e)}
+                return {"entries": [], "head": log.head(), "spend": [], "budget": None, "error": str(e)}
             head = log.head()
             rows = log._db.execute(
                 "SELECT seq, ts, actor, action, query, decision, reason FROM audit_log ORDER BY seq DESC LIMIT ?",
