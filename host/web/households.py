@@ -53,7 +53,7 @@ def months_with_copies(store: Path, meter_id: str) -> list[str]:
     if row[0] is None:
         return []
     out = []
-    d = datetime.fromtimestamp(row[0], timezone.utc).replace(day=1)
+    d = datetime.fromtimestamp(row[0], timezone.utc).replace(day=1, hour=0, minute=0, second=0)
     end = datetime.fromtimestamp(row[1], timezone.utc)
     while d <= end:
         out.append(f"{d.year:04d}-{d.month:02d}")
