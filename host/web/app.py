@@ -101,6 +101,10 @@ def _ago(t: int | None, now: float) -> str:
     return f"{s // 86400} days ago"
 
 
+def _span(s: int) -> str:
+    return f"{s // 60} min" if s >= 120 else f"{s} s"
+
+
 def _money(minor: int, unit: str = "") -> str:
     return f"{minor / 100:,.2f}" if unit in ("paise", "cents", "cent", "pence", "") else f"{minor:,} {unit}"
 
@@ -225,7 +229,7 @@ class Console:
             page=page, pages=max(1, -(-len(rows) // PAGE_SIZE)), q=q, now=now, ago=_ago,
             silent=sum(r.silent for r in rows), flagged=sum(bool(r.flags) for r in rows),
             counters=counters, rejections=rejections, by_meter=by_meter, quarantine=self.fleet.quarantine(),
-            rate=rate, silent_after_min=self.cfg.silent_after_s // 60)
+            rate=rate, silent_after=_span(self.cfg.silent_after_s))
 
     # -- billing ------------------------------------------------------------------------------------
     async def billing(self, request: Request, message: str = "", status: int = 200) -> Response:

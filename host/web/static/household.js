@@ -93,7 +93,7 @@
   }
 
   function drawDay(readings) {
-    const W = 880, H = 240, L = 48, B = 28, T = 10;
+    const W = 880, H = 250, L = 48, B = 28, T = 24;
     const svg = el("svg", {viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": "energy per 15 minutes"});
     const max = Math.max(1, ...readings.map((r) => r.wh));
     const slot = (W - L - 10) / 96;
@@ -110,7 +110,7 @@
     for (let hr = 0; hr <= 24; hr += 3) {
       svg.appendChild(el("text", {class: "tick", x: L + hr * 4 * slot, y: H - 8, "text-anchor": "middle"}, `${String(hr).padStart(2, "0")}:00`));
     }
-    svg.appendChild(el("text", {class: "axis", x: 6, y: 14}, "Wh"));
+    svg.appendChild(el("text", {class: "axis", x: L - 6, y: 12, "text-anchor": "end"}, "Wh"));
     const box = $("day-chart");
     box.replaceChildren(svg);
   }
