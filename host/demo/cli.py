@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from meterveil.host.backoffice.tariff import DEFAULT_TARIFF
@@ -57,7 +57,20 @@ def _run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     result = run_demo(cfg)
     print_summary(result)
+    if args.web:
+        from meterveil.host.demo.web import serve_console
+
+        return serve_console(result.workspace, cfg.tariff, _start_of(result), args.web_bind)
     return 0
+
+
+def _start_of(result) -> datetime | None:
+    """The first simulated interval, from the workspace's truth (the demo's bill period starts there)."""
+    from meterveil.host.demo.outputs import read_truth
+
+    truth = Path(result.out) / "truth.csv"
+    starts = [t for _, t in read_truth(truth)] if truth.is_file() else []
+    return datetime.fromtimestamp(min(starts), timezone.utc) if starts else None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -85,4 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-s", type=int, default=None, help="sparse: seconds per ADC block (default auto)")
     p.add_argument("--heapsize", default=DEFAULT_HEAPSIZE, help="MicroPython heap per meter (-X heapsize)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--web", action="store_true", help="then start the web console on the workspace and print "
+                                                      "generated logins (one per role, one household)")
+    p.add_argument("--web-bind", default="127.0.0.1:8080", help="HOST:PORT for --web")
     p.set_defaults(func=_demo)

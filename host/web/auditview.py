@@ -84,7 +84,11 @@ def _short_query(text: str) -> str:
     except ValueError:
         return text[:200]
     parts = []
-    for k in ("meter_id", "period", "feeder", "interval_start", "t_from", "t_to", "readings", "contributors"):
+    for k in ("meter_id", "period", "feeder", "month", "interval_start", "t_from", "t_to", "readings", "contributors"):
         if k in q:
             parts.append(f"{k}={q[k]}")
+    if "labels" in q:
+        parts.append(f"{len(q['labels'])} slots in {len(set(q['labels']))} bands")
+    if "meters" in q:
+        parts.append(f"{len(q['meters'])} meters")
     return ", ".join(parts) or text[:120]
