@@ -309,10 +309,13 @@ class Console:
         chart, band_note = None, ""
         released = [f for f in loads if f["status"] == "ok"]
         if released:
+            stds: dict[tuple[int, int, int, int], float] = {}  # one variance per parameter set, not per point
             band = []
             for f in released:
-                std = dp.sum_variance(f["epsilon_milli"] / 1000, f["clamp_wh"], f["m"], f["contributors"]) ** 0.5
-                band.append(1.96 * std)
+                k = (f["epsilon_milli"], f["clamp_wh"], f["m"], f["contributors"])
+                if k not in stds:
+                    stds[k] = dp.sum_variance(k[0] / 1000, k[1], k[2], k[3]) ** 0.5
+                band.append(1.96 * stds[k])
             chart = series_chart([f["interval_start"] for f in released], [f["analytics_sum_wh"] for f in released],
                                  band, y_label="Wh per interval", title=f"feeder {req.params.get('feeder')}")
             band_note = (f"Shaded: 95% band of the differential-privacy noise (±1.96 σ, σ ≈ {band[0] / 1.96:.0f} Wh "
@@ -379,7 +382,8 @@ SECURITY_HEADERS = {
 
 
 class SecurityHeaders:
-    """Pure ASGI middleware: the headers above on every response."""
+    """Pure ASGI middleware: the headers above on every response, and Server-Timing (time from the
+    request to the response headers, what bench/web.py reports as server time)."""
 
     def __init__(self, app):
         self.app = app
@@ -388,9 +392,12 @@ class SecurityHeaders:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
+        t0 = time.perf_counter()
+
         async def send_with(message):
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
+                headers.append((b"server-timing", f"app;dur={1000 * (time.perf_counter() - t0):.2f}".encode()))
                 present = {k.lower() for k, _ in headers}
                 for k, v in SECURITY_HEADERS.items():
                     if k.lower().encode() not in present:

@@ -3,8 +3,11 @@
 Why a tail index: "last reading per meter" over a month of 15-minute data for 10,000 meters is a
 GROUP BY over ~30 million rows, seconds per page. Readings are only ever inserted, so this keeps the
 newest interval and receive time per meter in memory and, on each refresh, reads only the rows with
-a rowid above the last one seen (an index range scan on the primary key). The first refresh reads
-everything once.
+a rowid above the last one seen (a range scan on the primary key). The first refresh reads no table:
+it walks the distinct meter ids by seeks on the (meter_id, interval_start) index and takes each
+meter's newest interval from the same index, one seek per meter. "Last heard" is the receive time of
+that newest interval, of any reading stored since the console started, or of the latest status frame,
+whichever is latest.
 
 Silence: a meter is silent when nothing (reading or status) has been received from it for
 ``silent_after_s`` (default three 15-minute intervals).
@@ -33,7 +36,6 @@ class MeterRow:
     attributes: dict[str, Any]
     last_interval: int | None
     last_heard: int | None
-    readings: int
     status: dict[str, Any]
     rejections: int
     silent: bool
@@ -52,26 +54,43 @@ class Fleet:
         self._conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
         self._lock = threading.Lock()
         self._rowid = 0
-        self._last: dict[str, list[int]] = {}  # meter -> [last interval_start, last received_at, readings, feeder]
+        self._last: dict[str, list[int]] = {}  # meter -> [newest interval_start, last received_at]
         self._feeder: dict[str, str] = {}
         self._samples: list[tuple[float, int]] = []  # (time, accepted counter) for throughput
 
     def close(self) -> None:
         self._conn.close()
 
+    def _warm_up(self) -> None:
+        c = self._conn
+        top = c.execute("SELECT MAX(id) FROM readings").fetchone()[0]
+        if top is None:
+            return
+        meter = c.execute("SELECT MIN(meter_id) FROM readings").fetchone()[0]
+        while meter is not None:
+            start, received, feeder = c.execute(
+                "SELECT interval_start, received_at, feeder FROM readings WHERE meter_id=? AND id <= ? "
+                "ORDER BY interval_start DESC LIMIT 1", (meter, top)).fetchone() or (None, None, "")
+            if start is not None:
+                self._last[meter] = [start, received]
+                self._feeder[meter] = feeder
+            meter = c.execute("SELECT MIN(meter_id) FROM readings WHERE meter_id > ?", (meter,)).fetchone()[0]
+        self._rowid = top
+
     def refresh(self) -> None:
         with self._lock:
+            if self._rowid == 0:
+                self._warm_up()
             rows = self._conn.execute(
                 "SELECT id, meter_id, feeder, interval_start, received_at FROM readings WHERE id > ? ORDER BY id",
                 (self._rowid,)).fetchall()
             for rid, meter, feeder, start, received in rows:
                 cur = self._last.get(meter)
                 if cur is None:
-                    self._last[meter] = [start, received, 1]
+                    self._last[meter] = [start, received]
                 else:
                     cur[0] = max(cur[0], start)
                     cur[1] = max(cur[1], received)
-                    cur[2] += 1
                 self._feeder[meter] = feeder
                 self._rowid = rid
 
@@ -138,7 +157,7 @@ class Fleet:
             out.append(MeterRow(
                 meter_id=m, feeder=rec.feeder if rec else self._feeder.get(m, ""),
                 household=rec.household_id if rec else "", attributes=dict(rec.attributes) if rec else {},
-                last_interval=last[0] if last else None, last_heard=heard, readings=last[2] if last else 0,
+                last_interval=last[0] if last else None, last_heard=heard,
                 status=status, rejections=rej, silent=silent, flags=tuple(flags)))
         # problems first: silent, then flagged, then by id
         out.sort(key=lambda r: (not r.silent, not r.flags, r.meter_id))

@@ -1,0 +1,279 @@
+"""Web console benchmark: server time per page with a fleet-sized store, and the household's
+in-browser decryption of a month of its own intervals. Prints JSON.
+
+    .venv/bin/python bench/web.py [--meters 10000] [--days 31] [--repeat 30] [--quick]
+
+Store: `--meters` meters x `--days` of 15-minute readings (10,000 x 31 days = 29.76 million rows)
+written straight into the store schema. The ciphertext column holds an 8-byte placeholder instead of
+a 512-byte Paillier ciphertext: no page reads that column (the web tier holds no key), and real
+ciphertexts would make the file ~18 GB; the one step that reads whole rows, the operator page's
+first scan (fleet index warm-up), is reported apart and would grow with the file. Registry, meter
+statuses, rejection counters, a released bill run for every meter, a released month of feeder
+load, a signed audit log with one entry per decision and a month of sealed household copies for
+the household's meter are all real.
+
+Server time is the Server-Timing header the app sets (request in to response headers out), over
+real HTTP to uvicorn on loopback. Baselines in the same run: the GROUP BY a page would run without
+the fleet tail index, and CPython opening the same household frames (protocol/opener.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+from webutil import PASSWORD, Browserless, Server  # noqa: E402
+
+from meterveil.host.audit import signing  # noqa: E402
+from meterveil.host.audit.chain import AuditLog  # noqa: E402
+from meterveil.host.common.registry import MeterRecord, MeterRegistry  # noqa: E402
+from meterveil.host.common.release_queue import ReleaseQueue  # noqa: E402
+from meterveil.host.store.base import open_store  # noqa: E402
+from meterveil.host.web.accounts import ROLES, Accounts  # noqa: E402
+from meterveil.host.web.app import WebConfig  # noqa: E402
+from meterveil.protocol import frame, opener  # noqa: E402
+
+T0 = 1793471400  # 2026-11-01 00:00 IST
+IV = 900
+HOUSEHOLD_KEY = bytes(range(32))  # benchmark key, not a secret
+
+
+def wh(i: int, k: int) -> int:
+    return 30 + (i * 7 + k * 37) % 200
+
+
+def build(root: Path, meters: int, days: int) -> tuple[WebConfig, dict]:
+    n_int = days * 96
+    ids = [f"m{i:05d}" for i in range(meters)]
+    feeders = max(1, meters // 250)
+    t = time.perf_counter()
+    store_path = root / "store.db"
+    open_store(store_path).close()  # schema
+    c = sqlite3.connect(store_path)
+    c.execute("PRAGMA journal_mode=OFF")
+    c.execute("PRAGMA synchronous=OFF")
+    c.execute("DROP INDEX readings_feeder_interval")
+    c.execute("DROP INDEX readings_meter_interval")
+    now = int(time.time())
+    ph, dig = b"\x01" * 8, b"\x00" * 4
+
+    def rows():
+        for i, m in enumerate(ids):
+            f = f"F{i % feeders:03d}"
+            for k in range(n_int):
+                yield (m, k + 1, f, T0 + k * IV, IV, 1000, 500, 5, 0, "paillier-packed-v1", ph, dig, now - 600)
+
+    c.execute("BEGIN")
+    c.executemany("INSERT INTO readings(meter_id, counter, feeder, interval_start, interval_len, epsilon_milli, "
+                  "clamp_wh, m, flags, scheme, ciphertext, frame_digest, received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                  rows())
+    status = json.dumps({"outbox_depth": 0, "dp_spend_milli": 96000, "reconnects": 1, "boot_count": 1})
+    c.executemany("INSERT INTO meter_status VALUES (?,?,?,?)",
+                  [(m, n_int + 1, now - (99999 if i % 97 == 0 else 60), status) for i, m in enumerate(ids)])
+    c.executemany("INSERT INTO meter_counters VALUES (?,?,?)", [(m, "bad_tag", 1) for m in ids[::50]])
+    c.execute("INSERT INTO counters VALUES ('accepted', ?)", (meters * n_int,))
+    c.execute("COMMIT")
+    t_rows = time.perf_counter() - t
+    c.execute("CREATE INDEX readings_feeder_interval ON readings(feeder, interval_start)")
+    c.execute("CREATE INDEX readings_meter_interval ON readings(meter_id, interval_start)")
+    c.execute("CREATE TABLE household_copies(meter_id TEXT NOT NULL, interval_start INTEGER NOT NULL, "
+              "frame BLOB NOT NULL, PRIMARY KEY(meter_id, interval_start))")
+    keys = frame.derive_keys(HOUSEHOLD_KEY)
+    truth = []
+    for k in range(n_int):
+        head = {"kind": frame.KIND_READING, "meter_id": ids[0], "counter": k + 1, "interval_start": T0 + k * IV,
+                "interval_len": IV, "epsilon_milli": 1000, "clamp_wh": 500, "m": 5}
+        body = {"billing_wh": wh(0, k), "analytics_wh": wh(0, k), "flags": 0, "samples": 900, "clipped": 0,
+                "missing_s": 0}
+        c.execute("INSERT INTO household_copies VALUES (?,?,?)", (ids[0], T0 + k * IV, frame.seal(keys, head, body)))
+        truth.append((T0 + k * IV, wh(0, k)))
+    c.commit()
+    c.close()
+    t_store = time.perf_counter() - t
+
+    reg = MeterRegistry.load(root / "registry" / "meters.json")
+    for i, m in enumerate(ids):
+        reg.put(MeterRecord(m, f"F{i % feeders:03d}", 1000, 500, 5, {"rated_amps": 60}), save=False)
+    reg.save()
+
+    role = root / "decryption"
+    role.mkdir(mode=0o700, exist_ok=True)
+    signing.generate(role)
+    log = AuditLog(role / "decryption.db", signer=signing.load_signing(role / signing.SIGNING_NAME))
+    log._db.execute("PRAGMA synchronous=OFF")
+    for m in ids:
+        log.append("web:billing#1", "bill", {"meter_id": m, "period": "2026-11", "readings": n_int}, "allow", "ok")
+    for k in range(min(n_int, 31 * 96)):
+        log.append("web:analyst#2", "feeder-load", {"feeder": "F000", "interval_start": T0 + k * IV,
+                                                    "dp_params": [[1000, 500, 5]], "members_digest": "x",
+                                                    "contributors": meters // feeders}, "allow", "ok")
+    log.close()
+
+    q = ReleaseQueue(root / "releases.db")
+    rid = q.submit("bill", {"period": "2026-11", "tariff": "tou3"}, "billing")
+    q.claim()
+    lines = [{"band": "offpeak", "kind": "energy", "wh": 1000, "rate": "5", "amount_minor": 500},
+             {"band": "TOTAL", "kind": "total", "wh": 1000, "rate": None, "amount_minor": 500}]
+    q.finish(rid, "done", bills=[{"meter_id": m, "period": "2026-11", "currency": "INR", "minor_unit": "paise",
+                                  "total_minor": 500, "total_wh": 1000, "readings": n_int, "missing_intervals": 0,
+                                  "lines": lines} for m in ids], summary={"bills": meters})
+    rid = q.submit("feeder-load", {"feeder": "F000", "t_from": T0, "t_to": T0 + n_int * IV}, "analyst")
+    q.claim()
+    q.finish(rid, "done", feeder_loads=[{"feeder": "F000", "interval_start": T0 + k * IV, "interval_len": IV,
+                                         "contributors": meters // feeders, "m": 5, "epsilon_milli": 1000,
+                                         "clamp_wh": 500, "status": "ok", "analytics_sum_wh": 25000 + k % 96 * 300}
+                                        for k in range(n_int)], summary={"released": n_int})
+    q.close()
+
+    acc = Accounts(root / "web.db")
+    for r in ROLES:
+        acc.add_user(r, r, PASSWORD, ids[0] if r == "household" else None)
+    acc.close()
+    cfg = WebConfig(store=store_path, web_db=root / "web.db", queue=root / "releases.db",
+                    registry=root / "registry" / "meters.json", audit_db=role / "decryption.db", tariffs=("tou3",))
+    info = {"rows": meters * n_int, "store_bytes": store_path.stat().st_size, "build_rows_s": round(t_rows, 1),
+            "build_store_s": round(t_store, 1), "truth": truth, "household": ids[0], "meters": meters}
+    return cfg, info
+
+
+def server_ms(resp) -> float:
+    m = re.search(r"dur=([0-9.]+)", resp.headers.get("server-timing", ""))
+    assert m and resp.status_code == 200, (resp.status_code, resp.text[:300])
+    return float(m.group(1))
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))], 2)
+
+
+def naive_last_reading_ms(store: Path) -> float:
+    c = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    t = time.perf_counter()
+    c.execute("SELECT meter_id, MAX(interval_start), MAX(received_at), COUNT(*) FROM readings GROUP BY meter_id").fetchall()
+    ms = (time.perf_counter() - t) * 1000
+    c.close()
+    return round(ms, 1)
+
+
+def cpython_open_ms(cfg: WebConfig, meter: str) -> float:
+    c = sqlite3.connect(cfg.store)
+    frames = [bytes(r[0]) for r in c.execute("SELECT frame FROM household_copies WHERE meter_id=? ORDER BY 1",
+                                             (meter,))]
+    c.close()
+    keys = frame.derive_keys(HOUSEHOLD_KEY)
+    t = time.perf_counter()
+    for f in frames[:31 * 96]:
+        opener.open_frame(keys, f)
+    return round((time.perf_counter() - t) * 1000, 1)
+
+
+def browser_decrypt(url: str, month: str, repeat: int) -> dict:
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=["--no-sandbox"])
+        page = b.new_page()
+        page.goto(url + "/login")
+        page.fill("input[name=username]", "household")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_load_state()
+        page.goto(url + "/household/intervals")
+        runs = []
+        for _ in range(repeat):
+            runs.append(page.evaluate("""async ([key, month]) => {
+                const t0 = performance.now();
+                const data = await (await fetch(`/household/copies.json?month=${month}`)).json();
+                const t1 = performance.now();
+                const r = await window.meterveilDecrypt(key, data.frames);
+                const t2 = performance.now();
+                return {fetch_ms: t1 - t0, decrypt_ms: t2 - t1, count: r.readings.length, bad: r.bad,
+                        sum: r.readings.reduce((s, x) => s + x.wh, 0)};
+            }""", [HOUSEHOLD_KEY.hex(), month]))
+        # the whole click path, as a household sees it (status line written by the page)
+        page.fill("#household-key", HOUSEHOLD_KEY.hex())
+        page.select_option("#month", month)
+        t = time.perf_counter()
+        page.click("#decrypt-form button")
+        page.wait_for_function("document.getElementById('decrypt-status').dataset.done === '1'")
+        click_ms = (time.perf_counter() - t) * 1000
+        b.close()
+    return {"runs": runs, "click_to_chart_ms": round(click_ms, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--meters", type=int, default=10_000)
+    ap.add_argument("--days", type=int, default=31)
+    ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--quick", action="store_true", help="500 meters, 31 days, 10 repeats")
+    ap.add_argument("--keep", help="build the workspace in this folder and keep it")
+    a = ap.parse_args()
+    if a.quick:
+        a.meters, a.repeat = 500, 10
+    tmp = None
+    if a.keep:
+        root = Path(a.keep)
+        root.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="mv-webbench-")
+        root = Path(tmp.name)
+    cfg, info = build(root, a.meters, a.days)
+    month = "2026-11"
+    out: dict = {"meters": a.meters, "days": a.days, "readings": info["rows"], "store_mb": info["store_bytes"] >> 20,
+                 "build_s": {"readings": info["build_rows_s"], "store_with_indexes": info["build_store_s"]},
+                 "cpus": os.cpu_count(), "target_ms": 200, "pages": {}}
+    with Server(cfg) as s:
+        pages = {
+            "operator": ["/operator", "/operator?page=3", "/operator?q=m0012"],
+            "billing": ["/billing", "/billing/requests/1", "/billing/requests/1?page=20"],
+            "auditor": ["/auditor"],
+            "analyst": ["/analyst", "/analyst/requests/2"],
+            "household": ["/household", "/household/intervals", f"/household/copies.json?month={month}"],
+        }
+        for role, paths in pages.items():
+            c = Browserless(s.url)
+            assert c.login(role).status_code == 303
+            for i, path in enumerate(paths):
+                first = server_ms(c.get(path))
+                if role == "operator" and i == 0:
+                    out["fleet_index_warmup_ms"] = round(first, 1)
+                c.get(path)
+                times = [server_ms(c.get(path)) for _ in range(a.repeat)]
+                out["pages"][path] = {"p50_ms": pct(times, 50), "p95_ms": pct(times, 95), "max_ms": pct(times, 100)}
+            c.close()
+        out["baseline_last_reading_group_by_ms"] = naive_last_reading_ms(cfg.store)
+        op = out["pages"]["/operator"]["p50_ms"]
+        out["operator_vs_group_by"] = round(out["baseline_last_reading_group_by_ms"] / op, 1) if op else None
+        out["all_pages_p95_within_target"] = all(v["p95_ms"] <= 200 for v in out["pages"].values())
+        bd = browser_decrypt(s.url, month, 5)
+    decrypts = [r["decrypt_ms"] for r in bd["runs"]]
+    out["household_browser"] = {
+        "intervals": bd["runs"][0]["count"], "bad": bd["runs"][0]["bad"],
+        "decrypt_ms_p50": round(statistics.median(decrypts), 1), "decrypt_ms_max": round(max(decrypts), 1),
+        "fetch_ms_p50": round(statistics.median(r["fetch_ms"] for r in bd["runs"]), 1),
+        "click_to_chart_ms": bd["click_to_chart_ms"], "target_ms": 1000,
+        "cpython_open_same_frames_ms": cpython_open_ms(cfg, info["household"]),
+    }
+    print(json.dumps(out, indent=1))
+    if tmp:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
