@@ -17,7 +17,6 @@ from playwright.sync_api import sync_playwright
 from webutil import HOUSEHOLD_KEYS, METERS, PASSWORD, Server, build_workspace
 
 from meterveil.host.decryption.secret_key import generate_keypair
-from meterveil.host.store.base import Batch, StatusRecord, open_store
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "build" / "test-artifacts" / "web"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -146,31 +145,79 @@ def test_household_page_says_bills_only_without_copies(browser, tmp_path):
         ctx.close()
 
 
-def test_operator_sees_a_meter_go_silent(browser, server, ws):
-    """Two meters report; one stops. With silent-after 5 s the page turns it silent, the other not."""
-    ctx, page = login(browser, server, "operator")
-    talker, quiet = METERS[4], METERS[5]
+def test_operator_sees_a_meter_go_silent(browser, tmp_path, mosquitto):
+    """Real parts: mosquitto, `meterveil gateway`, two firmware meters on the MicroPython unix port
+    (one 15-minute interval per real second). Meter B's process is stopped; with silent-after 4 s the
+    operator page turns B silent while A, still publishing, stays reporting."""
+    import json
+    import subprocess
+    import sys
+    from datetime import date, timedelta
 
-    def report(meter: str, counter: int) -> None:
-        store = open_store(ws.store)
-        store.write_batch(Batch(statuses=[StatusRecord(meter, counter, int(time.time()), {"outbox_depth": 0})]))
-        store.close()
+    from brokerutil import wait_until
 
-    for meter in METERS:  # everyone heard just now
-        report(meter, 1000)
-    page.reload()
-    row = page.locator(f'tr[data-meter="{quiet}"]')
-    assert "reporting" in row.inner_text()
-    deadline = time.time() + 60
-    n = 1001
-    while time.time() < deadline:
-        report(talker, n)  # the talker keeps talking, the quiet one has stopped
-        n += 1
-        page.reload()
-        if "silent" in page.locator(f'tr[data-meter="{quiet}"]').inner_text():
-            break
-        time.sleep(1)
-    assert "silent" in page.locator(f'tr[data-meter="{quiet}"]').inner_text()
-    assert "reporting" in page.locator(f'tr[data-meter="{talker}"]').inner_text()
-    page.screenshot(path=str(ARTIFACTS / "operator-silent.png"), full_page=True)
-    ctx.close()
+    from meterveil.host.demo.firmware_runner import MeterProcess, build_firmware
+    from meterveil.host.demo.setup import DemoConfig, provision, write_meter_configs
+    from meterveil.host.web.accounts import Accounts
+    from meterveil.host.web.app import WebConfig
+
+    cfg = DemoConfig(meters=2, feeders=1, days=1, start=date.today() - timedelta(days=3), start_hour=0, k_min=2,
+                     block_s=10, out=tmp_path / "out", progress=False)
+    ws = provision(cfg, tmp_path / "ws", with_passwords=False)
+    write_meter_configs(ws, cfg, mosquitto.url, 900)
+    for p in ws.meters:
+        conf = json.loads(p.config.read_text())
+        conf["broker"].update(keepalive_s=30, backoff_min_ms=100, backoff_max_ms=1000, ack_timeout_ms=3000)
+        p.config.write_text(json.dumps(conf, indent=1))
+    build_firmware()
+    acc = Accounts(tmp_path / "web.db")
+    acc.add_user("operator", "operator", PASSWORD)
+    acc.close()
+    gw_log = tmp_path / "gateway.log"
+    with gw_log.open("wb") as logf:
+        gw = subprocess.Popen([sys.executable, "-m", "meterveil.host.cli", "gateway", "--broker", mosquitto.url,
+                               "--db", str(ws.db), "--keys", str(ws.keys_dir), "--registry", str(ws.registry),
+                               "--batch-ms", "50"], stdout=subprocess.DEVNULL, stderr=logf)
+    meters = {}
+    try:
+        assert wait_until(lambda: b"gateway ready" in gw_log.read_bytes(), 60), gw_log.read_text()[-2000:]
+        for p in ws.meters:
+            meters[p.meter_id] = MeterProcess(p.config, p.dir / "state", intervals=96,
+                                              log_path=tmp_path / f"{p.meter_id}.log").start()
+        a, b = sorted(meters)
+
+        def stored(mid: str) -> int:
+            import sqlite3
+            try:
+                c = sqlite3.connect(ws.db, timeout=5)
+                try:
+                    return c.execute("SELECT COUNT(*) FROM readings WHERE meter_id=?", (mid,)).fetchone()[0]
+                finally:
+                    c.close()
+            except sqlite3.OperationalError:
+                return 0
+
+        assert wait_until(lambda: stored(a) >= 3 and stored(b) >= 3, 120), (meters[a].lines[-20:], gw_log.read_text()[-2000:])
+        web_cfg = WebConfig(store=ws.db, web_db=tmp_path / "web.db", queue=tmp_path / "releases.db",
+                            registry=ws.registry, silent_after_s=4)
+        with Server(web_cfg) as s:
+            ctx, page = login(browser, s, "operator")
+            assert "reporting" in page.locator(f'tr[data-meter="{b}"]').inner_text()
+            meters[b].terminate()  # the meter's process is stopped
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                page.reload()
+                if "silent" in page.locator(f'tr[data-meter="{b}"]').inner_text():
+                    break
+                time.sleep(0.5)
+            assert "silent" in page.locator(f'tr[data-meter="{b}"]').inner_text()
+            assert meters[a].running
+            assert "reporting" in page.locator(f'tr[data-meter="{a}"]').inner_text()
+            page.screenshot(path=str(ARTIFACTS / "operator-silent.png"), full_page=True)
+            ctx.close()
+    finally:
+        for m in meters.values():
+            if m.running:
+                m.kill()
+        gw.terminate()
+        gw.wait(30)

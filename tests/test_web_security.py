@@ -242,3 +242,10 @@ def test_throttle_per_address_and_window(tmp_path):
     now[0] += WINDOW_S + 1
     assert acc.authenticate("clerk", PASSWORD, "10.0.0.9") is not None  # the window slid past
     acc.close()
+
+
+def test_operator_counts_the_same_rejections_as_the_gateway():
+    from meterveil.host.gateway.ingest import NOT_REJECTIONS as gateway
+    from meterveil.host.web.fleet import NOT_REJECTIONS as web
+
+    assert web == gateway

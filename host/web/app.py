@@ -38,7 +38,7 @@ from meterveil.host.web import households
 from meterveil.host.web.accounts import Accounts, Session, csrf_ok
 from meterveil.host.web.auditview import AuditView
 from meterveil.host.web.charts import series_chart
-from meterveil.host.web.fleet import Fleet
+from meterveil.host.web.fleet import NOT_REJECTIONS, Fleet
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -221,7 +221,7 @@ class Console:
         except ValueError:
             page = 0
         counters = self.fleet.counters()
-        rejections = {k: v for k, v in counters.items() if k not in ("accepted", "duplicate")}
+        rejections = {k: v for k, v in counters.items() if k not in NOT_REJECTIONS}
         by_meter = sorted(self.fleet.meter_rejections().items(), key=lambda kv: -sum(kv[1].values()))[:20]
         rate = self.fleet.throughput(counters.get("accepted", 0))
         return self.render(

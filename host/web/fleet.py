@@ -25,7 +25,9 @@ from meterveil.host.common.registry import MeterRegistry
 
 # Status keys worth a column (protocol STATUS_KEYS); the rest is shown on hover.
 STATUS_SHOWN = ("outbox_depth", "outbox_overflow", "dp_spend_milli", "reconnects", "boot_count")
-NOT_REJECTIONS = ("accepted", "duplicate")
+# Counters that are not rejections: the gateway's own list (host/gateway/ingest.py, which this tier may
+# not import); tests/test_web_security.py checks the two are equal.
+NOT_REJECTIONS = ("accepted", "duplicate", "status", "status_superseded", "quarantine_released")
 
 
 @dataclass
