@@ -45,6 +45,7 @@ def main() -> int:
         "attacks": run("attacks.py", ["--small"] if quick else []),
         "qemu32": (run("qemu32.py", []) if (HERE.parent / "build/qemu/fw/firmware.elf").exists()
                    else {"skipped": "no QEMU firmware: `make qemu` needs the MicroPython source"}),
+        "web": run("web.py", ["--quick"] if quick else []),
     }
     (OUT / "all.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
