@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from markupsafe import Markup, escape
 
-W, H, PAD_L, PAD_B, PAD_T, PAD_R = 880, 280, 64, 34, 14, 14
+W, H, PAD_L, PAD_B, PAD_T, PAD_R = 880, 290, 64, 34, 26, 14
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -52,11 +52,14 @@ def series_chart(xs: list[int], ys: list[float | None], band: list[float] | None
     for t in _ticks(lo, hi):
         parts.append(f'<line class="grid" x1="{PAD_L}" x2="{W - PAD_R}" y1="{sy(t):.1f}" y2="{sy(t):.1f}"/>'
                      f'<text class="tick" x="{PAD_L - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
-    days = sorted({x - x % 86400 for x in xs})
-    every = max(1, len(days) // 8)
-    for d in days[::every]:
+    if x1 - x0 <= 2 * 86400:  # a day or two: hours; longer: days
+        marks, fmt = list(range(x0 - x0 % 10800 + 10800, x1 + 1, 10800)), "%H:%M"
+    else:
+        days = sorted({x - x % 86400 + 86400 for x in xs})
+        marks, fmt = days[::max(1, len(days) // 8)], "%d %b"
+    for d in marks:
         if x0 <= d <= x1:
-            label = datetime.fromtimestamp(d, timezone.utc).strftime("%d %b")
+            label = datetime.fromtimestamp(d, timezone.utc).strftime(fmt)
             parts.append(f'<line class="grid v" x1="{sx(d):.1f}" x2="{sx(d):.1f}" y1="{PAD_T}" y2="{PAD_T + ih}"/>'
                          f'<text class="tick" x="{sx(d):.1f}" y="{H - 12}" text-anchor="middle">{label}</text>')
     if band:
@@ -65,5 +68,5 @@ def series_chart(xs: list[int], ys: list[float | None], band: list[float] | None
         parts.append(f'<polygon class="band" points="{up} {down}"/>')
     line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
     parts.append(f'<polyline class="line" points="{line}"/>')
-    parts.append(f'<text class="axis" x="12" y="{PAD_T + 10}">{escape(y_label)}</text></svg>')
+    parts.append(f'<text class="axis" x="{PAD_L}" y="14">{escape(y_label)} (UTC on the time axis)</text></svg>')
     return Markup("".join(parts))

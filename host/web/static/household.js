@@ -108,7 +108,7 @@
       svg.appendChild(el("rect", {class: "bar", x: L + i * slot + 1, y: T + (H - T - B) - h, width: Math.max(1, slot - 2), height: h}));
     }
     for (let hr = 0; hr <= 24; hr += 3) {
-      svg.appendChild(el("text", {class: "tick", x: L + hr * 4 * slot, y: H - 8, "text-anchor": "middle"}, `${String(hr).padStart(2, "0")}:00`));
+      svg.appendChild(el("text", {class: "tick", x: L + hr * 4 * slot, y: H - 8, "text-anchor": hr === 24 ? "end" : "middle"}, `${String(hr).padStart(2, "0")}:00`));
     }
     svg.appendChild(el("text", {class: "axis", x: L - 6, y: 12, "text-anchor": "end"}, "Wh"));
     const box = $("day-chart");
