@@ -249,3 +249,12 @@ def test_operator_counts_the_same_rejections_as_the_gateway():
     from meterveil.host.web.fleet import NOT_REJECTIONS as web
 
     assert web == gateway
+
+
+def test_insecure_cookies_only_when_asked(ws):
+    with Server(ws.config(secure_cookies=False)) as s:
+        c = client(s)
+        c.login("auditor")
+        session_cookie = [h for h in c.set_cookie_headers if h.startswith("mv_session=")][-1].lower()
+        assert "secure" not in session_cookie and "httponly" in session_cookie and "samesite=strict" in session_cookie
+        c.close()
