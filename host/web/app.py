@@ -277,7 +277,10 @@ class Console:
 
     # -- analyst ------------------------------------------------------------------------------------
     def _feeders(self) -> list[str]:
-        return sorted(self.registry.feeders()) if self.registry else []
+        if self.registry is not None:
+            return sorted(self.registry.feeders())
+        self.fleet.refresh()  # no registry given: the feeders the store's readings name
+        return self.fleet.feeders()
 
     async def analyst(self, request: Request, message: str = "", status: int = 200) -> Response:
         return self.render(request, "analyst.html", status=status, requests=self.queue.recent("feeder-load"),

@@ -96,6 +96,10 @@ class Fleet:
                 self._feeder[meter] = feeder
                 self._rowid = rid
 
+    def feeders(self) -> list[str]:
+        with self._lock:
+            return sorted(set(self._feeder.values()))
+
     def _statuses(self) -> dict[str, tuple[int, dict[str, Any]]]:
         import json
 
