@@ -222,7 +222,8 @@ def main() -> int:
     ap.add_argument("--days", type=int, default=31)
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--quick", action="store_true", help="500 meters, 31 days, 10 repeats")
-    ap.add_argument("--keep", help="build the workspace in this folder and keep it")
+    ap.add_argument("--keep", help="build the workspace in this folder and keep it (reused when it is there)")
+    ap.add_argument("--build-only", action="store_true", help="with --keep: build, then exit")
     a = ap.parse_args()
     if a.quick:
         a.meters, a.repeat = 500, 10
@@ -233,7 +234,18 @@ def main() -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="mv-webbench-")
         root = Path(tmp.name)
-    cfg, info = build(root, a.meters, a.days)
+    saved = root / "bench-info.json"
+    if a.keep and saved.is_file():
+        info = json.loads(saved.read_text())
+        cfg = WebConfig(store=root / "store.db", web_db=root / "web.db", queue=root / "releases.db",
+                        registry=root / "registry" / "meters.json", audit_db=root / "decryption" / "decryption.db",
+                        tariffs=("tou3",))
+    else:
+        cfg, info = build(root, a.meters, a.days)
+        if a.keep:
+            saved.write_text(json.dumps(info))
+    if a.build_only:
+        return 0
     month = "2026-11"
     out: dict = {"meters": a.meters, "days": a.days, "readings": info["rows"], "store_mb": info["store_bytes"] >> 20,
                  "build_s": {"readings": info["build_rows_s"], "store_with_indexes": info["build_store_s"]},

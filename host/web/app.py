@@ -212,24 +212,21 @@ class Console:
     # -- operator -----------------------------------------------------------------------------------
     async def operator(self, request: Request) -> Response:
         now = time.time()
-        rows = self.fleet.rows()
-        q = request.query_params.get("q", "").strip()
-        if q:
-            rows = [r for r in rows if q.lower() in r.meter_id.lower() or q.lower() in r.feeder.lower()]
+        q = request.query_params.get("q", "").strip()[:64]
         try:
             page = max(0, int(request.query_params.get("page", "0")))
         except ValueError:
             page = 0
+        rows, total, silent, flagged = self.fleet.view(q, page * PAGE_SIZE, PAGE_SIZE)
         counters = self.fleet.counters()
         rejections = {k: v for k, v in counters.items() if k not in NOT_REJECTIONS}
         by_meter = sorted(self.fleet.meter_rejections().items(), key=lambda kv: -sum(kv[1].values()))[:20]
         rate = self.fleet.throughput(counters.get("accepted", 0))
         return self.render(
-            request, "operator.html", rows=rows[page * PAGE_SIZE:(page + 1) * PAGE_SIZE], total=len(rows),
-            page=page, pages=max(1, -(-len(rows) // PAGE_SIZE)), q=q, now=now, ago=_ago,
-            silent=sum(r.silent for r in rows), flagged=sum(bool(r.flags) for r in rows),
-            counters=counters, rejections=rejections, by_meter=by_meter, quarantine=self.fleet.quarantine(),
-            rate=rate, silent_after=_span(self.cfg.silent_after_s))
+            request, "operator.html", rows=rows, total=total, page=page, pages=max(1, -(-total // PAGE_SIZE)), q=q,
+            now=now, ago=_ago, silent=silent, flagged=flagged, counters=counters, rejections=rejections,
+            by_meter=by_meter, quarantine=self.fleet.quarantine(), rate=rate,
+            silent_after=_span(self.cfg.silent_after_s))
 
     # -- billing ------------------------------------------------------------------------------------
     async def billing(self, request: Request, message: str = "", status: int = 200) -> Response:

@@ -24,6 +24,7 @@ from typing import Any
 from meterveil.host.common.registry import MeterRegistry
 
 # Status keys worth a column (protocol STATUS_KEYS); the rest is shown on hover.
+BACKLOG = 96  # outbox depth above one day of 15-minute readings is a backlog
 STATUS_SHOWN = ("outbox_depth", "outbox_overflow", "dp_spend_milli", "reconnects", "boot_count")
 # Counters that are not rejections: the gateway's own list (host/gateway/ingest.py, which this tier may
 # not import); tests/test_web_security.py checks the two are equal.
@@ -54,11 +55,18 @@ class Fleet:
         self.silent_after_s = silent_after_s
         self.clock = clock
         self._conn = sqlite3.connect(f"file:{store_path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._rowid = 0
         self._last: dict[str, list[int]] = {}  # meter -> [newest interval_start, last received_at]
         self._feeder: dict[str, str] = {}
         self._samples: list[tuple[float, int]] = []  # (time, accepted counter) for throughput
+        self._status: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._status_mark = 0
+        self._status_counter: dict[str, int] = {}
+        self._status_flagged: set[str] = set()
+        self._heard: dict[str, int] = {}  # meter -> last receive time of anything from it
+        self._sorted: list[str] = []  # every meter id known, sorted
+        self._records: dict[str, Any] | None = None
 
     def close(self) -> None:
         self._conn.close()
@@ -76,35 +84,55 @@ class Fleet:
             if start is not None:
                 self._last[meter] = [start, received]
                 self._feeder[meter] = feeder
+                self._heard[meter] = max(self._heard.get(meter, -1), received)
             meter = c.execute("SELECT MIN(meter_id) FROM readings WHERE meter_id > ?", (meter,)).fetchone()[0]
         self._rowid = top
 
     def refresh(self) -> None:
         with self._lock:
-            if self._rowid == 0:
-                self._warm_up()
-            rows = self._conn.execute(
-                "SELECT id, meter_id, feeder, interval_start, received_at FROM readings WHERE id > ? ORDER BY id",
-                (self._rowid,)).fetchall()
-            for rid, meter, feeder, start, received in rows:
-                cur = self._last.get(meter)
-                if cur is None:
-                    self._last[meter] = [start, received]
-                else:
-                    cur[0] = max(cur[0], start)
-                    cur[1] = max(cur[1], received)
-                self._feeder[meter] = feeder
-                self._rowid = rid
+            self.refresh_locked()
+
+    def refresh_locked(self) -> None:
+        if self._rowid == 0:
+            self._warm_up()
+        rows = self._conn.execute(
+            "SELECT id, meter_id, feeder, interval_start, received_at FROM readings WHERE id > ? ORDER BY id",
+            (self._rowid,)).fetchall()
+        for rid, meter, feeder, start, received in rows:
+            cur = self._last.get(meter)
+            if cur is None:
+                self._last[meter] = [start, received]
+            else:
+                cur[0] = max(cur[0], start)
+                cur[1] = max(cur[1], received)
+            self._feeder[meter] = feeder
+            if received > self._heard.get(meter, -1):
+                self._heard[meter] = received
+            self._rowid = rid
 
     def feeders(self) -> list[str]:
         with self._lock:
             return sorted(set(self._feeder.values()))
 
-    def _statuses(self) -> dict[str, tuple[int, dict[str, Any]]]:
+    def _refresh_statuses(self) -> None:
+        """Only status rows received since the newest one seen are read and parsed (a status row is
+        replaced in place by the meter's next status frame, with a later received_at)."""
         import json
 
-        return {m: (int(t), json.loads(s)) for m, t, s in
-                self._conn.execute("SELECT meter_id, received_at, status_json FROM meter_status")}
+        rows = self._conn.execute("SELECT meter_id, counter, received_at, status_json FROM meter_status "
+                                  "WHERE received_at >= ?", (self._status_mark,)).fetchall()
+        for m, counter, t, text in rows:
+            if self._status_counter.get(m) == counter:
+                continue  # same status as last time (rows received in the same second are read again)
+            self._status_counter[m] = counter
+            status = json.loads(text)
+            self._status[m] = (int(t), status)
+            self._status_mark = max(self._status_mark, int(t))
+            self._heard[m] = max(self._heard.get(m, -1), int(t))
+            if status.get("outbox_depth", 0) > BACKLOG or status.get("outbox_overflow", 0):
+                self._status_flagged.add(m)
+            else:
+                self._status_flagged.discard(m)
 
     def counters(self) -> dict[str, int]:
         return {k: int(v) for k, v in self._conn.execute("SELECT reason, count FROM counters ORDER BY reason")}
@@ -133,38 +161,61 @@ class Fleet:
             t0, a0 = old[-1]
         return (accepted - a0) / (now - t0)
 
-    def rows(self) -> list[MeterRow]:
-        self.refresh()
-        statuses = self._statuses()
-        rejections = self.meter_rejections()
-        now = self.clock()
-        ids = set(self._last) | set(statuses)
-        records = {}
-        if self.registry is not None:
-            records = {r.meter_id: r for r in self.registry}
-            ids |= set(records)
-        out = []
-        for m in ids:
-            last = self._last.get(m)
-            st_t, status = statuses.get(m, (None, {}))
-            heard = max([t for t in (last[1] if last else None, st_t) if t is not None], default=None)
-            rec = records.get(m)
-            flags = []
-            if status.get("outbox_depth", 0) > 96:
-                flags.append("backlog")
-            if status.get("outbox_overflow", 0):
-                flags.append("overflow")
-            rej = sum(rejections.get(m, {}).values())
-            if rej:
-                flags.append("rejections")
-            if rec is None:
-                flags.append("unregistered")
-            silent = heard is None or now - heard > self.silent_after_s
-            out.append(MeterRow(
-                meter_id=m, feeder=rec.feeder if rec else self._feeder.get(m, ""),
-                household=rec.household_id if rec else "", attributes=dict(rec.attributes) if rec else {},
-                last_interval=last[0] if last else None, last_heard=heard,
-                status=status, rejections=rej, silent=silent, flags=tuple(flags)))
-        # problems first: silent, then flagged, then by id
-        out.sort(key=lambda r: (not r.silent, not r.flags, r.meter_id))
-        return out
+    def view(self, q: str = "", offset: int = 0, limit: int = 100) -> tuple[list[MeterRow], int, int, int]:
+        """(rows of one page, meters matching `q`, silent among them, flagged among them); problems
+        first: silent, then flagged, then by id. Per-meter state is kept up to date incrementally; a
+        request only compares receive times with the cutoff and builds the page's rows."""
+        with self._lock:
+            self.refresh_locked()
+            self._refresh_statuses()
+            rejections = {m: sum(v.values()) for m, v in self.meter_rejections().items()}
+            if self._records is None:
+                self._records = {r.meter_id: r for r in self.registry} if self.registry is not None else {}
+            known = set(self._last) | set(self._status) | set(self._records)
+            if len(known) != len(self._sorted):  # ids only ever grow
+                self._sorted = sorted(known)
+            ids = self._sorted
+            if q:
+                ql = q.lower()
+                ids = [m for m in ids if ql in m.lower() or ql in self._feeder_of(m).lower()]
+            cutoff = self.clock() - self.silent_after_s
+            heard = self._heard
+            records = self._records
+            flagged = self._status_flagged | set(rejections)
+            silent = [m for m in ids if heard.get(m, -1) < cutoff]
+            silent_set = set(silent)
+            registered = self.registry is not None
+            flagged_ids = [m for m in ids if m in flagged or (registered and m not in records)]
+            flagged_set = set(flagged_ids)
+            order = ([m for m in silent if m in flagged_set] + [m for m in silent if m not in flagged_set]
+                     + [m for m in flagged_ids if m not in silent_set])
+            if offset + limit > len(order):  # the healthy rest, only when the page reaches it
+                order += [m for m in ids if m not in silent_set and m not in flagged_set]
+            keyed = order
+            silent_n, flagged_n = len(silent), len(flagged_ids)
+            total = len(ids)
+            page = [self._row(m, rejections.get(m, 0), cutoff) for m in keyed[offset:offset + limit]]
+        return page, total, silent_n, flagged_n
+
+    def _feeder_of(self, m: str) -> str:
+        rec = (self._records or {}).get(m)
+        return rec.feeder if rec else self._feeder.get(m, "")
+
+    def _row(self, m: str, rej: int, cutoff: float) -> MeterRow:
+        lt, st = self._last.get(m), self._status.get(m)
+        heard = max([t for t in (lt[1] if lt else None, st[0] if st else None) if t is not None], default=None)
+        status = st[1] if st else {}
+        rec = (self._records or {}).get(m)
+        flags = []
+        if status.get("outbox_depth", 0) > BACKLOG:
+            flags.append("backlog")
+        if status.get("outbox_overflow", 0):
+            flags.append("overflow")
+        if rej:
+            flags.append("rejections")
+        if rec is None and self.registry is not None:
+            flags.append("unregistered")
+        return MeterRow(meter_id=m, feeder=self._feeder_of(m), household=rec.household_id if rec else "",
+                        attributes=dict(rec.attributes) if rec else {}, last_interval=lt[0] if lt else None,
+                        last_heard=heard, status=status, rejections=rej,
+                        silent=heard is None or heard < cutoff, flags=tuple(flags))
