@@ -118,6 +118,7 @@ class Console:
         self.queue = ReleaseQueue(cfg.queue)
         self.registry = MeterRegistry.load(cfg.registry) if cfg.registry else None
         self.fleet = Fleet(str(cfg.store), self.registry, cfg.silent_after_s)
+        self._charts: dict[int, tuple[Any, str, int]] = {}  # request id -> drawn chart (final requests)
         self.audit = AuditView(cfg.audit_db, cfg.verify_key, cfg.anchors) if cfg.audit_db else None
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
                                trim_blocks=True, lstrip_blocks=True)
@@ -300,11 +301,23 @@ class Console:
         return RedirectResponse(f"/analyst/requests/{rid}", status_code=303)
 
     async def analyst_result(self, request: Request) -> Response:
-        from meterveil.host.backoffice import dp
-
         req = self.queue.get(request.path_params["rid"])
         if req is None or req.kind != "feeder-load":
             return self.error(request, 404, "No such feeder-load request.")
+        cached = self._charts.get(req.id)
+        if cached is None:
+            cached = self._feeder_chart(req)
+            if req.final:  # an answered request never changes: draw it once (the newest 64 kept)
+                self._charts[req.id] = cached
+                while len(self._charts) > 64:
+                    self._charts.pop(next(iter(self._charts)))
+        chart, band_note, released = cached
+        return self.render(request, "analyst_request.html", req=req, released=released,
+                           chart=chart, band_note=band_note, refusals=self.queue.refusals_of(req.id)[:50])
+
+    def _feeder_chart(self, req) -> tuple[Any, str, int]:
+        from meterveil.host.backoffice import dp
+
         loads = self.queue.feeder_loads_of(req.id)
         chart, band_note = None, ""
         released = [f for f in loads if f["status"] == "ok"]
@@ -321,8 +334,7 @@ class Console:
             band_note = (f"Shaded: 95% band of the differential-privacy noise (±1.96 σ, σ ≈ {band[0] / 1.96:.0f} Wh "
                          f"per interval with {released[0]['contributors']} contributors, "
                          f"ε = {released[0]['epsilon_milli'] / 1000:g} per reading, clamp {released[0]['clamp_wh']} Wh).")
-        return self.render(request, "analyst_request.html", req=req, loads=loads, released=len(released),
-                           chart=chart, band_note=band_note, refusals=self.queue.refusals_of(req.id)[:50])
+        return chart, band_note, len(released)
 
     # -- household ----------------------------------------------------------------------------------
     def _own_meter(self, request: Request) -> str | None:
