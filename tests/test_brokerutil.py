@@ -1,6 +1,18 @@
-import time
+"""The test broker fixture itself: a real mosquitto that accepts publishes, takes passwords and an
+ACL, and keeps a persistent session's queued messages across a restart."""
+
+import threading
 
 import paho.mqtt.client as mqtt
+from brokerutil import wait_until
+
+
+def _subscribed(client: mqtt.Client, topic: str) -> None:
+    """Subscribe and wait for the SUBACK, however loaded the machine is."""
+    done = threading.Event()
+    client.on_subscribe = lambda *a: done.set()
+    client.subscribe(topic, qos=1)
+    assert done.wait(30)
 
 
 def test_mosquitto_fixture_accepts_a_publish(mosquitto):
@@ -8,16 +20,10 @@ def test_mosquitto_fixture_accepts_a_publish(mosquitto):
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     c.on_message = lambda cl, ud, msg: got.append(msg.payload)
     c.connect("127.0.0.1", mosquitto.port)
-    c.subscribe("t/#", qos=1)
     c.loop_start()
-    import time
-
-    time.sleep(0.2)
-    c.publish("t/x", b"hello", qos=1).wait_for_publish(5)
-    for _ in range(100):
-        if got:
-            break
-        time.sleep(0.02)
+    _subscribed(c, "t/#")
+    c.publish("t/x", b"hello", qos=1).wait_for_publish(30)
+    wait_until(lambda: got, 30)
     c.loop_stop()
     assert got == [b"hello"]
 
@@ -30,16 +36,15 @@ def test_password_and_acl_broker_starts(mosquitto_factory):
 def test_restart_keeps_queued_messages(mosquitto):
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="persist-sub", clean_session=False)
     sub.connect("127.0.0.1", mosquitto.port)
-    sub.subscribe("q/#", qos=1)
     sub.loop_start()
-    time.sleep(0.3)
+    _subscribed(sub, "q/#")  # the broker now holds the session's subscription
     sub.loop_stop()
     sub.disconnect()
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     pub.connect("127.0.0.1", mosquitto.port)
     pub.loop_start()
     for i in range(5):
-        pub.publish("q/x", str(i), qos=1).wait_for_publish(5)
+        pub.publish("q/x", str(i), qos=1).wait_for_publish(30)
     pub.loop_stop()
     pub.disconnect()
     mosquitto.restart()
@@ -48,10 +53,7 @@ def test_restart_keeps_queued_messages(mosquitto):
     sub.on_message = lambda c, u, m: got.append(m.payload)
     sub.connect("127.0.0.1", mosquitto.port)
     sub.loop_start()
-    for _ in range(100):
-        if len(got) == 5:
-            break
-        time.sleep(0.05)
+    wait_until(lambda: len(got) >= 5, 30)
     sub.loop_stop()
     assert got == [b"0", b"1", b"2", b"3", b"4"]
     assert "Permission denied" not in mosquitto.log.read_text()
