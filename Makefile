@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh Debian/Ubuntu machine with Python 3.10+:
 #   make demo   - create .venv, install, run the end-to-end neighbourhood demo
-#   make test   - create .venv, install dev deps (+ mosquitto, chromium via apt when root), run the whole suite,
+#   make test   - create .venv, install dev deps (+ mosquitto, postgresql, chromium via apt when root), run the whole suite,
 #                 then the 32-bit QEMU target's HIL tests when its MicroPython source is present
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.meterveil-installed
 DEMO_ARGS ?=
 PYTEST_ARGS ?= -q
 
-.PHONY: demo test lint contracts bench vectors mosquitto chromium clean qemu qemu-toolchain test-qemu
+.PHONY: demo test lint contracts bench vectors mosquitto postgresql chromium clean qemu qemu-toolchain test-qemu
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | $(PY)
 demo: $(STAMP)
 	$(VENV)/bin/meterveil demo $(DEMO_ARGS)
 
-test: $(STAMP) mosquitto chromium qemu
+test: $(STAMP) mosquitto postgresql chromium qemu
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-qemu
 
@@ -108,6 +108,16 @@ chromium:
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium is missing: install it with 'sudo apt-get install -y chromium' (the browser tests drive it with Playwright), then re-run make test"; exit 1; fi
+
+# The store tests run against a throwaway PostgreSQL cluster too (tests/pgutil.py starts it as the
+# `postgres` user the package creates; only the server binaries are used, no system cluster).
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing postgresql with apt-get"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else echo "PostgreSQL is missing: install it with 'sudo apt-get install -y postgresql' (macOS: 'brew install postgresql'), then re-run make test"; exit 1; fi
 
 clean:
 	rm -rf build demo-out .pytest_cache

@@ -77,3 +77,16 @@ def pilot():
     yield p
     p.broker.stop()
     shutil.rmtree(root, ignore_errors=True)
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throwaway PostgreSQL cluster per test session (tests/pgutil.py); each test makes its own database."""
+    from pgutil import PgCluster
+
+    with PgCluster() as pg:
+        yield pg
+
+
+@pytest.fixture
+def pg_url(pg_cluster):
+    """URL of an empty database in the session's cluster (emptied for each test)."""
+    return pg_cluster.reset_db("meterveil_test")

@@ -227,7 +227,7 @@ def test_a_version_2_store_migrates_its_quarantine_into_the_pools(tmp_path):
     c.execute("INSERT INTO meter_status VALUES ('m0001', 9, 1, '{}')")
     c.close()
     s = open_store(db, quarantine=QuarantinePolicy(per_id=3))
-    assert s.schema_version() == 3 and s.quarantine_meter_ids() == ["m0001", "x001"]
+    assert s.schema_version() == store_sqlite.SCHEMA_VERSION and s.quarantine_meter_ids() == ["m0001", "x001"]
     held = dict(((m, p), n) for m, p, n in s.conn.execute("SELECT meter_id, pool, n FROM quarantine_held"))
     assert held == {("x001", "unverified"): 3, ("m0001", "verified"): 2}
     assert s.latest_status("m0001").sealed_at == 0

@@ -41,7 +41,7 @@ class Layers:
 
 CONTRACTS: tuple[Forbidden | Layers, ...] = (
     Layers("host rooms are layered", (
-        H + "cli", H + "demo", H + "web", H + "decryption", H + "gateway", H + "backoffice", H + "audit",
+        H + "cli", H + "demo", H + "loadgen", H + "web", H + "decryption", H + "gateway", H + "backoffice", H + "audit",
         H + "store", H + "common")),
     Forbidden("the gateway holds no decryption code, no back office and no reporting stack", H + "gateway",
               (H + "decryption", H + "backoffice", H + "audit", H + "demo", H + "cli", H + "web",
@@ -52,6 +52,8 @@ CONTRACTS: tuple[Forbidden | Layers, ...] = (
               (H + "gateway", H + "decryption", H + "demo", H + "web")),
     Forbidden("the audit trail is readable without any role's keys", H + "audit",
               (H + "gateway", H + "decryption", H + "backoffice", H + "demo", H + "web")),
+    Forbidden("the load generator holds meter keys: it never reaches the decryption role", H + "loadgen",
+              (H + "decryption", H + "backoffice", H + "audit", H + "demo", H + "web", "pandas", "matplotlib")),
     Forbidden("the web tier holds no key", H + "web", (H + "gateway", H + "decryption", H + "demo")),
     Forbidden("the store knows no role", H + "store",
               (H + "gateway", H + "decryption", H + "backoffice", H + "audit", H + "demo", H + "web")),

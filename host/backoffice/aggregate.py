@@ -13,6 +13,7 @@ frame counter, to detect a changed contributor set), the DP parameters carried b
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -98,7 +99,7 @@ class HouseholdSums:
     t_to: int
     bands: dict[str, BandCell]
     readings: int
-    intervals: frozenset[int]  # distinct interval starts present
+    present_intervals: int  # distinct interval starts present
     interval_len: int  # most common interval length of this meter's readings (900 if none)
     members_digest: str = ""  # which readings were summed (contributor_digest of (meter, counter))
     straddling: int = 0  # readings whose interval crosses a band or period boundary (cannot be billed)
@@ -138,9 +139,11 @@ def billing_sums(
     """
     band_cache: dict[tuple[int, int], str | None] = {}
     acc: dict[str, dict[str, list[int]]] = {}  # meter -> band -> [ciphertext, count]
-    intervals: dict[str, set[int]] = {}
+    # per meter, 8 bytes per reading (interval starts, counters), folded to a count and a digest at
+    # the end: memory grows with the readings 16 bytes each, not with Python objects per reading
+    intervals: dict[str, array] = {}
     lens: dict[str, Counter[int]] = {}
-    members: dict[str, list[tuple[str, int]]] = {}
+    members: dict[str, array] = {}
     straddling: Counter[str] = Counter()
     nsq = gmpy2.mpz(nsquare)
     for r in readings:
@@ -156,11 +159,11 @@ def billing_sums(
         if band is None:
             straddling[r.meter_id] += 1
             continue
-        members.setdefault(r.meter_id, []).append((r.meter_id, r.counter))
+        members.setdefault(r.meter_id, array("q")).append(r.counter)
         cell = acc.setdefault(r.meter_id, {}).setdefault(band, [gmpy2.mpz(1), 0])
         cell[0] = gmpy2.f_mod(cell[0] * r.ciphertext, nsq)
         cell[1] += 1
-        intervals.setdefault(r.meter_id, set()).add(r.interval_start)
+        intervals.setdefault(r.meter_id, array("q")).append(r.interval_start)
         lens.setdefault(r.meter_id, Counter())[r.interval_len] += 1
     out: dict[str, HouseholdSums] = {}
     for meter_id in sorted(set(acc) | set(straddling) | set(meter_ids)):
@@ -169,9 +172,9 @@ def billing_sums(
         out[meter_id] = HouseholdSums(
             meter_id=meter_id, t_from=t_from, t_to=t_to, bands=cells,
             readings=sum(c.readings for c in cells.values()),
-            intervals=frozenset(intervals.get(meter_id, ())),
+            present_intervals=len(set(intervals.pop(meter_id, ()))),
             interval_len=ml.most_common(1)[0][0] if ml else 900,
-            members_digest=contributor_digest(members.get(meter_id, ())),
+            members_digest=contributor_digest((meter_id, c) for c in members.pop(meter_id, ())),
             straddling=straddling[meter_id],
         )
     return out

@@ -66,6 +66,11 @@ def _backoffice(sub):
     cli.register(sub)
 
 
+def _loadgen(sub):
+    from meterveil.host.loadgen import cli
+    cli.register(sub)
+
+
 def _frame(sub):
     from meterveil.host.cli import frame
     frame.register(sub)
@@ -92,6 +97,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = 
     "audit": ("verify the decryption role's signed audit log (auditor)", _audit),
     "privacy-report": ("DP parameters and privacy spend per feeder per day", _backoffice),
     "frame": ("inspect protocol frames (debugging)", _frame),
+    "loadgen": ("publish sealed readings of N meters at a set rate and report the gateway's counters", _loadgen),
 }
 
 

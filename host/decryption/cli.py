@@ -155,8 +155,7 @@ def _input_errors() -> tuple[type[Exception], ...]:
     from meterveil.host.audit.chain import AuditError
     from meterveil.host.common.pubkey import KeyFileError
     from meterveil.host.decryption.policy import PolicyError
-    from meterveil.host.store.base import StoreError
-    from meterveil.host.store.sqlite import StoreVersionError
+    from meterveil.host.store.base import StoreError, StoreVersionError
 
     return (InputError, OutputError, PolicyError, AuditError, KeyFileError, StoreError, StoreVersionError, FileNotFoundError,
             IsADirectoryError, PermissionError)

@@ -104,8 +104,8 @@ class ExportResult:
 def _months(store, tz: ZoneInfo, now: datetime | None = None) -> list[str]:
     """Calendar months (in `tz`, the billing zone) from the first to the last stored reading that have
     ended: a running month is incomplete for research, and decrypting it would be an interim bill."""
-    row = store.conn.execute("SELECT MIN(interval_start), MAX(interval_start) FROM readings").fetchone()
-    if row[0] is None:
+    row = store.interval_bounds()
+    if row is None:
         return []
     now = now or datetime.now(tz)
     t0 = datetime.fromtimestamp(row[0], tz)

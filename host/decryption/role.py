@@ -336,7 +336,7 @@ class DecryptionRole:
                    for b, c in sorted(hs.bands.items())}
         totals = HouseholdTotals(
             meter_id=hs.meter_id, period=period, band_wh=band_wh, readings=hs.readings,
-            present_intervals=len(hs.intervals),
+            present_intervals=hs.present_intervals,
             expected_intervals=count_expected(hs.t_from, horizon, hs.interval_len),
         )
         query = {"meter_id": hs.meter_id, "period": period, "tariff": tariff.name, "timezone": tariff.timezone,

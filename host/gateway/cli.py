@@ -16,8 +16,7 @@ from meterveil.host.gateway.encryptor import PACKED_STRATEGIES, make_encryptor
 from meterveil.host.gateway.ingest import Gateway, IngestConfig, stats_summary
 from meterveil.host.gateway.meter_keys import KeyedRegistry
 from meterveil.host.gateway.mqtt import MqttConfig, MqttIngest
-from meterveil.host.store.base import StoreError, open_store
-from meterveil.host.store.sqlite import StoreVersionError
+from meterveil.host.store.base import StoreError, StoreVersionError, open_store
 from meterveil.tools.fileio import ToolError
 
 log = logging.getLogger("meterveil.gateway")
@@ -133,7 +132,8 @@ def _positive_seconds(text: str) -> float:
 def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("gateway", help="ingest sealed frames from MQTT into the ciphertext store")
     g.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
-    g.add_argument("--db", required=True, help="SQLite store path")
+    g.add_argument("--db", required=True, help="store: an SQLite file path, or postgresql://USER@HOST:PORT/DB "
+                   "(several gateway workers on one database; use --share-group and one --client-id each)")
     g.add_argument("--keys", required=True, help="the gateway's keys folder: utility.pub.json and meter-keys.json")
     g.add_argument("--registry", required=True, help="meters.json: meter metadata (feeder, DP parameters)")
     g.add_argument("--tls-ca", help="CA file for TLS to the broker")
@@ -152,6 +152,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="retry frames kept in quarantine (unknown meter, clock, DP params) this often")
     g.set_defaults(func=_gateway)
     s = sub.add_parser("stats", help="ingest counters as JSON")
-    s.add_argument("--db", required=True)
+    s.add_argument("--db", required=True, help="SQLite store path or postgresql:// URL")
     s.add_argument("--per-meter", action="store_true")
     s.set_defaults(func=_stats)

@@ -1,21 +1,25 @@
 """The ciphertext store: records, the `Store` interface, and `open_store`.
 
-Why an interface: ingest and the back office talk only to `Store`, so a PostgreSQL backend for
-several gateway workers can be added without touching them. SQLite (sqlite.py) is the default.
+Why an interface: ingest and the back office talk only to `Store`, so the backend is a deployment
+choice: SQLite (sqlite.py) for one gateway process, PostgreSQL (postgres.py) for several gateway
+workers on one database. `open_store` picks by the name: a ``postgresql://`` URL or a file path.
 
 Nothing here is readable consumption: a reading row holds the meter id, frame counter, feeder,
 interval, DP parameters, privacy-neutral flags and the Paillier ciphertext of the packed plaintext
 (see packing.py) as an int (stored as big-endian BLOB).
 
 Interface (stable; back office = aggregation, billing, decryption role):
-- ``open_store(path, create=True) -> SqliteStore``; ``store.conn`` is the sqlite3 connection (audit_log lives
-  in the same file); ``store.close()``. ``create=False`` (every command that only reads a store) raises
-  ``StoreError`` for a missing path, a file that is not an SQLite database or one without the store schema,
-  instead of creating an empty store; only the gateway (and the demo) create stores.
+- ``open_store(path_or_url, create=True) -> SqliteStore | PostgresStore``; ``store.close()``. ``create=False`` (every command that only reads a store) raises
+  ``StoreError`` for a missing path (or unreachable database), a file that is not an SQLite database or one
+  without the store schema, instead of creating an empty store; only the gateway (and the demo) create stores.
+  ``StoreVersionError`` for a store written by a newer schema.
 - ``write_batch(batch) -> list[bool]``: one transaction: inserts readings idempotently keyed by
   (meter_id, counter) (True = inserted, False = already there), upserts latest statuses, adds
   ``batch.counts`` / ``batch.meter_counts`` to the counters, and counts ``accepted`` / ``duplicate``
   for the readings itself. Returns only after the commit is durable (ingest acks after this).
+  The database is the arbiter between writers: a reading whose (meter_id, counter) is taken or whose
+  interval overlaps a stored one of its meter is not inserted (False) and counted ``duplicate`` (same
+  frame digest), ``counter_reuse`` (other digest) or ``interval_overlap``.
 - ``lookup(meter_id, counter) -> (frame_digest, received_at) | None``; ``max_counter(meter_id)``;
   ``overlapping(meter_id, start, end) -> counter | None`` (a stored reading whose interval overlaps).
 - ``counters() -> dict[reason, n]``; ``meter_counters() -> {meter_id: {reason: n}}``.
@@ -31,8 +35,9 @@ Interface (stable; back office = aggregation, billing, decryption role):
   status is the one sealed last: ordered by (``sealed_at``, counter), ``sealed_at`` 0 for a meter
   whose clock was not set.
 - ``iter_readings(feeder=None, meter_id=None, t_from=None, t_to=None)`` (interval_start in [t_from, t_to),
-  ordered by interval_start, meter_id, counter); ``readings_for_feeder(feeder, t_from, t_to)``,
+  ordered by interval_start, meter_id, counter), streamed: memory does not grow with the rows; ``readings_for_feeder(feeder, t_from, t_to)``,
   ``readings_for_meter(meter_id, t_from, t_to)`` (lists).
+- ``interval_bounds() -> (min interval_start, max interval_start) | None``;
 - ``meters() -> list[MeterInfo]``; ``feeders() -> list[str]``; ``count_readings() -> int``.
 - ``coverage(t_from, t_to, interval_len=900, meter_ids=None) -> list[Coverage]``: expected vs present
   intervals per meter (present = distinct interval_start values in range).
@@ -51,6 +56,15 @@ SCHEME_PACKED_V1 = "paillier-packed-v1"
 
 class StoreError(ValueError):
     """The store path is missing, not an SQLite database or not a meterveil store (a one-line message)."""
+
+
+class StoreVersionError(RuntimeError):
+    """The database was written by a newer schema than this code knows."""
+
+
+def int_to_blob(x: int) -> bytes:
+    """A ciphertext as big-endian bytes (BLOB in SQLite, bytea in PostgreSQL)."""
+    return int(x).to_bytes((int(x).bit_length() + 7) // 8 or 1, "big")
 
 
 @dataclass(frozen=True)
@@ -143,7 +157,7 @@ class Coverage:
 
 
 class Store(Protocol):
-    """What ingest and the back office need from a store (SQLite now, PostgreSQL later)."""
+    """What ingest and the back office need from a store (SQLite or PostgreSQL)."""
 
     def write_batch(self, batch: Batch) -> list[bool]: ...
     def lookup(self, meter_id: str, counter: int) -> tuple[bytes, int] | None: ...
@@ -162,6 +176,7 @@ class Store(Protocol):
                       t_from: int | None = None, t_to: int | None = None) -> Iterator[StoredReading]: ...
     def readings_for_feeder(self, feeder: str, t_from: int, t_to: int) -> list[StoredReading]: ...
     def readings_for_meter(self, meter_id: str, t_from: int, t_to: int) -> list[StoredReading]: ...
+    def interval_bounds(self) -> tuple[int, int] | None: ...
     def meters(self) -> list[MeterInfo]: ...
     def feeders(self) -> list[str]: ...
     def count_readings(self) -> int: ...
@@ -171,12 +186,16 @@ class Store(Protocol):
 
 
 def open_store(path: str | os.PathLike[str], *, create: bool = True, **kwargs: Any):
-    """Open (and migrate) the SQLite store at ``path``. Returns a SqliteStore.
+    """Open (and migrate) the store at ``path``: a ``postgresql://`` URL or an SQLite file path.
 
-    ``create=True`` (gateway, demo) creates the file and its folder if missing. ``create=False`` (commands
-    that only read a store) raises ``StoreError`` unless ``path`` is an existing meterveil store, so a
-    mistyped path is an error instead of a new empty store.
+    ``create=True`` (gateway, demo) creates the file and its folder (or the schema) if missing.
+    ``create=False`` (commands that only read a store) raises ``StoreError`` unless ``path`` is an
+    existing meterveil store, so a mistyped path is an error instead of a new empty store.
     """
+    if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+        from meterveil.host.store.postgres import PostgresStore
+
+        return PostgresStore(path, create=create, **kwargs)
     from meterveil.host.store.sqlite import SqliteStore
 
     return SqliteStore(path, create=create, **kwargs)

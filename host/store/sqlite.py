@@ -29,12 +29,16 @@ from meterveil.host.store.base import (
     StatusRecord,
     StoredReading,
     StoreError,
+    StoreVersionError,
+    int_to_blob,
 )
 from meterveil.host.store.quarantine import UNVERIFIED, QuarantinePolicy, admit, pool_of
 
+__all__ = ["SqliteStore", "StoreVersionError", "int_to_blob", "inspect_file"]
 
-class StoreVersionError(RuntimeError):
-    """The database was written by a newer schema than this code knows."""
+# Longest interval the gateway accepts: bounds the index range the overlap lookup scans.
+_MAX_INTERVAL_S = 86400
+STREAM_ROWS = 1000  # rows per fetch in iter_readings
 
 
 def _m1_initial(c: sqlite3.Connection) -> None:
@@ -87,15 +91,26 @@ def _m3_fair_quarantine(c: sqlite3.Connection) -> None:
     c.execute("ALTER TABLE meter_status ADD COLUMN sealed_at INTEGER NOT NULL DEFAULT 0")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_quarantine, _m3_fair_quarantine]
+def _m4_no_overlap(c: sqlite3.Connection) -> None:
+    # The database refuses a second reading covering any part of a meter's stored interval (the
+    # rule PostgreSQL enforces by an exclusion constraint): RAISE(IGNORE) skips the row, and
+    # write_batch counts it. Intervals are at most _MAX_INTERVAL_S long, which bounds the index scan.
+    c.execute(f"""CREATE TRIGGER readings_no_overlap BEFORE INSERT ON readings
+        WHEN EXISTS (SELECT 1 FROM readings WHERE meter_id = NEW.meter_id
+                     AND interval_start < NEW.interval_start + NEW.interval_len
+                     AND interval_start >= NEW.interval_start - {_MAX_INTERVAL_S}
+                     AND interval_start + interval_len > NEW.interval_start)
+        BEGIN SELECT RAISE(IGNORE); END""")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_quarantine, _m3_fair_quarantine,
+                                                          _m4_no_overlap]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLS = ("meter_id, counter, feeder, interval_start, interval_len, epsilon_milli, clamp_wh, m, "
          "flags, scheme, ciphertext, frame_digest, received_at")
 
 
-# Longest interval the gateway accepts: bounds the index range the overlap lookup scans.
-_MAX_INTERVAL_S = 86400
 
 
 def inspect_file(path: str | os.PathLike[str]) -> set[str]:
@@ -118,10 +133,6 @@ def inspect_file(path: str | os.PathLike[str]) -> set[str]:
             conn.close()
     except sqlite3.DatabaseError as e:
         raise StoreError(f"store {p} is not an SQLite database ({e})") from None
-
-
-def int_to_blob(x: int) -> bytes:
-    return int(x).to_bytes((int(x).bit_length() + 7) // 8 or 1, "big")
 
 
 def _row_to_reading(r: tuple[Any, ...]) -> StoredReading:
@@ -208,7 +219,7 @@ class SqliteStore:
                          r.received_at or int(time.time())))
                     new = cur.rowcount == 1
                     inserted.append(new)
-                    reason = "accepted" if new else "duplicate"
+                    reason = "accepted" if new else self._not_inserted(c, r)
                     counts[reason] += 1
                     meter_counts[(r.meter_id, reason)] += 1
                 for q in batch.quarantine:
@@ -236,6 +247,16 @@ class SqliteStore:
                 c.execute("ROLLBACK")
                 raise
             return inserted
+
+    @staticmethod
+    def _not_inserted(c: sqlite3.Connection, r: StoredReading) -> str:
+        """Why a reading was not inserted: the same frame is stored (``duplicate``), another frame holds
+        its counter (``counter_reuse``), or the overlap trigger skipped it (``interval_overlap``)."""
+        row = c.execute("SELECT frame_digest FROM readings WHERE meter_id=? AND counter=?",
+                        (r.meter_id, r.counter)).fetchone()
+        if row is None:
+            return "interval_overlap"
+        return "duplicate" if bytes(row[0]) == r.frame_digest else "counter_reuse"
 
     def _keep_quarantined(self, c: sqlite3.Connection, q: QuarantinedFrame, counts, meter_counts) -> None:
         """Admit one frame under the policy (store/quarantine.py), evicting or counting as it says."""
@@ -367,16 +388,33 @@ class SqliteStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY interval_start, meter_id, counter"
-        with self._lock:
-            rows = self.conn.execute(sql, args).fetchall()
-        for r in rows:
-            yield _row_to_reading(r)
+        # a read-only connection of its own, fetched in chunks: memory stays flat however many rows
+        # match, and the writer's connection and lock stay free (WAL: readers never block it)
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        try:
+            cur = conn.execute(sql, args)
+            while rows := cur.fetchmany(STREAM_ROWS):
+                for r in rows:
+                    yield _row_to_reading(r)
+        finally:
+            conn.close()
 
     def readings_for_feeder(self, feeder: str, t_from: int, t_to: int) -> list[StoredReading]:
         return list(self.iter_readings(feeder=feeder, t_from=t_from, t_to=t_to))
 
     def readings_for_meter(self, meter_id: str, t_from: int, t_to: int) -> list[StoredReading]:
         return list(self.iter_readings(meter_id=meter_id, t_from=t_from, t_to=t_to))
+
+    def interval_bounds(self) -> tuple[int, int] | None:
+        with self._lock:
+            row = self.conn.execute("SELECT MIN(interval_start), MAX(interval_start) FROM readings").fetchone()
+        return None if row[0] is None else (int(row[0]), int(row[1]))
+
+    def storage_bytes(self) -> dict[str, int]:
+        """File bytes (database + WAL), for the growth benchmark."""
+        with self._lock:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"file": sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())}
 
     def meters(self) -> list[MeterInfo]:
         with self._lock:
