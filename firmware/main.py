@@ -52,6 +52,10 @@ def main(argv, board=BOARD):
         return rc
     import gc
     gc.collect()
+    if cfg.get("e2e"):
+        # End-to-end mode: its modules load while the heap is still in one piece (after boot it
+        # is too fragmented for their dicts, as for asyncio above).
+        import meter.e2e  # noqa: F401
     intervals = int(o["intervals"]) if o["intervals"] is not None else cfg["run"]["intervals"]
     drain = o["drain"] if o["drain"] is not None else cfg["run"]["drain_timeout_s"]
     if board:

@@ -20,6 +20,7 @@ from . import errors, frame
 from .hmac_sha256 import hkdf_sha256, hmac_sha256
 
 OUT = Path(__file__).with_name("vectors.json")
+OUT_E2E = Path(__file__).with_name("vectors_e2e.json")  # apart: Paillier numbers would crowd a 64 KB heap
 
 # RFC 4231 section 4 (HMAC-SHA256); case 5 is the truncated-to-128-bit case.
 RFC4231 = [
@@ -78,7 +79,8 @@ def _mutations(good: bytes) -> list[tuple[str, str, str]]:
     hdr_flip[20] ^= 1  # counter
     bad_magic = b"XV" + good[2:]
     bad_version = good[:2] + b"\x02" + good[3:]
-    bad_kind = good[:3] + b"\x03" + good[4:]
+    kind3_len = good[:3] + b"\x03" + good[4:]
+    bad_kind = good[:3] + b"\x04" + good[4:]
     bad_len = good[:38] + b"\x00\x30" + good[40:]
     bad_id = good[:4] + b"m00/1" + good[9:]
     return [
@@ -89,7 +91,8 @@ def _mutations(good: bytes) -> list[tuple[str, str, str]]:
         ("oversize", (good + bytes(frame.MAX_FRAME)).hex(), errors.Oversize.reason),
         ("bad magic", bad_magic.hex(), errors.BadMagic.reason),
         ("version 2", bad_version.hex(), errors.UnsupportedVersion.reason),
-        ("reserved kind 3", bad_kind.hex(), errors.UnsupportedKind.reason),
+        ("kind 3 with a kind 1 body length", kind3_len.hex(), errors.BadLength.reason),
+        ("unknown kind 4", bad_kind.hex(), errors.UnsupportedKind.reason),
         ("body_len 48 for a reading", bad_len.hex(), errors.BadLength.reason),
         ("meter id with slash", bad_id.hex(), errors.BadField.reason),
         ("tag bit flip", bytes(tag_flip).hex(), errors.BadTag.reason),
@@ -107,6 +110,73 @@ def _bad_padding_frame(keys) -> str:
     ct = cbc_encrypt(enc_key, IV, bytes(18) + bytes([0]) * 14)  # pad byte 0 is invalid
     signed = head + IV + ct
     return (signed + hmac_sha256(mac_key, signed)[:16]).hex()
+
+
+HOUSEHOLD = bytes.fromhex("202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f")  # test fixture
+
+
+def _probably_prime(x: int) -> bool:
+    """Miller-Rabin with the first 24 primes as bases (deterministic output; ample for a test fixture)."""
+    bases = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89]
+    if x < 2 or any(x % b == 0 for b in bases):
+        return x in bases
+    d, r = x - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for b in bases:
+        y = pow(b, d, x)
+        if y in (1, x - 1):
+            continue
+        for _ in range(r - 1):
+            y = y * y % x
+            if y == x - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def fixture_primes() -> tuple[int, int]:
+    """The test key's primes: next primes after fixed hashes (tests decrypt the vectors with phe)."""
+    out = []
+    for label in (b"meterveil e2e vector p", b"meterveil e2e vector q"):
+        x = int.from_bytes(hashlib.sha512(label).digest(), "big") | (1 << 511) | (1 << 510) | 1
+        while not _probably_prime(x):
+            x += 2
+        out.append(x)
+    return out[0], out[1]
+
+
+def _e2e_vectors() -> dict:
+    """Kind 3 frames under a fixed 1024-bit test key: exact bytes on both runtimes. Decrypted here with
+    textbook Paillier; tests/test_protocol.py decrypts them with phe (the independent anchor)."""
+    from . import e2e, opener, paillier
+
+    p, q = fixture_primes()
+    n = p * q
+    nsq = n * n
+    lam = (p - 1) * (q - 1)
+    mu = pow(lam, -1, n)
+    x = int.from_bytes(hashlib.sha256(b"meterveil e2e vector x").digest(), "big")
+    hs = pow(-x * x % n, n, nsq)
+    exp_bits = n.bit_length() // 2
+    keys, hkeys = frame.derive_keys(MASTER), e2e.household_keys(HOUSEHOLD)
+    out = {"comment": "Frozen kind 3 (end-to-end) vectors under a 1024-bit test key; public test fixtures, "
+                      "never use them on a meter.",
+           "n": f"{n:x}", "hs": f"{hs:x}", "exp_bits": exp_bits, "master_key": MASTER.hex(),
+           "household_key": HOUSEHOLD.hex(), "iv": IV.hex(), "e2e_frames": []}
+    for i, fields in enumerate(READINGS[:3]):
+        a = int.from_bytes(hashlib.sha512(b"meterveil e2e vector a%d" % i).digest(), "big") >> (512 - exp_bits)
+        rho = paillier.obfuscator_now(hs, n, exp_bits, a)
+        assert rho == pow(hs, a, nsq)
+        hdr = dict(HEADER, kind=frame.KIND_READING_PAILLIER, counter=HEADER["counter"] + 20 + i)
+        blob = e2e.seal(keys, hkeys, hdr, fields, n, rho, IV)
+        plain = paillier.pack(fields["billing_wh"], fields["analytics_wh"])
+        _meta, c, _hh = opener.split_e2e(blob, e2e.body_len(paillier.nsq_len(n)))
+        assert (pow(c, lam, nsq) - 1) // n * mu % n == plain, "the vector does not decrypt"
+        out["e2e_frames"].append({"a": f"{a:x}", "header": hdr, "fields": fields, "plain": f"{plain:x}",
+                                  "ciphertext": f"{c:x}", "frame": blob.hex()})
+    return out
 
 
 def build() -> dict:
@@ -155,14 +225,17 @@ def build() -> dict:
 
 
 def main(argv: list[str]) -> int:
-    data = json.dumps(build(), indent=1, sort_keys=True) + "\n"
-    if "--check" in argv:
-        same = OUT.exists() and OUT.read_text() == data
-        print("vectors.json is up to date" if same else "vectors.json differs from the generator")
-        return 0 if same else 1
-    OUT.write_text(data)
-    print(f"wrote {OUT}")
-    return 0
+    bad = 0
+    for out, built in ((OUT, build()), (OUT_E2E, _e2e_vectors())):
+        data = json.dumps(built, indent=1, sort_keys=True) + "\n"
+        if "--check" in argv:
+            same = out.exists() and out.read_text() == data
+            print(f"{out.name} is up to date" if same else f"{out.name} differs from the generator")
+            bad += not same
+        else:
+            out.write_text(data)
+            print(f"wrote {out}")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -42,7 +42,10 @@ class Layers:
 CONTRACTS: tuple[Forbidden | Layers, ...] = (
     Layers("host rooms are layered", (
         H + "cli", H + "demo", H + "loadgen", H + "web", H + "decryption", H + "gateway", H + "backoffice", H + "audit",
-        H + "store", H + "common")),
+        H + "household", H + "store", H + "common")),
+    Forbidden("the household holds its own key only: no meter keys, no Paillier secret key", H + "household",
+              (H + "gateway", H + "decryption", H + "backoffice", H + "audit", H + "demo", H + "web",
+               H + "cli")),
     Forbidden("the gateway holds no decryption code, no back office and no reporting stack", H + "gateway",
               (H + "decryption", H + "backoffice", H + "audit", H + "demo", H + "cli", H + "web",
                "pandas", "matplotlib")),

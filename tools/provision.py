@@ -28,9 +28,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from meterveil.host.common.pubkey import KeyFileError
-from meterveil.host.common.registry import METER_ID_RE, REGISTRY_NAME
+from meterveil.host.common.pubkey import KeyFileError, ensure_e2e
+from meterveil.host.common.registry import METER_ID_RE, MODE_E2E, MODE_PROXY, MODES, REGISTRY_NAME
 from meterveil.host.gateway.meter_keys import MASTER_KEY_BYTES, KeyedRegistry
+from meterveil.host.household.card import HouseholdCard, new_key, write_card
 
 from . import meter_config, mqtt_auth
 from .device import Step, check_port, maintenance_steps, mpremote, restart_steps, run_step
@@ -57,6 +58,7 @@ class MeterSpec:
     sim_speed: float = 1.0
     sim_start: int | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)  # household attributes (ATTRIBUTE_KEYS)
+    mode: str = MODE_PROXY  # e2e: the meter encrypts for the utility and seals a copy for the household
 
 
 SPEC_FIELDS = {f.name: f for f in fields(MeterSpec) if f.name != "attributes"}
@@ -202,9 +204,33 @@ def _log_rotation(ws: Workspace, meter_id: str, old: bytes, new: bytes) -> None:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
 
 
+def _outside(ws: Workspace, path: Path, what: str) -> Path:
+    p = Path(path).resolve()
+    root = ws.root.resolve()
+    if p == root or root in p.parents:
+        raise ToolError(f"{what} {path} is inside the utility's workspace: the household key must not stay "
+                        f"with the utility; choose a folder outside {ws.root}")
+    return p
+
+
+def _redact_household_key(config: Path, fingerprint: str) -> None:
+    """The workspace's copy of an E2E meter's config keeps no household key (only its fingerprint)."""
+    cfg = json.loads(config.read_text())
+    cfg["e2e"].pop("household_key")
+    cfg["e2e"]["_household_key"] = (f"on the household card and in the meter only (fingerprint {fingerprint}); "
+                                    f"re-provisioning issues a new card")
+    write_secret(config, meter_config.dumps(cfg), overwrite=True)
+
+
 def provision_one(workspace: Path, spec: MeterSpec, *, broker_url: str | None = None,
-                  registry: Path | None = None, rotate_key: bool = False) -> Provisioned:
-    """Provision (or with rotate_key: re-key) one meter in `workspace`."""
+                  registry: Path | None = None, rotate_key: bool = False, card_dir: Path | None = None,
+                  meter_out: Path | None = None) -> Provisioned:
+    """Provision (or with rotate_key: re-key) one meter in `workspace`.
+
+    End-to-end meters (spec.mode e2e) also get a new household key: written into the complete config in
+    `meter_out` (what is flashed to the meter) and onto the household card in `card_dir/<meter_id>/`, both
+    outside the workspace; the workspace keeps the config without it and the registry its fingerprint.
+    """
     ws = Workspace(Path(workspace))
     url, tls = _broker_url(ws, broker_url)
     reg = open_registry(ws, registry)
@@ -219,7 +245,7 @@ def provision_one(workspace: Path, spec: MeterSpec, *, broker_url: str | None = 
                             f"drop --attr")
         # Keep what was chosen last time (feeder, DP, Wi-Fi, calibration): only the secrets change.
         spec = replace(spec, feeder=existing.feeder, epsilon_milli=existing.epsilon_milli,
-                       clamp_wh=existing.clamp_wh, m=existing.m)
+                       clamp_wh=existing.clamp_wh, m=existing.m, mode=existing.mode)
         if ws.meter_config(spec.meter_id).exists():
             spec = _spec_from_config(json.loads(ws.meter_config(spec.meter_id).read_text()), spec)
     else:
@@ -230,6 +256,13 @@ def provision_one(workspace: Path, spec: MeterSpec, *, broker_url: str | None = 
             raise ToolError(f"meter {spec.meter_id} already exists in {', '.join(where)}; use --rotate-key to "
                             f"replace its key, or choose another id")
     check_spec(spec)
+    if spec.mode not in MODES:
+        raise ToolError(f"mode must be one of {', '.join(MODES)}")
+    if spec.mode == MODE_E2E:
+        if card_dir is None or meter_out is None:
+            raise ToolError("an end-to-end meter needs --card-dir (the household card) and --meter-out (the "
+                            "complete config for the meter), both outside the workspace")
+        card_dir, meter_out = _outside(ws, card_dir, "--card-dir"), _outside(ws, meter_out, "--meter-out")
     key = os.urandom(MASTER_KEY_BYTES)
     password = mqtt_auth.new_password()
     calibration = dict(meter_config.DEFAULT_CALIBRATION, volts=spec.volts, rated_amps=spec.rated_amps)
@@ -241,19 +274,40 @@ def provision_one(workspace: Path, spec: MeterSpec, *, broker_url: str | None = 
         broker_url=url, username=spec.meter_id, password=password, ca_der=tls,
         wifi_ssid=spec.wifi_ssid, wifi_password=spec.wifi_password, calibration=calibration,
         interval_s=spec.interval_s, sim=_sim_section(spec))
+    card = None
+    if spec.mode == MODE_E2E:
+        try:
+            e2e = ensure_e2e(ws.keys_dir)
+        except (KeyFileError, FileNotFoundError) as exc:
+            raise ToolError(f"end-to-end meters need the utility public key in {ws.keys_dir} (meterveil keys "
+                            f"init): {exc}") from None
+        card = HouseholdCard(spec.meter_id, new_key())
+        cfg["e2e"] = {"n": f"{e2e.n:x}", "hs": f"{e2e.hs:x}", "exp_bits": e2e.exp_bits,
+                      "household_key": card.key.hex()}
     stage = _write_config(ws, spec, cfg)
     try:
         if rotate_key:
             assert existing is not None
             reg.rotate(spec.meter_id, key)
+            if card is not None:  # the utility cannot re-use the old household key: it never had it
+                reg.registry.put(replace(existing.record, household_fingerprint=card.fingerprint),
+                                 replace_existing=True)
             _log_rotation(ws, spec.meter_id, existing.key, key)
         else:
             household = {k: check_attribute(k, v) for k, v in spec.attributes.items()}
             reg.add(spec.meter_id, feeder=spec.feeder, epsilon_milli=spec.epsilon_milli, clamp_wh=spec.clamp_wh,
-                    m=spec.m, key=key, attributes={"volts": spec.volts, "rated_amps": spec.rated_amps, **household})
+                    m=spec.m, key=key, attributes={"volts": spec.volts, "rated_amps": spec.rated_amps, **household},
+                    mode=spec.mode, household_fingerprint=card.fingerprint if card else "")
         mqtt_auth.set_password(ws.passwd, spec.meter_id, password)
         gateway = mqtt_auth.acl_gateway_user(ws.acl) or ws.load_broker_info().get("gateway_user", "gateway")
         mqtt_auth.write_acl(ws.acl, gateway, [*mqtt_auth.acl_meters(ws.acl), spec.meter_id])
+        if card is not None:
+            assert card_dir is not None and meter_out is not None
+            write_card(card_dir / spec.meter_id, card)
+            meter_out.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for f in stage.iterdir():  # config.json (+ ca.der): what goes onto the meter
+                write_secret(meter_out / f.name, f.read_bytes(), overwrite=True)
+            _redact_household_key(stage / "config.json", card.fingerprint)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -329,6 +383,12 @@ def register(sub) -> None:
                    help="unix-port meter: simulated load profile CSV instead of a real CT (no Wi-Fi needed)")
     p.add_argument("--sim-speed", type=float, default=1.0, help="unix-port meter: simulated seconds per second")
     p.add_argument("--sim-start", type=int, default=None, help="unix-port meter: simulated start (unix time)")
+    p.add_argument("--mode", choices=MODES, default=MODE_PROXY,
+                   help="proxy (the gateway encrypts) or e2e (the meter encrypts; needs --card-dir, --meter-out)")
+    p.add_argument("--card-dir", type=Path, default=None,
+                   help="e2e: where the household card goes (outside the workspace)")
+    p.add_argument("--meter-out", type=Path, default=None,
+                   help="e2e: where the meter's complete config goes (outside the workspace)")
     p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
                    help="household attribute for `export households`, repeatable: home_type=flat|terraced|"
                         "semi-detached|detached, occupants=1-20, tariff_type=flat|tou|ev, "
@@ -341,7 +401,7 @@ def _cli(args) -> int:
                          clamp_wh=args.clamp_wh, m=args.m, interval_s=args.interval_s, wifi_ssid=args.wifi_ssid,
                          wifi_password=args.wifi_password, volts=args.volts, rated_amps=args.rated_amps,
                          sim_profile=args.sim_profile, sim_speed=args.sim_speed, sim_start=args.sim_start,
-                         attributes=parse_attr_options(args.attr))
+                         attributes=parse_attr_options(args.attr), mode=args.mode)
     ws = Workspace(args.workspace)
     if args.push:
         if not args.meter_id or not args.port or args.rotate_key or args.batch:
@@ -365,10 +425,16 @@ def _cli(args) -> int:
         if args.port:
             check_port(args.port)  # before creating anything
         res = provision_one(args.workspace, defaults, broker_url=args.broker_url, registry=args.registry,
-                            rotate_key=args.rotate_key)
+                            rotate_key=args.rotate_key, card_dir=args.card_dir, meter_out=args.meter_out)
         print(f"{'re-keyed' if res.rotated else 'provisioned'} {res.meter_id}: {res.config} (0600)")
+        full = res.config
+        if args.meter_out and (args.meter_out / "config.json").exists():
+            full = args.meter_out / "config.json"
+            print(f"end to end: the meter's config is {full}; the household card is in "
+                  f"{args.card_dir / res.meter_id} (give it to the household; the workspace keeps its "
+                  f"fingerprint only)")
         if args.port:
-            push_to_board(res.config, args.port)
+            push_to_board(full, args.port)
             print(f"config pushed to {args.port} and verified")
         elif res.rotated:
             print("push the new config to the board now (provision --rotate-key --port PORT): until then the "

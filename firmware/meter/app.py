@@ -8,6 +8,7 @@ import binascii
 import gc
 import json
 import sys
+import time
 
 import meter
 from meter import persist, privacy, sensing
@@ -63,6 +64,10 @@ class Meter:
         self.log = log or print
         self.out = out or _line   # machine-readable lines (TRUTH/STATUS/HEAP) for the host
         sd = hal.storage_dir
+        self.e2e = None  # end-to-end mode: readings leave Paillier-encrypted (meter/e2e.py)
+        if cfg.get("e2e"):  # first: its numbers are the largest blocks the meter keeps
+            from meter.e2e import E2E
+            self.e2e = E2E(cfg["e2e"], sd, self.log)
         self.meter_id = cfg["meter_id"]
         self.interval_s = cfg["interval_s"]
         dp = cfg["dp"]
@@ -83,7 +88,7 @@ class Meter:
         self.last_interval = max(st[_ST_LAST], self.outbox.newest_reading)
         self.pub = Publisher(hal, cfg, self.outbox, self._will_frame, self.log, bufs[1])
         self.buf = array.array("H", bytes(2 * hal.block_samples))
-        self.stats = [0]
+        self.stats = [0, 0]  # clipped samples of the block; longest gap between two ADC blocks (us)
         self.truth = cfg["run"]["truth"] and hasattr(hal, "true_energy_mwh")
         self.readings = 0          # sealed by this boot
         self.statuses = 0
@@ -94,6 +99,8 @@ class Meter:
         from meter import rng
         rng.seed(bytes(hal.unique_id()) + self.boot_count.to_bytes(4, "big"))
         self.rand = rng.take
+        if self.e2e:
+            self.e2e.rand = self.rand
         gc.collect()
         self.min_free = hal.free_heap()  # lowest free heap after a collection (HEAP line)
         self.log("meter %s boot %d: outbox depth %d, overflow %d, torn %d, next counter %d"
@@ -167,7 +174,8 @@ class Meter:
         fields = {"billing_wh": energy, "analytics_wh": analytics, "flags": flags,
                   "samples": samples, "clipped": _cap16(clipped), "missing_s": _cap16(missing)}
         hdr = self._header(frame.KIND_READING, start_s, self.interval_s)
-        blob = frame.seal(self.keys, hdr, fields, self.rand(frame.IV_LEN))
+        iv = self.rand(frame.IV_LEN)
+        blob = self.e2e.seal(self.keys, hdr, fields, iv) if self.e2e else frame.seal(self.keys, hdr, fields, iv)
         # Durable before anything is sent or reported. A power cut before this line leaves the
         # last checkpoint to resume from; after it, the boot scan of the outbox knows the interval
         # is sealed (no await until the checkpoint moves, so the frame cannot be acked before).
@@ -213,13 +221,23 @@ class Meter:
         # Energy measured before a reset, applied once the clock can place it.
         cp = persist.read_ints(self.cp_path, _CP_FIELDS)
         next_cp = now + _CHECKPOINT_MS
+        e2e = self.e2e
+        ticks_us, ticks_diff = time.ticks_us, time.ticks_diff
+        b_end = None
         while True:
             t0 = hal.now_ms()
+            if b_end is not None:
+                g = ticks_diff(ticks_us(), b_end)  # nothing is sampled between two blocks
+                if g > stats[1]:
+                    stats[1] = g
             n, _fs, cov = hal.read_block(buf, nbuf)
+            b_end = ticks_us()
             t1 = hal.now_ms()
             stats[0] = 0
             p = sensing.block_power_mw(buf, n, cal, stats)
             hal.wdt_feed()
+            if e2e is not None:
+                e2e.step()  # a bounded slice of the next obfuscator
             if waiting:
                 acc.add(p, cov)
                 samples += n
@@ -301,7 +319,10 @@ class Meter:
 
     def heap_report(self):
         r = {"min_free_after_gc": self.min_free, "free_now": self.hal.free_heap(),
-             "code_from": __file__.rsplit("/", 2)[0]}  # "/rom": bytecode runs in place from ROMFS
+             "code_from": __file__.rsplit("/", 2)[0],  # "/rom": bytecode runs in place from ROMFS
+             "max_block_gap_ms": self.stats[1] // 1000}
+        if self.e2e:
+            self.e2e.heap_report(r)
         try:
             import micropython
             r["mem_peak"] = micropython.mem_peak()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import gmpy2
 
-from meterveil.host.store.base import SCHEME_PACKED_V1, StoredReading
+from meterveil.host.store.base import SUMMABLE_SCHEMES, StoredReading
 
 
 class AggregateError(ValueError):
@@ -40,7 +40,7 @@ def hom_sum(ciphertexts: Iterable[int], nsquare: int) -> int:
 
 
 def _check(r: StoredReading, nsquare: int) -> None:
-    if r.scheme != SCHEME_PACKED_V1:
+    if r.scheme not in SUMMABLE_SCHEMES:
         raise AggregateError(f"reading {r.meter_id}#{r.counter}: unsupported scheme {r.scheme!r}")
     if not 0 < r.ciphertext < nsquare:
         raise AggregateError(f"reading {r.meter_id}#{r.counter}: ciphertext not in (0, n^2): wrong key?")

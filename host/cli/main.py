@@ -76,6 +76,11 @@ def _frame(sub):
     frame.register(sub)
 
 
+def _household(sub):
+    from meterveil.host.household import cli
+    cli.register(sub)
+
+
 # command -> (help, registrar). A registrar may add several commands (it is called once).
 COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = {
     "demo": ("run a simulated neighbourhood end to end (meters, broker, gateway, bills)", _demo),
@@ -98,6 +103,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse._SubParsersAction], None]]] = 
     "privacy-report": ("DP parameters and privacy spend per feeder per day", _backoffice),
     "frame": ("inspect protocol frames (debugging)", _frame),
     "loadgen": ("publish sealed readings of N meters at a set rate and report the gateway's counters", _loadgen),
+    "household": ("a household reads its own intervals with its card (end-to-end meters)", _household),
 }
 
 

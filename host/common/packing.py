@@ -4,7 +4,8 @@ Why: one ciphertext serves both sums (feeder load, household bill), halving encr
 homomorphic additions; the slots are wide enough that sums never carry between them and that a query
 can hide the slot it must not reveal under a random mask before decryption.
 
-Layout (all widths in bits)::
+Layout (all widths in bits; the constants and ``pack`` live in ``meterveil.protocol.paillier``, which
+the meter runs too)::
 
     plain = billing_wh + ((analytics_wh + ANALYTICS_OFFSET) << SLOT_BITS)
 
@@ -28,18 +29,28 @@ from __future__ import annotations
 
 import secrets
 
-VALUE_BITS = 32
+from meterveil.protocol import paillier as _layout
+from meterveil.protocol.paillier import (  # one reading's layout: defined where the meter reads it
+    ANALYTICS_OFFSET,
+    SLOT_BITS,
+    VALUE_BITS,
+)
+
+# Sums and masks: host-only widths, derived from the reading layout.
 COUNT_BITS = 32
 SUM_BITS = VALUE_BITS + COUNT_BITS
 STAT_SECURITY = 128
 MASK_BITS = SUM_BITS + STAT_SECURITY
-SLOT_BITS = 256
-ANALYTICS_OFFSET = 1 << (VALUE_BITS - 1)
 MAX_COUNT = 1 << COUNT_BITS
 SLOT_BILLING = 0
 SLOT_ANALYTICS = 1
+
+__all__ = ["ANALYTICS_OFFSET", "COUNT_BITS", "MASK_BITS", "MAX_COUNT", "SLOT_ANALYTICS", "SLOT_BILLING",
+           "SLOT_BITS", "STAT_SECURITY", "SUM_BITS", "VALUE_BITS", "PackingError", "pack", "billing_of",
+           "analytics_of", "unpack_sum", "draw_mask", "blind_slot"]
 _SLOT_MASK = (1 << SLOT_BITS) - 1
 assert SLOT_BITS > MASK_BITS + 1
+assert ANALYTICS_OFFSET == 1 << (VALUE_BITS - 1)
 
 
 class PackingError(ValueError):
@@ -48,11 +59,10 @@ class PackingError(ValueError):
 
 def pack(billing_wh: int, analytics_wh: int) -> int:
     """Packed plaintext of one reading."""
-    if not 0 <= billing_wh < (1 << VALUE_BITS):
-        raise PackingError(f"billing_wh {billing_wh} outside [0, 2**{VALUE_BITS})")
-    if not -ANALYTICS_OFFSET <= analytics_wh < ANALYTICS_OFFSET:
-        raise PackingError(f"analytics_wh {analytics_wh} outside [-2**{VALUE_BITS - 1}, 2**{VALUE_BITS - 1})")
-    return billing_wh + ((analytics_wh + ANALYTICS_OFFSET) << SLOT_BITS)
+    try:
+        return _layout.pack(billing_wh, analytics_wh)
+    except ValueError as exc:
+        raise PackingError(str(exc)) from None
 
 
 def _check_count(count: int) -> None:

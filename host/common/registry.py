@@ -8,7 +8,10 @@ apart.
 File ``meters.json`` (``{"version": 2, "meters": {meter_id: {...}}}``), per meter: ``feeder``,
 ``epsilon_milli``, ``clamp_wh``, ``m``, ``household`` (one identity per household: several meters of
 one household count once towards a feeder's contributors) and ``attributes`` (``rated_amps``,
-``volts``, ``phases`` used by range checks; quasi-identifiers used by exports).
+``volts``, ``phases`` used by range checks; quasi-identifiers used by exports), ``mode`` (``proxy``: the
+gateway opens the frame and encrypts it; ``e2e``: the meter encrypts, the gateway only verifies; absent
+means proxy) and, for E2E meters, ``household_fingerprint`` (of the household key, which no utility
+file holds: the household's card is the only copy besides the meter).
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ REGISTRY_VERSION = 2
 METER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 # The ranges the firmware's config validation enforces: epsilon_milli and m travel as u16 on the wire.
 DP_LIMITS = {"epsilon_milli": 65535, "clamp_wh": 1_000_000, "m": 65535}
+# What a meter can physically draw when its registry attributes do not say (single-phase household).
+RATED_DEFAULTS = {"rated_amps": 100.0, "volts": 250.0, "phases": 1}
+RANGE_MARGIN = 1.25  # CT and voltage tolerance on top of the rating
+MODE_PROXY = "proxy"
+MODE_E2E = "e2e"
+MODES = (MODE_PROXY, MODE_E2E)
 
 
 @dataclass(frozen=True)
@@ -42,14 +51,21 @@ class MeterRecord:
     m: int
     attributes: dict[str, Any] = field(default_factory=dict)
     household: str = ""  # defaults to the meter id: one meter per household
+    mode: str = MODE_PROXY
+    household_fingerprint: str = ""  # E2E: fingerprint of the household key (never the key)
 
     @property
     def household_id(self) -> str:
         return self.household or self.meter_id
 
     def to_json(self) -> dict[str, Any]:
-        return {"feeder": self.feeder, "epsilon_milli": self.epsilon_milli, "clamp_wh": self.clamp_wh,
-                "m": self.m, "household": self.household_id, "attributes": dict(self.attributes)}
+        d = {"feeder": self.feeder, "epsilon_milli": self.epsilon_milli, "clamp_wh": self.clamp_wh,
+             "m": self.m, "household": self.household_id, "attributes": dict(self.attributes)}
+        if self.mode != MODE_PROXY:
+            d["mode"] = self.mode
+        if self.household_fingerprint:
+            d["household_fingerprint"] = self.household_fingerprint
+        return d
 
     @classmethod
     def from_json(cls, meter_id: str, d: dict[str, Any]) -> MeterRecord:
@@ -59,11 +75,23 @@ class MeterRecord:
         try:
             rec = cls(meter_id=meter_id, feeder=str(d["feeder"]), epsilon_milli=int(d["epsilon_milli"]),
                       clamp_wh=int(d["clamp_wh"]), m=int(d["m"]), attributes=dict(d.get("attributes") or {}),
-                      household=str(d.get("household") or ""))
+                      household=str(d.get("household") or ""), mode=str(d.get("mode") or MODE_PROXY),
+                      household_fingerprint=str(d.get("household_fingerprint") or ""))
         except (KeyError, TypeError, ValueError) as exc:
             raise KeyFileError(f"meter {meter_id}: bad registry entry ({type(exc).__name__})") from None
         validate(rec)
         return rec
+
+
+def rated_max_wh(attributes: dict[str, Any], interval_len: int, *, defaults: dict[str, Any] | None = None,
+                 margin: float = RANGE_MARGIN) -> float:
+    """Most energy a meter can measure in one interval: volts x rated amps x phases x time x margin.
+
+    Why shared: the gateway checks it per reading in proxy mode; in end-to-end mode it cannot see a
+    reading, so the decryption role checks sums against readings x this bound instead."""
+    d = {**RATED_DEFAULTS, **(defaults or {})}
+    return (float(attributes.get("volts", d["volts"])) * float(attributes.get("rated_amps", d["rated_amps"]))
+            * int(attributes.get("phases", d["phases"])) * interval_len / 3600.0 * margin)
 
 
 def validate(rec: MeterRecord) -> None:
@@ -74,6 +102,8 @@ def validate(rec: MeterRecord) -> None:
             raise ValueError(f"meter {rec.meter_id}: {name} must be in 1..{DP_LIMITS[name]}, got {value}")
     if not rec.feeder:
         raise ValueError(f"meter {rec.meter_id}: feeder required")
+    if rec.mode not in MODES:
+        raise ValueError(f"meter {rec.meter_id}: mode must be one of {', '.join(MODES)}, got {rec.mode!r}")
 
 
 def file_identity(path: Path) -> tuple[int, int, int] | None:

@@ -51,6 +51,7 @@ from meterveil.host.backoffice.tariff import Tariff
 from meterveil.host.common import packing
 from meterveil.host.common.files import open_private_append
 from meterveil.host.common.registry import MeterRegistry
+from meterveil.host.decryption import plausible
 from meterveil.host.decryption.policy import Policy, PolicyError
 from meterveil.host.store.base import Store, StoredReading
 
@@ -213,6 +214,10 @@ class DecryptionRole:
             self._lock_fd = -1
 
     # -- the only place a ciphertext is decrypted -------------------------------------------------
+    def _attributes(self, meter_id: str) -> dict[str, Any]:
+        rec = self.registry.get(meter_id) if self.registry is not None else None
+        return dict(rec.attributes) if rec is not None else {}
+
     def _decrypt_masked(self, ciphertext: int, hide_slot: int) -> int:
         """Mask `hide_slot` (fresh random mask, forgotten inside blind_slot), then decrypt."""
         return int(self._priv.raw_decrypt(packing.blind_slot(self.public_key, ciphertext, hide_slot)))
@@ -262,7 +267,12 @@ class DecryptionRole:
                     self.refusals.append((hs.meter_id, reason))
                     continue
                 partition = self._record_partition(refined[digest]) if hs.bands else None
-                out.append(self._decrypt_household(hs, tariff, period, horizon, partition, closed))
+                totals = self._decrypt_household(hs, tariff, period, horizon, partition, closed)
+                if isinstance(totals, str):
+                    self.refusals.append((hs.meter_id, totals))
+                    continue
+                out.append(totals)
+        _wrong_key_if_all_overflow([r for _, r in self.refusals], len(sums))
         return out
 
     def _bill_check(self, hs: HouseholdSums, period: str, labels: tuple[int, ...],
@@ -332,8 +342,21 @@ class DecryptionRole:
         if (hs.t_from, hs.t_to) != tariff.period_bounds(period):
             self._refuse_bill(tariff, period, hs.meter_id, "refused: sums do not span the whole billing period")
             raise PolicyError(f"{hs.meter_id}: sums do not span billing period {period}")
-        band_wh = {b: packing.billing_of(self._decrypt_masked(c.ciphertext, packing.SLOT_ANALYTICS))
-                   for b, c in sorted(hs.bands.items())}
+        impossible = None
+        try:
+            band_wh = {b: packing.billing_of(self._decrypt_masked(c.ciphertext, packing.SLOT_ANALYTICS))
+                       for b, c in sorted(hs.bands.items())}
+        except packing.PackingError:
+            band_wh, impossible = {}, _OVERFLOW
+        if impossible is None:
+            impossible = plausible.bill_problem(sum(band_wh.values()), hs.t_to - hs.t_from,
+                                                self._attributes(hs.meter_id))
+        if impossible is not None:
+            # E2E meters encrypt their own values: the gateway could not range-check them, so a
+            # compromised or faulty meter is caught here, refused and audited, never billed.
+            reason = f"refused: physically impossible bill ({impossible})"
+            self._refuse_bill(tariff, period, hs.meter_id, reason)
+            return reason
         totals = HouseholdTotals(
             meter_id=hs.meter_id, period=period, band_wh=band_wh, readings=hs.readings,
             present_intervals=hs.present_intervals,
@@ -367,7 +390,9 @@ class DecryptionRole:
                     yield r if r.feeder == feeder else replace(r, feeder=feeder)
 
         cells = feeder_sums(relabelled(), self.public_key.nsquare)
-        return [self._feeder_cell(c) for c in cells]
+        loads = [self._feeder_cell(c) for c in cells]
+        _wrong_key_if_all_overflow([x.status for x in loads], len(loads))
+        return loads
 
     def members(self, feeder: str, month: str) -> tuple[str, ...]:
         """The meters whose readings make `feeder`'s sums in `month` (UTC, YYYY-MM): frozen from the
@@ -431,10 +456,30 @@ class DecryptionRole:
             if reason is not None:
                 self.record("feeder-load", query, "refuse", reason)
                 return FeederLoad(**base, status=reason, analytics_sum_wh=None)
-            value = packing.analytics_of(self._decrypt_masked(cell.ciphertext, packing.SLOT_BILLING), cell.readings)
+            try:
+                value = packing.analytics_of(self._decrypt_masked(cell.ciphertext, packing.SLOT_BILLING),
+                                             cell.readings)
+                impossible = plausible.feeder_problem(value, cell.readings, cell.epsilon_milli, cell.clamp_wh)
+            except packing.PackingError:
+                impossible = _OVERFLOW
+            if impossible is not None:
+                reason = f"refused: physically impossible feeder sum ({impossible})"
+                self.record("feeder-load", query, "refuse", reason)
+                return FeederLoad(**base, status=reason, analytics_sum_wh=None)
             self.record("feeder-load", query, "allow", f"ok: {cell.contributors} >= m={m}",
                          self.result_hash({"analytics_sum_wh": value}))
         return FeederLoad(**base, status="ok", analytics_sum_wh=value)
+
+
+_OVERFLOW = "a decrypted sum does not fit its slot"
+
+
+def _wrong_key_if_all_overflow(reasons: list[str], total: int) -> None:
+    """A hostile meter can make its own sums overflow (it may encrypt any plaintext below n), and those
+    are refused one by one. When every sum overflows, the secret key is not the one the ciphertexts
+    were made with: raise, as before there were end-to-end meters."""
+    if total and sum(_OVERFLOW in r for r in reasons) == total:
+        raise packing.PackingError("every decrypted sum is out of range: wrong secret key?")
 
 
 def _months(t_from: int, t_to: int) -> list[str]:

@@ -49,6 +49,8 @@ from meterveil.host.demo.setup import (
     provision,
     write_meter_configs,
 )
+from meterveil.host.household.card import read_card
+from meterveil.host.household.show import household_intervals
 from meterveil.host.store.base import open_store
 
 log = logging.getLogger("meterveil.demo")
@@ -78,10 +80,18 @@ class DemoResult:
     run_s: float
     readings_per_s: float
     block_s: int
+    mode: str = "proxy"
+    household_checked: int = 0  # E2E: intervals opened with the household cards and equal to truth
 
     def summary_lines(self) -> list[str]:
         d = self.dp
+        where = ("meters encrypt (end to end): the gateway never saw a reading" if self.mode == "e2e"
+                 else "the gateway opens each frame and encrypts it (proxy)")
+        hh = ([f"household copies: {self.household_checked} intervals opened with the household cards, every "
+               f"one equal to truth.csv (the utility holds only the cards' fingerprints)"]
+              if self.mode == "e2e" else [])
         return [
+            f"mode {self.mode}: {where}",
             f"meters {self.meters}, readings stored {self.readings}/{self.expected}, "
             f"rejected {self.rejected}{' ' + str(self.rejected_by_reason) if self.rejected else ''}, "
             f"duplicates {self.duplicates} (acknowledged, stored once)",
@@ -91,6 +101,7 @@ class DemoResult:
             f"RMSE {d.rmse_wh:.0f} Wh, relative {100 * d.rel_error:.1f}% (noise alone RMSE {d.noise_rmse_wh:.0f} Wh)",
             f"wall time {self.wall_s:.1f} s (meters+ingest {self.run_s:.1f} s), "
             f"{self.readings_per_s:.0f} readings/s end to end",
+            *hh,
             f"outputs in {self.out}/ (open report.html)",
         ]
 
@@ -288,6 +299,7 @@ def _finish(cfg: DemoConfig, ws: Workspace, out: Path, truth_full: dict, expecte
     finally:
         store.close()
     write_bills(out / "bills.csv", bills)
+    household_checked = _check_household_copies(ws, truth) if cfg.mode == "e2e" else 0
     mismatched = bill_mismatches(bills, bills_from_truth(ws.tariff, truth, periods_between(ws.tariff, t0, t1)))
     if mismatched:
         raise DemoError(f"bills differ from the bills computed from truth.csv for: {', '.join(mismatched[:10])}")
@@ -303,12 +315,32 @@ def _finish(cfg: DemoConfig, ws: Workspace, out: Path, truth_full: dict, expecte
         bills_total_minor=sum(b.total_minor for b in bills),
         currency=ws.tariff.currency, minor_unit=ws.tariff.minor_unit, dp=err, wall_s=wall, run_s=run_s,
         readings_per_s=stats["readings"] / run_s if run_s > 0 else math.nan, block_s=block_s,
+        mode=cfg.mode, household_checked=household_checked,
     )
     write_json(out / "run.json", {**_run_json(cfg, ws, result), "broker": broker_info})
     report.build_report(out)
     result.wall_s = time.monotonic() - t_start
     write_json(out / "run.json", {**_run_json(cfg, ws, result), "broker": broker_info})
     return result
+
+
+def _check_household_copies(ws: Workspace, truth: dict[tuple[str, int], int]) -> int:
+    """Each household opens its own copies with its card (what `meterveil household show` does); every
+    interval must equal truth.csv. Returns the number of intervals checked."""
+    store = open_store(ws.db, create=False)
+    try:
+        n = 0
+        for plan in ws.meters:
+            rep = household_intervals(read_card(ws.root / "households" / plan.meter_id), store)
+            got = {(iv.meter_id, iv.interval_start): iv.energy_wh for iv in rep.intervals}
+            want = {k: v for k, v in truth.items() if k[0] == plan.meter_id}
+            if got != want or rep.unreadable:
+                raise DemoError(f"household copies of {plan.meter_id} differ from truth.csv "
+                                f"({len(got)} opened, {rep.unreadable} unreadable, {len(want)} in truth)")
+            n += len(got)
+        return n
+    finally:
+        store.close()
 
 
 def _run_json(cfg: DemoConfig, ws: Workspace, r: DemoResult) -> dict[str, Any]:
@@ -323,7 +355,9 @@ def _run_json(cfg: DemoConfig, ws: Workspace, r: DemoResult) -> dict[str, Any]:
         "dp": {"epsilon_milli": ws.dp.epsilon_milli, "clamp_wh": ws.dp.clamp_wh, "k_min": ws.dp.k_min,
                "m": min(ws.dp.m.values()), "m_per_feeder": ws.dp.m},
         "sampling": {"mode": cfg.sim_mode, "block_s": r.block_s, "speed": cfg.speed or "max"},
+        "mode": cfg.mode,
         "summary": {
+            "mode": "end to end (meters encrypt)" if cfg.mode == "e2e" else "proxy (gateway encrypts)",
             "meters": r.meters, "readings stored": f"{r.readings}/{r.expected}", "rejected": r.rejected,
             "bills total": f"{r.bills_total_minor} {r.minor_unit}",
             "DP feeder error (MAE)": f"{r.dp.mae_wh:.0f} Wh ({100 * r.dp.rel_error:.1f}%)",

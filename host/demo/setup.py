@@ -27,11 +27,12 @@ from zoneinfo import ZoneInfo
 from meterveil.host.audit import signing
 from meterveil.host.backoffice.tariff import DEFAULT_TARIFF, Tariff, TariffError, load_tariff
 from meterveil.host.common.files import write_private
-from meterveil.host.common.pubkey import write_public
-from meterveil.host.common.registry import REGISTRY_NAME
+from meterveil.host.common.pubkey import E2EPublic, load_e2e, write_public
+from meterveil.host.common.registry import MODE_E2E, MODE_PROXY, MODES, REGISTRY_NAME
 from meterveil.host.decryption import secret_key
 from meterveil.host.demo import firmware_runner, profiles
 from meterveil.host.gateway.meter_keys import MASTER_KEY_BYTES, KeyedRegistry
+from meterveil.host.household.card import HouseholdCard, new_key, write_card
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = ".meterveil-demo"  # only directories carrying it are ever wiped
@@ -72,6 +73,7 @@ class DemoConfig:
     block_s: int | None = None            # sparse block length; None = auto (demo.auto_block_s)
     heapsize: str = DEFAULT_HEAPSIZE       # MicroPython heap per meter
     progress: bool = True
+    mode: str = MODE_PROXY                  # proxy: the gateway encrypts; e2e: the meters do
 
     @property
     def interval_s(self) -> int:
@@ -99,6 +101,9 @@ class MeterPlan:
     household: profiles.Household
     key: bytes = field(repr=False, default=b"")
     password: str | None = field(repr=False, default=None)
+    # E2E: the household key, kept in memory until the meter's config is written; the only files
+    # holding it are that config (the meter's flash) and the household's card (WORKSPACE/households/)
+    household_key: bytes = field(repr=False, default=b"")
 
 
 @dataclass
@@ -169,9 +174,9 @@ def _prepare_dir(root: Path) -> None:
 
 
 def meter_config(plan: MeterPlan, dp: DpParams, cfg: DemoConfig, start: datetime,
-                 broker_url: str, speed: float) -> dict[str, Any]:
+                 broker_url: str, speed: float, e2e: E2EPublic | None = None) -> dict[str, Any]:
     password = plan.password
-    return {
+    conf = {
         "meter_id": plan.meter_id,
         "master_key": plan.key.hex(),
         "feeder": plan.feeder,
@@ -185,6 +190,12 @@ def meter_config(plan: MeterPlan, dp: DpParams, cfg: DemoConfig, start: datetime
                 "block_s": cfg.block_s or 1},
         "run": {"intervals": cfg.intervals, "drain_timeout_s": 120, "truth": True},
     }
+    if plan.household_key:
+        if e2e is None:
+            raise DemoError("an end-to-end meter needs the public key's hs")
+        conf["e2e"] = {"n": f"{e2e.n:x}", "hs": f"{e2e.hs:x}", "exp_bits": e2e.exp_bits,
+                       "household_key": plan.household_key.hex()}
+    return conf
 
 
 def provision(cfg: DemoConfig, root: Path, *, with_passwords: bool, now: datetime | None = None) -> Workspace:
@@ -203,6 +214,8 @@ def provision(cfg: DemoConfig, root: Path, *, with_passwords: bool, now: datetim
         raise DemoError(f"start {start.isoformat()} is not aligned to the {cfg.interval_min}-minute grid (UTC)")
     if cfg.feeders < 1 or cfg.meters < cfg.feeders:
         raise DemoError("need at least one meter per feeder")
+    if cfg.mode not in MODES:
+        raise DemoError(f"mode must be one of {', '.join(MODES)}")
     feeder_names = [f"F{i + 1:02d}" for i in range(cfg.feeders)]
     assign = [feeder_names[i % cfg.feeders] for i in range(cfg.meters)]
     dp = dp_params(cfg, {f: assign.count(f) for f in feeder_names})
@@ -226,11 +239,18 @@ def provision(cfg: DemoConfig, root: Path, *, with_passwords: bool, now: datetim
         mdir.mkdir(parents=True)
         key = secrets.token_bytes(MASTER_KEY_BYTES)
         password = secrets.token_urlsafe(12) if with_passwords else None
-        plan = MeterPlan(mid, assign[i], mdir, mdir / "config.json", hh, key, password)
+        hkey = new_key() if cfg.mode == MODE_E2E else b""
+        plan = MeterPlan(mid, assign[i], mdir, mdir / "config.json", hh, key, password, hkey)
         attrs = {**hh.attributes(), "household_id": hh.household_id,
                  "rated_amps": CALIBRATION["rated_amps"], "volts": CALIBRATION["volts"], "phases": 1}
+        fingerprint = ""
+        if hkey:
+            card = HouseholdCard(mid, hkey)
+            write_card(root / "households" / mid, card)
+            fingerprint = card.fingerprint
         registry.add(mid, feeder=plan.feeder, epsilon_milli=dp.epsilon_milli, clamp_wh=dp.clamp_wh,
-                     m=dp.m[plan.feeder], key=key, attributes=attrs, household=hh.household_id, save=False)
+                     m=dp.m[plan.feeder], key=key, attributes=attrs, household=hh.household_id, save=False,
+                     mode=cfg.mode, household_fingerprint=fingerprint)
         if password:
             users[mid] = password
         profiles.simulate(hh, midnight, days).to_csv(mdir / "profile.csv", offset_s=cfg.start_hour * 3600)
@@ -243,9 +263,10 @@ def provision(cfg: DemoConfig, root: Path, *, with_passwords: bool, now: datetim
 
 
 def write_meter_configs(ws: Workspace, cfg: DemoConfig, broker_url: str, speed: float) -> None:
-    """One config.json per meter (0600: it holds the master key)."""
+    """One config.json per meter (0600: it holds the master key, and in E2E mode the household key)."""
+    e2e = load_e2e(ws.keys_dir) if cfg.mode == MODE_E2E else None
     for plan in ws.meters:
-        conf = meter_config(plan, ws.dp, cfg, ws.start, broker_url, speed)
+        conf = meter_config(plan, ws.dp, cfg, ws.start, broker_url, speed, e2e)
         fd = os.open(plan.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(conf, f, indent=1)

@@ -33,6 +33,13 @@ meter too, and logged once per (meter, reason) per ``log_interval_s``):
 9. encrypt (packed plaintext, one ciphertext) and add to the batch. Plaintext values exist only in
    this function's locals.
 
+End-to-end meters (registry ``mode: e2e``) send kind 3 frames; a kind from the other mode is
+``mode_mismatch``. For kind 3, step 5 verifies the MAC without decrypting anything (there is no AES
+body), step 7 checks what the header and the public flags say (clock, interval, future, stale,
+missing_s) but no value: the value is the meter's Paillier ciphertext, which must be a unit below n^2
+(``bad_ciphertext``) and is stored as received, next to the household's sealed copy. Value range checks
+move to the decryption role (it refuses a physically impossible sum).
+
 Quarantine: a frame rejected as ``unknown_meter``, ``future`` or ``dp_mismatch`` may be genuine and pass
 later (meter registered after it started sending, gateway clock behind, DP parameters being
 re-provisioned). It is counted like any rejection and acked (the meter's outbox then forgets it), but
@@ -63,22 +70,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meterveil.host.common.noise_bound import noise_share_bound
+from meterveil.host.common.registry import MODE_E2E, rated_max_wh
 from meterveil.host.gateway.encryptor import ReadingEncryptor
 from meterveil.host.gateway.meter_keys import KeyedMeter, KeyedRegistry
-from meterveil.host.store.base import Batch, QuarantinedFrame, StatusRecord, Store, StoredReading
+from meterveil.host.store.base import (
+    SCHEME_PACKED_E2E_V1,
+    SCHEME_PACKED_V1,
+    Batch,
+    QuarantinedFrame,
+    StatusRecord,
+    Store,
+    StoredReading,
+)
+from meterveil.protocol import e2e, frame, opener, paillier
 from meterveil.protocol import errors as frame_errors
-from meterveil.protocol import frame
 
 log = logging.getLogger("meterveil.gateway")
 
 TOPIC_RE = re.compile("^" + re.escape(frame.TOPIC_ROOT) + r"/([A-Za-z0-9_-]{1,16})/(" + "|".join(frame.TOPIC_LEAVES) + ")$")
-KIND_BY_LEAF = {"reading": frame.KIND_READING, "status": frame.KIND_STATUS}
+KINDS_BY_LEAF = {"reading": (frame.KIND_READING, frame.KIND_READING_PAILLIER), "status": (frame.KIND_STATUS,)}
 # Flags that say something about consumption (above clamp, ADC saturated) are not stored.
 STORED_FLAGS = frame.FLAG_CLOCK_UNSYNCED | frame.FLAG_PARTIAL_INTERVAL
 REASONS = ("oversize", "bad_topic", *frame_errors.REASONS, "wrong_kind", "unknown_meter", "duplicate",
            "replay", "counter_reuse", "clock_unsynced", "bad_interval", "future", "stale", "out_of_range",
-           "dp_mismatch", "interval_overlap", "quarantine_full", "quarantine_evicted", "quarantine_expired",
-           "internal_error")
+           "dp_mismatch", "interval_overlap", "mode_mismatch", "bad_ciphertext", "quarantine_full",
+           "quarantine_evicted", "quarantine_expired", "internal_error")
 # Counters that are outcomes, not rejections (everything else in the counters table is a rejection).
 NOT_REJECTIONS = ("accepted", "duplicate", "status", "status_superseded", "quarantine_released")
 # Rejections that can pass later: the frame is kept (sealed) and retried, not lost.
@@ -164,6 +180,11 @@ class Gateway:
         self.batch = Batch()
         self._pending: dict[tuple[str, int], bytes] = {}
         self._pending_spans: dict[str, list[tuple[int, int]]] = {}
+        # Per meter (highest counter, latest interval end) stored or pending, kept only when this
+        # process is the store's one writer: a frame above both cannot be a duplicate nor overlap, so
+        # the in-order common case needs no store query (out-of-order frames still ask the store).
+        self._single_writer = bool(getattr(store, "single_writer", False))
+        self._hw: dict[str, tuple[int, int]] = {}
         self._status_pending: dict[str, tuple[int, int]] = {}
         self._keys: dict[str, tuple[bytes, tuple[bytes, bytes], tuple[bytes, bytes] | None]] = {}
         self._registry_checked = 0.0
@@ -243,7 +264,11 @@ class Gateway:
         self._status_pending.clear()
         if not len(batch):
             return []
-        return self.store.write_batch(batch)
+        try:
+            return self.store.write_batch(batch)
+        except BaseException:
+            self._hw.clear()  # what was pending is not stored: ask the store again
+            raise
 
     # -- steps ----------------------------------------------------------------------------------
     def _quarantine(self, msg: Message, meter_id: str, rej: Rejected) -> Outcome:
@@ -280,12 +305,17 @@ class Gateway:
             raise Rejected("unknown_meter", "not in the meter registry")
         return rec
 
-    def _open_with(self, rec: KeyedMeter, payload: bytes, topic_meter: str) -> dict:
+    def _derived(self, rec: KeyedMeter) -> tuple:
+        """((key, previous key), derived keys, derived previous keys or None), cached per meter."""
         cached = self._keys.get(rec.meter_id)
         if cached is None or cached[0] != (rec.key, rec.previous_key):  # a retired previous key drops out
             prev = frame.derive_keys(rec.previous_key) if rec.previous_key else None
             cached = ((rec.key, rec.previous_key), frame.derive_keys(rec.key), prev)
             self._keys[rec.meter_id] = cached
+        return cached
+
+    def _open_with(self, rec: KeyedMeter, payload: bytes, topic_meter: str) -> dict:
+        cached = self._derived(rec)
         try:
             return frame.open_frame(cached[1], payload, topic_meter=topic_meter)
         except frame_errors.BadTag:
@@ -307,10 +337,10 @@ class Gateway:
 
     def _process(self, msg: Message, topic_meter: str, leaf: str) -> Outcome:
         payload = bytes(msg.payload)
-        header = frame.parse_header(payload)
+        header = opener.parse_header(payload)
         if header["meter_id"] != topic_meter:
             raise Rejected("wrong_meter", f"header meter {header['meter_id']} on its topic")
-        if header["kind"] != KIND_BY_LEAF[leaf]:
+        if header["kind"] not in KINDS_BY_LEAF[leaf]:
             raise Rejected("wrong_kind", f"kind {header['kind']} on {leaf} topic")
         try:
             rec = self._record(topic_meter)
@@ -318,6 +348,12 @@ class Gateway:
             if rej.reason == "unknown_meter":
                 self._check_unverified(header)
             raise
+        e2e_frame = header["kind"] == frame.KIND_READING_PAILLIER
+        if e2e_frame != (rec.mode == MODE_E2E) and header["kind"] != frame.KIND_STATUS:
+            # An E2E meter never shows the gateway a value; a proxy meter's kind 3 has nothing to check it by.
+            raise Rejected("mode_mismatch", f"kind {header['kind']} from a {rec.mode} meter")
+        if e2e_frame:
+            return self._process_e2e(msg, rec, payload, topic_meter, header)
         rec, opened = self._open(rec, payload, topic_meter)
         header, fields = opened["header"], opened["fields"]
         now = self.clock()
@@ -330,16 +366,78 @@ class Gateway:
         self._check_reading(rec, header, fields, now)
         self._check_overlap(rec.meter_id, header["counter"], header["interval_start"], header["interval_len"])
         (ciphertext,) = self.encryptor.encrypt_reading(fields["billing_wh"], fields["analytics_wh"])
+        self._append(rec, header, ciphertext, fields["flags"], digest, now, SCHEME_PACKED_V1)
+        return Outcome("accepted", "accepted", rec.meter_id, header["counter"])
+
+    def _process_e2e(self, msg: Message, rec: KeyedMeter, payload: bytes, topic_meter: str,
+                     parsed: dict) -> Outcome:
+        """Kind 3: verify the MAC and the header, store the ciphertext and the household copy as received.
+
+        Nothing here can open a value: the Paillier ciphertext needs the decryption role's secret key, the
+        household copy the household's key. Value range checks move to the decryption role."""
+        rec, header = self._verify(rec, payload, topic_meter, parsed)
+        pub = self.encryptor.pub
+        if header["body_len"] != e2e.body_len(paillier.nsq_len(pub.n)):
+            raise frame_errors.BadLength(f"body_len {header['body_len']} does not fit the utility key")
+        meta, ciphertext, household = opener.split_e2e(payload, header["body_len"])
+        now = self.clock()
+        digest = hashlib.sha256(payload).digest()[:16]
+        dup = self._check_counter(rec.meter_id, header["counter"], digest, msg.dup, now)
+        if dup is not None:
+            return dup
+        self._check_header(rec, header, meta["flags"], now)
+        if meta["missing_s"] > header["interval_len"]:
+            raise Rejected("out_of_range", "missing_s longer than the interval")
+        # A ciphertext sharing a factor with n but not a multiple of n would reveal a factor of n: no
+        # meter can make one. Zero and multiples of n are what a broken or hostile meter could send.
+        if not 0 < ciphertext < pub.nsquare or ciphertext % pub.n == 0:
+            raise Rejected("bad_ciphertext", "not a unit mod n^2: would corrupt every sum it joins")
+        self._check_dp(rec, header)
+        self._check_overlap(rec.meter_id, header["counter"], header["interval_start"], header["interval_len"])
+        self._append(rec, header, ciphertext, meta["flags"], digest, now, SCHEME_PACKED_E2E_V1, household)
+        return Outcome("accepted", "accepted", rec.meter_id, header["counter"])
+
+    def _verify(self, rec: KeyedMeter, payload: bytes, topic_meter: str, parsed: dict) -> tuple[KeyedMeter, dict]:
+        """MAC check with the meter's key(s), as _open but without decrypting (kind 3 has no AES body)."""
+        def verify(r: KeyedMeter) -> dict:
+            cached = self._derived(r)
+            try:
+                return opener.verify_frame(cached[1][1], payload, topic_meter, parsed)
+            except frame_errors.BadTag:
+                if cached[2] is None:
+                    raise
+                return opener.verify_frame(cached[2][1], payload, topic_meter, parsed)
+        try:
+            return rec, verify(rec)
+        except frame_errors.BadTag:
+            if not self._reload_registry():
+                raise
+            fresh = self.registry.get(rec.meter_id)
+            if fresh is None or fresh.key == rec.key:
+                raise
+            return fresh, verify(fresh)
+
+    def _append(self, rec: KeyedMeter, header: dict, ciphertext: int, flags: int, digest: bytes, now: float,
+                scheme: str, household: bytes = b"") -> None:
         self.batch.readings.append(StoredReading(
             meter_id=rec.meter_id, counter=header["counter"], feeder=rec.feeder,
             interval_start=header["interval_start"], interval_len=header["interval_len"],
             epsilon_milli=header["epsilon_milli"], clamp_wh=header["clamp_wh"], m=header["m"],
-            ciphertext=ciphertext, flags=fields["flags"] & STORED_FLAGS, frame_digest=digest,
-            received_at=int(now)))
+            ciphertext=ciphertext, flags=flags & STORED_FLAGS, scheme=scheme, frame_digest=digest,
+            received_at=int(now), household=household))
         self._pending[(rec.meter_id, header["counter"])] = digest
-        self._pending_spans.setdefault(rec.meter_id, []).append(
-            (header["interval_start"], header["interval_start"] + header["interval_len"]))
-        return Outcome("accepted", "accepted", rec.meter_id, header["counter"])
+        end = header["interval_start"] + header["interval_len"]
+        self._pending_spans.setdefault(rec.meter_id, []).append((header["interval_start"], end))
+        if self._single_writer:
+            hw = self._high_water(rec.meter_id)
+            self._hw[rec.meter_id] = (max(hw[0], header["counter"]), max(hw[1], end))
+
+    def _high_water(self, meter_id: str) -> tuple[int, int]:
+        hw = self._hw.get(meter_id)
+        if hw is None:
+            c, e = self.store.max_counter(meter_id), self.store.max_interval_end(meter_id)
+            hw = self._hw[meter_id] = (-1 if c is None else c, -1 if e is None else e)
+        return hw
 
     def _check_unverified(self, h: dict) -> None:
         """A reading for an unknown meter id is kept only if its (unauthenticated) header could be genuine:
@@ -357,6 +455,8 @@ class Gateway:
         end = start + length
         if any(s < end and start < e for s, e in self._pending_spans.get(meter_id, ())):
             raise Rejected("interval_overlap", f"counter {counter}: interval {start}+{length} already pending")
+        if self._single_writer and start >= self._high_water(meter_id)[1]:
+            return
         other = self.store.overlapping(meter_id, start, end)
         if other is not None:
             raise Rejected("interval_overlap", f"counter {counter}: interval {start}+{length} overlaps "
@@ -365,6 +465,8 @@ class Gateway:
     def _check_counter(self, meter_id: str, counter: int, digest: bytes, dup_flag: bool,
                        now: float) -> Outcome | None:
         pend = self._pending.get((meter_id, counter))
+        if pend is None and self._single_writer and counter > self._high_water(meter_id)[0]:
+            return None
         seen = (pend, int(now)) if pend is not None else self.store.lookup(meter_id, counter)
         if seen is None:
             return None
@@ -376,9 +478,10 @@ class Gateway:
             return Outcome("duplicate", "duplicate", meter_id, counter)
         raise Rejected("replay", f"counter {counter} stored {int(now - received_at)} s ago")
 
-    def _check_reading(self, rec: KeyedMeter, h: dict, f: dict, now: float) -> None:
+    def _check_header(self, rec: KeyedMeter, h: dict, flags: int, now: float) -> None:
+        """The checks both modes share: clock, interval grid, not future, not stale."""
         cfg = self.config
-        if f["flags"] & frame.FLAG_CLOCK_UNSYNCED:
+        if flags & frame.FLAG_CLOCK_UNSYNCED:
             raise Rejected("clock_unsynced", "meter clock not synchronised")
         ilen, start = h["interval_len"], h["interval_start"]
         if ilen not in cfg.interval_lens or start % ilen:
@@ -388,15 +491,23 @@ class Gateway:
                            retry_at=start + ilen - cfg.clock_skew_s)
         if start < now - cfg.max_age_s:
             raise Rejected("stale", f"interval {int(now - start)} s old")
-        attrs = rec.attributes
-        max_wh = (float(attrs.get("volts", cfg.volts)) * float(attrs.get("rated_amps", cfg.rated_amps))
-                  * int(attrs.get("phases", cfg.phases)) * ilen / 3600.0 * cfg.range_margin)
-        if not 0 <= f["billing_wh"] <= max_wh:
-            # no values in the message: logs must not carry readings
-            raise Rejected("out_of_range", f"billing_wh outside [0, {int(max_wh)}]")
+
+    @staticmethod
+    def _check_dp(rec: KeyedMeter, h: dict) -> None:
         if (h["epsilon_milli"], h["clamp_wh"], h["m"]) != (rec.epsilon_milli, rec.clamp_wh, rec.m):
             raise Rejected("dp_mismatch", f"dp params {h['epsilon_milli']}/{h['clamp_wh']}/{h['m']} "
                                           f"!= registry {rec.epsilon_milli}/{rec.clamp_wh}/{rec.m}")
+
+    def _check_reading(self, rec: KeyedMeter, h: dict, f: dict, now: float) -> None:
+        cfg = self.config
+        self._check_header(rec, h, f["flags"], now)
+        ilen = h["interval_len"]
+        max_wh = rated_max_wh(rec.attributes, ilen, margin=cfg.range_margin,
+                              defaults={"volts": cfg.volts, "rated_amps": cfg.rated_amps, "phases": cfg.phases})
+        if not 0 <= f["billing_wh"] <= max_wh:
+            # no values in the message: logs must not carry readings
+            raise Rejected("out_of_range", f"billing_wh outside [0, {int(max_wh)}]")
+        self._check_dp(rec, h)
         # the parameters are the registry's: bound the share by what the configured sampler draws
         share = noise_share_bound(rec.epsilon_milli, rec.clamp_wh, rec.m)
         if not -share <= f["analytics_wh"] <= rec.clamp_wh + share:

@@ -23,7 +23,7 @@ from typing import Any
 
 from meterveil.host.common.files import write_private_json
 from meterveil.host.common.pubkey import KeyFileError, resolve
-from meterveil.host.common.registry import MeterRecord, MeterRegistry, file_identity
+from meterveil.host.common.registry import MODE_PROXY, MeterRecord, MeterRegistry, file_identity
 
 KEYS_NAME = "meter-keys.json"
 KEYS_KIND = "meter-keys"
@@ -182,13 +182,15 @@ class KeyedRegistry:
 
     def add(self, meter_id: str, *, feeder: str, epsilon_milli: int, clamp_wh: int, m: int,
             key: bytes | None = None, attributes: dict[str, Any] | None = None, household: str = "",
-            replace_existing: bool = False, save: bool = True) -> KeyedMeter:
+            replace_existing: bool = False, save: bool = True, mode: str = MODE_PROXY,
+            household_fingerprint: str = "") -> KeyedMeter:
         """Register a meter (new random master key unless given); refuses duplicates. Keys are saved
         before the registry: a crash in between leaves a key nobody uses, never a meter without one."""
         if meter_id in self.registry and not replace_existing:
             raise KeyError(f"meter {meter_id} already registered")
         rec = MeterRecord(meter_id=meter_id, feeder=feeder, epsilon_milli=int(epsilon_milli),
-                          clamp_wh=int(clamp_wh), m=int(m), attributes=dict(attributes or {}), household=household)
+                          clamp_wh=int(clamp_wh), m=int(m), attributes=dict(attributes or {}), household=household,
+                          mode=mode, household_fingerprint=household_fingerprint)
         key = key if key is not None else secrets.token_bytes(MASTER_KEY_BYTES)
         self.keys.set(meter_id, MeterKey(key))
         self.registry.put(rec, replace_existing=replace_existing, save=False)

@@ -6,7 +6,8 @@ workers on one database. `open_store` picks by the name: a ``postgresql://`` URL
 
 Nothing here is readable consumption: a reading row holds the meter id, frame counter, feeder,
 interval, DP parameters, privacy-neutral flags and the Paillier ciphertext of the packed plaintext
-(see packing.py) as an int (stored as big-endian BLOB).
+(see packing.py) as an int (stored as big-endian BLOB); E2E rows also keep the household's sealed copy
+(``household``, 48 bytes no role but the household can open).
 
 Interface (stable; back office = aggregation, billing, decryption role):
 - ``open_store(path_or_url, create=True) -> SqliteStore | PostgresStore``; ``store.close()``. ``create=False`` (every command that only reads a store) raises
@@ -21,6 +22,8 @@ Interface (stable; back office = aggregation, billing, decryption role):
   interval overlaps a stored one of its meter is not inserted (False) and counted ``duplicate`` (same
   frame digest), ``counter_reuse`` (other digest) or ``interval_overlap``.
 - ``lookup(meter_id, counter) -> (frame_digest, received_at) | None``; ``max_counter(meter_id)``;
+  ``max_interval_end(meter_id)``; ``single_writer`` (class attribute, optional: True when one ingest
+  process is the only writer, which lets it cache per-meter high-water marks);
   ``overlapping(meter_id, start, end) -> counter | None`` (a stored reading whose interval overlaps).
 - ``counters() -> dict[reason, n]``; ``meter_counters() -> {meter_id: {reason: n}}``.
 - quarantine: ``write_batch`` also keeps ``batch.quarantine`` frames (sealed, as received) as far as
@@ -51,7 +54,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-SCHEME_PACKED_V1 = "paillier-packed-v1"
+SCHEME_PACKED_V1 = "paillier-packed-v1"  # proxy mode: the gateway encrypted the packed plaintext
+# End-to-end mode: the meter encrypted the same packed plaintext (DJN short exponent, protocol/paillier.py)
+# and the row also keeps the household's sealed copy, opaque to every role but the household.
+SCHEME_PACKED_E2E_V1 = "paillier-packed-e2e-v1"
+SUMMABLE_SCHEMES = (SCHEME_PACKED_V1, SCHEME_PACKED_E2E_V1)  # same plaintext layout, same key: one sum
 
 
 class StoreError(ValueError):
@@ -84,6 +91,7 @@ class StoredReading:
     scheme: str = SCHEME_PACKED_V1
     frame_digest: bytes = field(default=b"", repr=False)
     received_at: int = 0
+    household: bytes = field(default=b"", repr=False)  # E2E: iv + AES-CBC + tag under the household key
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,7 @@ class Store(Protocol):
     def write_batch(self, batch: Batch) -> list[bool]: ...
     def lookup(self, meter_id: str, counter: int) -> tuple[bytes, int] | None: ...
     def max_counter(self, meter_id: str) -> int | None: ...
+    def max_interval_end(self, meter_id: str) -> int | None: ...
     def overlapping(self, meter_id: str, start: int, end: int) -> int | None: ...
     def counters(self) -> dict[str, int]: ...
     def quarantined(self, limit: int = 1000, *, meter_ids: Sequence[str] | None = None,

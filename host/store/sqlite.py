@@ -103,12 +103,16 @@ def _m4_no_overlap(c: sqlite3.Connection) -> None:
         BEGIN SELECT RAISE(IGNORE); END""")
 
 
+def _m5_household(c: sqlite3.Connection) -> None:
+    c.execute("ALTER TABLE readings ADD COLUMN household BLOB NOT NULL DEFAULT x''")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_quarantine, _m3_fair_quarantine,
-                                                          _m4_no_overlap]
+                                                          _m4_no_overlap, _m5_household]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLS = ("meter_id, counter, feeder, interval_start, interval_len, epsilon_milli, clamp_wh, m, "
-         "flags, scheme, ciphertext, frame_digest, received_at")
+         "flags, scheme, ciphertext, frame_digest, received_at, household")
 
 
 
@@ -138,11 +142,16 @@ def inspect_file(path: str | os.PathLike[str]) -> set[str]:
 def _row_to_reading(r: tuple[Any, ...]) -> StoredReading:
     return StoredReading(meter_id=r[0], counter=r[1], feeder=r[2], interval_start=r[3], interval_len=r[4],
                          epsilon_milli=r[5], clamp_wh=r[6], m=r[7], flags=r[8], scheme=r[9],
-                         ciphertext=int.from_bytes(r[10], "big"), frame_digest=bytes(r[11]), received_at=r[12])
+                         ciphertext=int.from_bytes(r[10], "big"), frame_digest=bytes(r[11]), received_at=r[12],
+                         household=bytes(r[13]))
 
 
 class SqliteStore:
     """The default store. Thread-safe by one lock (ingest writes from its worker thread)."""
+
+    # One gateway process writes a SQLite store (several workers need a server database): ingest may
+    # keep per-meter high-water marks in memory instead of asking for every frame.
+    single_writer = True
 
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL", timeout: float = 30.0,
                  create: bool = True, quarantine: QuarantinePolicy | None = None):
@@ -212,11 +221,11 @@ class SqliteStore:
                 meter_counts = batch.meter_counts.copy()
                 for r in batch.readings:
                     cur = c.execute(
-                        f"INSERT INTO readings({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                        f"INSERT INTO readings({_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                         "ON CONFLICT(meter_id, counter) DO NOTHING",
                         (r.meter_id, r.counter, r.feeder, r.interval_start, r.interval_len, r.epsilon_milli,
                          r.clamp_wh, r.m, r.flags, r.scheme, int_to_blob(r.ciphertext), r.frame_digest,
-                         r.received_at or int(time.time())))
+                         r.received_at or int(time.time()), r.household))
                     new = cur.rowcount == 1
                     inserted.append(new)
                     reason = "accepted" if new else self._not_inserted(c, r)
@@ -345,6 +354,12 @@ class SqliteStore:
                 "AND interval_start + interval_len > ? LIMIT 1",
                 (meter_id, end, start - _MAX_INTERVAL_S, start)).fetchone()
         return None if row is None else int(row[0])
+
+    def max_interval_end(self, meter_id: str) -> int | None:
+        with self._lock:
+            row = self.conn.execute("SELECT MAX(interval_start + interval_len) FROM readings WHERE meter_id=?",
+                                    (meter_id,)).fetchone()
+        return None if row[0] is None else int(row[0])
 
     def max_counter(self, meter_id: str) -> int | None:
         with self._lock:
