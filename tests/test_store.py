@@ -66,6 +66,17 @@ def test_write_batch_is_idempotent_and_counts(s):
     assert s.interval_bounds() == (T0, T0 + 1800)
 
 
+def test_household_copy_is_kept_opaque_on_both_backends(s):
+    """E2E rows keep the household's sealed copy byte for byte; proxy rows keep none."""
+    from dataclasses import replace
+
+    copy = bytes(range(48))
+    assert s.write_batch(Batch(readings=[replace(_r("m1", 1, T0), scheme="paillier-packed-e2e-v1", household=copy),
+                                         _r("m2", 1, T0)])) == [True, True]
+    got = {r.meter_id: r for r in s.iter_readings(t_from=T0, t_to=T0 + 900)}
+    assert got["m1"].household == copy and got["m2"].household == b""
+
+
 def test_database_refuses_overlap_and_counter_reuse(s):
     """The rules hold in the database itself, whatever the caller checked: an interval overlapping a
     stored one of the same meter (any length, any alignment) and another frame under a stored counter

@@ -66,7 +66,7 @@ _QUARANTINE_LOCK = 0x6D7665696C03
 _MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 _COLS = ("meter_id, counter, feeder, interval_start, interval_len, epsilon_milli, clamp_wh, m, "
-         "flags, scheme, ciphertext, frame_digest, received_at")
+         "flags, scheme, ciphertext, frame_digest, received_at, household")
 
 
 def is_postgres_url(path: object) -> bool:
@@ -106,7 +106,8 @@ def month_bounds(t: int) -> tuple[int, int, str]:
 def _row_to_reading(r: tuple[Any, ...]) -> StoredReading:
     return StoredReading(meter_id=r[0], counter=r[1], feeder=r[2], interval_start=r[3], interval_len=r[4],
                          epsilon_milli=r[5], clamp_wh=r[6], m=r[7], flags=r[8], scheme=r[9],
-                         ciphertext=int.from_bytes(r[10], "big"), frame_digest=bytes(r[11]), received_at=r[12])
+                         ciphertext=int.from_bytes(r[10], "big"), frame_digest=bytes(r[11]), received_at=r[12],
+                         household=bytes(r[13]))
 
 
 class PostgresStore:
@@ -244,10 +245,10 @@ class PostgresStore:
             if new:
                 with c.cursor() as cur:
                     cur.executemany(
-                        f"INSERT INTO readings({_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                        f"INSERT INTO readings({_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
                         [(r.meter_id, r.counter, r.feeder, r.interval_start, r.interval_len, r.epsilon_milli,
                           r.clamp_wh, r.m, r.flags, r.scheme, int_to_blob(r.ciphertext), r.frame_digest,
-                          r.received_at or now) for r in new])
+                          r.received_at or now, r.household) for r in new])
             for i, r in enumerate(rs):
                 reason = "accepted" if inserted[i] else self._lost_race(r)
                 counts[reason] += 1
