@@ -147,3 +147,17 @@ def test_dl_param_small_epsilon_precise():
     q1, r = privacy.dl_param(1, 1000000)  # epsilon/clamp = 1e-9: naive 1 - exp(-x) loses 7 digits
     assert math.isclose(q1, -math.expm1(-1e-9), rel_tol=1e-12)
     assert math.isclose(r, math.log(-math.expm1(-1e-9)), rel_tol=1e-12)
+
+
+def test_dp_limits_agree_across_meter_registry_and_wire():
+    """One range for the DP parameters everywhere (u16 on the wire): the sampler, the firmware's config
+    check and the registry refuse the same values."""
+    from meterveil.host.common.registry import DP_LIMITS
+
+    for name in ("epsilon_milli", "m"):
+        assert DP_LIMITS[name] == 65535
+    args = {"epsilon_milli": 1000, "clamp_wh": 1000, "m": 10}
+    for name in ("epsilon_milli", "m"):
+        privacy.noise_share(**{**args, name: DP_LIMITS[name]}, rand_bytes=lambda n: bytes(n))
+        with pytest.raises(ValueError):
+            privacy.noise_share(**{**args, name: DP_LIMITS[name] + 1}, rand_bytes=lambda n: bytes(n))

@@ -123,9 +123,9 @@ def dl_param(epsilon_milli, clamp_wh):
 
 def noise_share(epsilon_milli, clamp_wh, m, rand_bytes=None):
     # One meter's share: Polya difference NB(1/m, a) - NB(1/m, a), an integer, symmetric about 0.
-    _check("epsilon_milli", epsilon_milli, 1, 100000)
+    _check("epsilon_milli", epsilon_milli, 1, 65535)  # u16 on the wire, as config.py and the registry say
     _check("clamp_wh", clamp_wh, 1, 1000000)
-    _check("m", m, 1, 100000)
+    _check("m", m, 1, 65535)
     if rand_bytes is None:
         import os
         rand_bytes = os.urandom
