@@ -164,6 +164,19 @@ class Coverage:
         return max(0, self.expected - self.present)
 
 
+def coverage_of(rows: Sequence[tuple[str, str, int]], t_from: int, t_to: int, interval_len: int,
+                meter_ids: Sequence[str] | None) -> list[Coverage]:
+    """Coverage from (meter_id, feeder, distinct intervals present in [t_from, t_to)) rows: the one
+    place both backends count the expected slots (aligned starts in the range)."""
+    if interval_len <= 0 or t_to < t_from:
+        raise ValueError("need interval_len > 0 and t_from <= t_to")
+    first = -(-t_from // interval_len) * interval_len
+    expected = max(0, -(-(t_to - first) // interval_len))
+    found = {r[0]: Coverage(r[0], r[1], expected, int(r[2])) for r in rows}
+    ids = list(meter_ids) if meter_ids is not None else sorted(found)
+    return [found.get(m, Coverage(m, "", expected, 0)) for m in ids]
+
+
 class Store(Protocol):
     """What ingest and the back office need from a store (SQLite or PostgreSQL)."""
 

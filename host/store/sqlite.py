@@ -30,6 +30,7 @@ from meterveil.host.store.base import (
     StoredReading,
     StoreError,
     StoreVersionError,
+    coverage_of,
     int_to_blob,
 )
 from meterveil.host.store.quarantine import UNVERIFIED, QuarantinePolicy, admit, pool_of
@@ -451,13 +452,9 @@ class SqliteStore:
         """Expected intervals in [t_from, t_to) vs distinct intervals present, per meter."""
         if interval_len <= 0 or t_to < t_from:
             raise ValueError("need interval_len > 0 and t_from <= t_to")
-        first = -(-t_from // interval_len) * interval_len
-        expected = max(0, -(-(t_to - first) // interval_len))
         with self._lock:
             rows = self.conn.execute(
                 "SELECT meter_id, MAX(feeder), COUNT(DISTINCT CASE WHEN interval_start >= ? AND interval_start < ? "
                 "THEN interval_start END) FROM readings GROUP BY meter_id ORDER BY meter_id",
                 (t_from, t_to)).fetchall()
-        found = {r[0]: Coverage(r[0], r[1], expected, int(r[2])) for r in rows}
-        ids = list(meter_ids) if meter_ids is not None else sorted(found)
-        return [found.get(m, Coverage(m, "", expected, 0)) for m in ids]
+        return coverage_of(rows, t_from, t_to, interval_len, meter_ids)
