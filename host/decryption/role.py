@@ -31,6 +31,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -45,13 +46,14 @@ from phe import paillier
 from meterveil.host.audit import anchors
 from meterveil.host.audit.chain import AuditError, AuditLog, result_digest
 from meterveil.host.audit.ledger import Ledger, utc_month
+from meterveil.host.backoffice import dp
 from meterveil.host.backoffice.aggregate import FeederCell, HouseholdSums, billing_sums, feeder_sums
 from meterveil.host.backoffice.billing import expected_intervals as count_expected
 from meterveil.host.backoffice.tariff import Tariff
 from meterveil.host.common import packing
 from meterveil.host.common.files import open_private_append
 from meterveil.host.common.registry import MeterRegistry
-from meterveil.host.decryption.policy import Policy, PolicyError
+from meterveil.host.decryption.policy import DEFAULT_DAILY_BUDGET_MILLI, Policy, PolicyError
 from meterveil.host.store.base import Store, StoredReading
 
 _SLOT_S = 900  # band partitions are compared on the period's 15-minute slots (local hours align to them)
@@ -186,10 +188,13 @@ class DecryptionRole:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _settle_budget(self, given: int | None) -> int | None:
-        """The daily budget lives in the ledger: a session without --daily-budget keeps the last one set."""
+    def _settle_budget(self, given: int | None) -> int:
+        """The daily budget lives in the ledger: a session without --daily-budget keeps the last one set
+        (the policy default, epsilon 1 per household-day, if none ever was)."""
         stored = self.ledger.daily_budget_milli
-        if given is None or given == stored:
+        if given is None:
+            return DEFAULT_DAILY_BUDGET_MILLI if stored is None else stored
+        if given == stored:
             return stored
         self.record("policy", {"daily_budget_milli": given, "previous": stored}, "allow", "daily DP budget set")
         return given
@@ -351,28 +356,32 @@ class DecryptionRole:
         return totals
 
     # -- feeder load --------------------------------------------------------------------------
-    def feeder_load(self, store: Store, feeder: str, t_from: int, t_to: int) -> list[FeederLoad]:
-        """Per interval in [t_from, t_to) with readings of the feeder's frozen members: the DP analytics
-        sum, or a refusal."""
+    def feeder_load(self, store: Store, feeder: str, t_from: int, t_to: int,
+                    release_s: int | None = None) -> list[FeederLoad]:
+        """Per release cell (policy.release_s, default an hour) in [t_from, t_to) with readings of the
+        feeder's frozen members: the DP analytics sum (one decryption per cell), or a refusal."""
         if t_to <= t_from:
             raise PolicyError(f"empty time range [{_iso(t_from)}, {_iso(t_to)})")
         if self.registry is None:
             raise PolicyError("feeder loads need the meter registry (--registry): feeder membership comes "
                               "from it, never from the store")
+        cell_s = release_s or self.policy.release_s
         members = {m: set(self.members(feeder, m)) for m in _months(t_from, t_to)}
 
         def relabelled() -> Iterator[StoredReading]:
-            for r in store.iter_readings(t_from=t_from, t_to=t_to):
+            for r in store.iter_readings(t_from=t_from - t_from % cell_s, t_to=t_to):
                 if r.meter_id in members[utc_month(r.interval_start)]:
                     yield r if r.feeder == feeder else replace(r, feeder=feeder)
 
-        cells = feeder_sums(relabelled(), self.public_key.nsquare)
-        return [self._feeder_cell(c) for c in cells]
+        cells = [c for c in feeder_sums(relabelled(), self.public_key.nsquare, cell_s)
+                 if c.interval_start >= t_from - t_from % cell_s]
+        return [self._feeder_cell(c, len(members[utc_month(c.interval_start)])) for c in cells]
 
     def members(self, feeder: str, month: str) -> tuple[str, ...]:
         """The meters whose readings make `feeder`'s sums in `month` (UTC, YYYY-MM): frozen from the
-        registry the first time they are asked for, so a feeder cannot be re-drawn mid-period to
-        release an interval again over another set of meters."""
+        registry the first time they are asked for, so a feeder cannot be re-drawn or padded with
+        dummies mid-period; one meter per household (the registry's `household`), so a household
+        with two meters counts once and contributes one clamp per interval."""
         with self._tx():
             frozen = self.ledger.membership.get((feeder, month))
             if frozen is not None:
@@ -381,58 +390,111 @@ class DecryptionRole:
             self.registry.reload_if_changed()
             taken = [mid for mid in self.registry.feeders().get(feeder, [])
                      if self.ledger.feeder_of(mid, month) not in (None, feeder)]
-            meters = tuple(mid for mid in self.registry.feeders().get(feeder, []) if mid not in taken)
+            households: dict[str, str] = {}
+            extra = []
+            for mid in self.registry.feeders().get(feeder, []):
+                if mid in taken:
+                    continue
+                rec = self.registry.get(mid)
+                hh = rec.household_id if rec is not None else mid
+                if hh in households:
+                    extra.append(mid)
+                else:
+                    households[hh] = mid
+            meters = tuple(sorted(households.values()))
             note = f"; {len(taken)} meters already frozen into another feeder left out" if taken else ""
+            if extra:
+                note += f"; {len(extra)} further meters of households already counted left out"
             self.record("membership", {"feeder": feeder, "month": month, "meters": list(meters)}, "allow",
                          f"feeder membership frozen for the month from the registry{note}")
             return meters
 
-    def _check_feeder(self, cell: FeederCell, m: int) -> str | None:
+    def _check_feeder(self, cell: FeederCell) -> str | None:
         """None if the cell may be released, else the refusal reason."""
         if len({(e, c) for e, c, _ in cell.dp_params}) > 1:
             return f"refused: mixed DP parameters {list(cell.dp_params)}"
+        if cell.mixed_lengths:
+            return "refused: readings of different interval lengths (or not dividing the cell) in one cell"
         if cell.max_per_meter > 1:
             return f"refused: a meter contributed {cell.max_per_meter} readings to one interval"
-        if cell.contributors < m:
-            return f"refused: {cell.contributors} < m={m}"
+        if cell.contributors < self.policy.k_min:
+            return f"refused: {cell.contributors} < k_min={self.policy.k_min} households"
         return None
 
-    def _budget_check(self, cell: FeederCell) -> str | None:
+    def _noise(self, cell: FeederCell, frozen: int) -> tuple[int, int, int]:
+        """(share variance, noise variance of the cell from honest meters with gamma of the frozen
+        feeder colluding, noise variance with none colluding). Colluders are assumed to be the
+        meters with the most readings in the cell (worst case)."""
+        v = dp.share_variance(cell.epsilon_milli / 1000, cell.clamp_wh, cell.m, cell.reading_len, self.policy.delta)
+        bad = dp.colluders(max(frozen, cell.contributors), self.policy.gamma_of(cell.feeder))
+        honest_readings = cell.readings - bad * cell.intervals
+        return v, max(0, honest_readings) * v, cell.readings * v
+
+    def _day_cells(self, feeder: str, day: str, extra: list[tuple[int, int]] | None = None,
+                   nominal: bool = False) -> list[tuple[int, int]]:
+        cells = [(r.intervals, r.noise_var_nominal if nominal else r.noise_var)
+                 for r in self.ledger.day_releases(feeder, day)]
+        return cells + (extra or [])
+
+    def _budget_check(self, cell: FeederCell, noise_var: int) -> str | None:
         """Refusal reason or None (re-releasing the same contributor set is free)."""
         released = self.ledger.releases.get((cell.feeder, cell.interval_start))
         if released is not None:
-            if released.members_digest != cell.members_digest:
-                return ("refused: interval already released with a different contributor set "
+            if released.members_digest != cell.members_digest or released.cell_len != cell.interval_len:
+                return ("refused: cell already released with a different contributor set or length "
                         "(a difference would expose single meters)")
             return None
-        if self.daily_budget_milli is None:
-            return None
+        for r in self.ledger.day_releases(cell.feeder, _iso(cell.interval_start)[:10]):
+            start = next(k[1] for k, v in self.ledger.releases.items() if v is r)
+            if start < cell.interval_start + cell.interval_len and cell.interval_start < start + r.cell_len:
+                return ("refused: overlaps a cell released with another length (one granularity per "
+                        "feeder-day, so no difference isolates a part of a released cell)")
+        if noise_var < 1:
+            return "refused: no honest share left once gamma of the feeder is assumed colluding"
+        budget = self.daily_budget_milli
         day = _iso(cell.interval_start)[:10]
-        spent = self.spent_milli(cell.feeder, day)
-        if spent + cell.epsilon_milli > self.daily_budget_milli:
-            return (f"refused: daily DP budget {spent}+{cell.epsilon_milli} > "
-                    f"{self.daily_budget_milli} milli-epsilon on {day}")
+        eps = self.day_epsilon(cell.feeder, day, [(cell.intervals, noise_var)], clamp_wh=cell.clamp_wh)
+        if eps * 1000 > budget:
+            return (f"refused: household-day epsilon would reach {eps:.3f} > budget {budget / 1000:g} on {day} "
+                    f"(gamma={self.policy.gamma_of(cell.feeder):g} colluding, delta={self.policy.delta:g})")
         return None
 
-    def spent_milli(self, feeder: str, day: str) -> int:
-        """Privacy spent on `feeder` on UTC `day` (YYYY-MM-DD), in milli-epsilon, by released intervals."""
-        return self.ledger.spent_milli(feeder, day)
+    def day_epsilon(self, feeder: str, day: str, extra: list[tuple[int, int]] | None = None,
+                    clamp_wh: int | None = None, nominal: bool = False) -> float:
+        """Household-day epsilon (at policy.delta) of `feeder`'s releases on UTC `day`, with gamma of
+        the feeder colluding (nominal: none), plus `extra` cells [(intervals, noise variance)]."""
+        rels = self.ledger.day_releases(feeder, day)
+        clamps = {r.clamp_wh for r in rels} | ({clamp_wh} if clamp_wh else set())
+        if not clamps:
+            return 0.0
+        return dp.household_day_epsilon(max(clamps), self._day_cells(feeder, day, extra, nominal), self.policy.delta)
 
-    def _feeder_cell(self, cell: FeederCell) -> FeederLoad:
-        m = self.policy.required_m(cell.feeder, cell.m)
-        query = {"feeder": cell.feeder, "interval_start": cell.interval_start, "interval_len": cell.interval_len,
-                 "readings": cell.readings, "contributors": cell.contributors, "dp_params": cell.dp_params,
-                 "m_required": m, "members_digest": cell.members_digest}
+    def spent_milli(self, feeder: str, day: str) -> int:
+        """Household-day epsilon spent on `feeder` on UTC `day` (YYYY-MM-DD), milli, rounded up."""
+        return math.ceil(self.day_epsilon(feeder, day) * 1000 - 1e-9)
+
+    def _feeder_cell(self, cell: FeederCell, frozen: int) -> FeederLoad:
+        m = max(self.policy.k_min, cell.m)
         base = dict(feeder=cell.feeder, interval_start=cell.interval_start, interval_len=cell.interval_len,
                     readings=cell.readings, contributors=cell.contributors, epsilon_milli=cell.epsilon_milli,
                     clamp_wh=cell.clamp_wh, m=m)
         with self._tx():  # check, decrypt and the audit entry the ledger folds: one decision
-            reason = self._check_feeder(cell, m) or self._budget_check(cell)
+            reason = self._check_feeder(cell)
+            v = noise_var = nominal_var = 0
+            if reason is None:
+                v, noise_var, nominal_var = self._noise(cell, frozen)
+                reason = self._budget_check(cell, noise_var)
+            query = {"feeder": cell.feeder, "interval_start": cell.interval_start, "interval_len": cell.interval_len,
+                     "readings": cell.readings, "contributors": cell.contributors, "dp_params": cell.dp_params,
+                     "members_digest": cell.members_digest, "intervals": cell.intervals,
+                     "clamp_wh": cell.clamp_wh, "share_var": v, "noise_var": noise_var,
+                     "noise_var_nominal": nominal_var, "frozen_households": frozen,
+                     "gamma": self.policy.gamma_of(cell.feeder)}
             if reason is not None:
                 self.record("feeder-load", query, "refuse", reason)
                 return FeederLoad(**base, status=reason, analytics_sum_wh=None)
             value = packing.analytics_of(self._decrypt_masked(cell.ciphertext, packing.SLOT_BILLING), cell.readings)
-            self.record("feeder-load", query, "allow", f"ok: {cell.contributors} >= m={m}",
+            self.record("feeder-load", query, "allow", f"ok: {cell.contributors} households",
                          self.result_hash({"analytics_sum_wh": value}))
         return FeederLoad(**base, status="ok", analytics_sum_wh=value)
 
