@@ -58,16 +58,11 @@ def main():
     out = []
     for name, share_var, m_sum, target_var in spec["cases"]:
         rb = CounterRandom(spec["seed"] + "/" + name)
+        params = None
         if share_var == 0:
-            _, eps, clamp, m, var = name.split(":")
-            privacy.configure({"epsilon_milli": int(eps), "clamp_wh": int(clamp), "m": int(m),
-                               "noise_var": int(var)})
-
-            def draw():
-                return privacy.noise_share(int(eps), int(clamp), int(m), rb)
-        else:
-            def draw():
-                return privacy.discrete_gaussian(share_var, rb)
+            params = [int(x) for x in name.split(":")[1:]]
+            privacy.configure({"epsilon_milli": params[0], "clamp_wh": params[1], "m": params[2],
+                               "noise_var": params[3]})
         n = spec["n"]
         keep = spec.get("keep", 0)
         sums, first = [], []
@@ -76,7 +71,10 @@ def main():
         for _ in range(n):
             s = 0
             for _ in range(m_sum):
-                x = draw()
+                if params is None:
+                    x = privacy.discrete_gaussian(share_var, rb)
+                else:
+                    x = privacy.noise_share(params[0], params[1], params[2], rb)
                 if not isinstance(x, int):
                     raise TypeError("share not an int")
                 if n_shares < keep:
