@@ -409,7 +409,7 @@ class DecryptionRole:
                          f"feeder membership frozen for the month from the registry{note}")
             return meters
 
-    def _check_feeder(self, cell: FeederCell) -> str | None:
+    def _check_feeder(self, cell: FeederCell, m: int) -> str | None:
         """None if the cell may be released, else the refusal reason."""
         if len({(e, c) for e, c, _ in cell.dp_params}) > 1:
             return f"refused: mixed DP parameters {list(cell.dp_params)}"
@@ -417,8 +417,8 @@ class DecryptionRole:
             return "refused: readings of different interval lengths (or not dividing the cell) in one cell"
         if cell.max_per_meter > 1:
             return f"refused: a meter contributed {cell.max_per_meter} readings to one interval"
-        if cell.contributors < self.policy.k_min:
-            return f"refused: {cell.contributors} < k_min={self.policy.k_min} households"
+        if cell.contributors < m:
+            return f"refused: {cell.contributors} < m={m}"
         return None
 
     def _noise(self, cell: FeederCell, frozen: int) -> tuple[int, int, int]:
@@ -474,19 +474,19 @@ class DecryptionRole:
         return math.ceil(self.day_epsilon(feeder, day) * 1000 - 1e-9)
 
     def _feeder_cell(self, cell: FeederCell, frozen: int) -> FeederLoad:
-        m = max(self.policy.k_min, cell.m)
+        m = self.policy.required_m(cell.feeder, cell.m)
         base = dict(feeder=cell.feeder, interval_start=cell.interval_start, interval_len=cell.interval_len,
                     readings=cell.readings, contributors=cell.contributors, epsilon_milli=cell.epsilon_milli,
                     clamp_wh=cell.clamp_wh, m=m)
         with self._tx():  # check, decrypt and the audit entry the ledger folds: one decision
-            reason = self._check_feeder(cell)
+            reason = self._check_feeder(cell, m)
             v = noise_var = nominal_var = 0
             if reason is None:
                 v, noise_var, nominal_var = self._noise(cell, frozen)
                 reason = self._budget_check(cell, noise_var)
             query = {"feeder": cell.feeder, "interval_start": cell.interval_start, "interval_len": cell.interval_len,
                      "readings": cell.readings, "contributors": cell.contributors, "dp_params": cell.dp_params,
-                     "members_digest": cell.members_digest, "intervals": cell.intervals,
+                     "m_required": m, "members_digest": cell.members_digest, "intervals": cell.intervals,
                      "clamp_wh": cell.clamp_wh, "share_var": v, "noise_var": noise_var,
                      "noise_var_nominal": nominal_var, "frozen_households": frozen,
                      "gamma": self.policy.gamma_of(cell.feeder)}
@@ -494,7 +494,7 @@ class DecryptionRole:
                 self.record("feeder-load", query, "refuse", reason)
                 return FeederLoad(**base, status=reason, analytics_sum_wh=None)
             value = packing.analytics_of(self._decrypt_masked(cell.ciphertext, packing.SLOT_BILLING), cell.readings)
-            self.record("feeder-load", query, "allow", f"ok: {cell.contributors} households",
+            self.record("feeder-load", query, "allow", f"ok: {cell.contributors} >= m={m}",
                          self.result_hash({"analytics_sum_wh": value}))
         return FeederLoad(**base, status="ok", analytics_sum_wh=value)
 
