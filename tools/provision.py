@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from meterveil.host.backoffice.dp import share_variance
 from meterveil.host.common.pubkey import KeyFileError
 from meterveil.host.common.registry import METER_ID_RE, REGISTRY_NAME
 from meterveil.host.gateway.meter_keys import MASTER_KEY_BYTES, KeyedRegistry
@@ -237,7 +238,8 @@ def provision_one(workspace: Path, spec: MeterSpec, *, broker_url: str | None = 
         calibration = dict(json.loads(ws.meter_config(spec.meter_id).read_text())["calibration"])
     cfg = meter_config.render(
         meter_id=spec.meter_id, master_key=key, feeder=spec.feeder,
-        dp={"epsilon_milli": spec.epsilon_milli, "clamp_wh": spec.clamp_wh, "m": spec.m},
+        dp={"epsilon_milli": spec.epsilon_milli, "clamp_wh": spec.clamp_wh, "m": spec.m,
+            "noise_var": share_variance(spec.epsilon_milli / 1000, spec.clamp_wh, spec.m, spec.interval_s)},
         broker_url=url, username=spec.meter_id, password=password, ca_der=tls,
         wifi_ssid=spec.wifi_ssid, wifi_password=spec.wifi_password, calibration=calibration,
         interval_s=spec.interval_s, sim=_sim_section(spec))

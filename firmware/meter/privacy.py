@@ -144,7 +144,7 @@ def configure(dp_cfg, interval_s=900):
     v = dp_cfg.get("noise_var")
     if v is not None:
         _check("noise_var", v, 1, 1 << 48)
-        _configured[(dp_cfg["epsilon_milli"], dp_cfg["clamp_wh"], dp_cfg["m"], interval_s)] = v
+        _configured[(dp_cfg["epsilon_milli"], dp_cfg["clamp_wh"], dp_cfg["m"])] = v
 
 
 def fallback_share_variance(epsilon_milli, clamp_wh, m, interval_s=900):
@@ -161,10 +161,10 @@ def fallback_share_variance(epsilon_milli, clamp_wh, m, interval_s=900):
 
 
 def share_variance(epsilon_milli, clamp_wh, m, interval_s=900):
-    v = _configured.get((epsilon_milli, clamp_wh, m, interval_s))
+    v = _configured.get((epsilon_milli, clamp_wh, m))
     if v is None:
         v = fallback_share_variance(epsilon_milli, clamp_wh, m, interval_s)
-        _configured[(epsilon_milli, clamp_wh, m, interval_s)] = v
+        _configured[(epsilon_milli, clamp_wh, m)] = v
     return v
 
 

@@ -29,7 +29,8 @@ Interface:
 - the largest share an honest meter draws (the gateway's bound on analytics values) is
   ``meterveil.host.common.noise_bound.noise_share_bound``: it follows this mechanism, change both together;
 - ``analytics_value_bounds(epsilon_milli, clamp_wh, m, interval_s)`` -> (lo, hi): the values a MACed
-  reading frame may carry (clamp plus the largest share the sampler draws with probability above 1e-12).
+  reading frame may carry (clamp plus the largest share the sampler draws with probability above 1e-12);
+  defined in meterveil.host.common.dp_bounds so the gateway can use it, re-exported here.
 """
 
 from __future__ import annotations
@@ -40,18 +41,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from meterveil.host.common.dp_bounds import (  # noqa: F401 - re-exported: the frame bound lives in common
+    SHARE_TAIL_P,
+    analytics_value_bounds,
+    fallback_share_variance,
+    share_tail_bound,
+)
+
 INTERVAL_S = 900
 READINGS_PER_DAY = 86400 // INTERVAL_S  # 96
 DEFAULT_DELTA = 1e-6
 DEFAULT_EPSILON_DAY = 1.0
 DEFAULT_GAMMA = 0.2
-SHARE_TAIL_P = 1e-12
 PLD_DISCRETIZATION = 1e-4  # dp-accounting's pessimistic rounding of privacy-loss values
 MAX_TAU = 1e-9  # sums of shares must be this close to one discrete Gaussian for the accounting to hold
 
-# The meter's fallback calibration (firmware/meter/privacy.py), in the same integers.
-_DELTA_LN_FP = 13815510557964  # ln(1e6) * 1e12 rounded down
-_FP = 10 ** 12
 
 
 def intervals_per_day(interval_s: int = INTERVAL_S) -> int:
@@ -162,23 +166,6 @@ def share_variance(epsilon: float, clamp_wh: int, m: int, interval_s: int = INTE
     return -(-calibrate_total_variance(epsilon, clamp_wh, interval_s, delta) // m)
 
 
-def _isqrt(n: int) -> int:
-    return math.isqrt(n)
-
-
-def fallback_share_variance(epsilon_milli: int, clamp_wh: int, m: int, interval_s: int = INTERVAL_S) -> int:
-    """The variance a meter without a provisioned dp.noise_var uses (zCDP calibration, integers only;
-    the same formula as firmware/meter/privacy.py): at least share_variance, so accounting with the
-    tight value over-states the loss of such meters, never under-states it."""
-    n = intervals_per_day(interval_s)
-    a = _isqrt((_DELTA_LN_FP + epsilon_milli * 10 ** 9) * _FP)
-    b = _isqrt(_DELTA_LN_FP * _FP) + 1
-    root = a - b
-    num = n * clamp_wh * clamp_wh * _FP * _FP
-    den = 2 * root * root * m
-    return -(-num // den)
-
-
 def sum_tau(share_var: int, h: int) -> float:
     """KLS 2021: the sum of h N_Z(0, v) is within tau of N_Z(0, h v), tau = 10 sum_{k<h} e^{-2 pi^2 v k/(k+1)}."""
     return 10 * sum(math.exp(-2 * math.pi ** 2 * share_var * k / (k + 1)) for k in range(1, min(h, 64)))
@@ -204,21 +191,3 @@ def day_epsilon(d: DayCells, delta: float = DEFAULT_DELTA) -> float:
     if d.cells and sum_tau(d.share_var, max(h for _, h in d.cells)) > MAX_TAU:
         return math.inf  # shares too small for the sum to be a discrete Gaussian: no claim
     return household_day_epsilon(d.clamp_wh, d.noise_cells(), delta)
-
-
-# -- what a MACed frame may carry -------------------------------------------------------------------
-def share_tail_bound(share_var: int, p: float = SHARE_TAIL_P) -> int:
-    """B with P(|N_Z(0, v)| > B) <= p: N_Z(0, v) is subgaussian with variance proxy v (CKS 2020),
-    P(|X| > t) <= 2 exp(-t^2 / 2v)."""
-    return math.ceil(math.sqrt(2 * share_var * math.log(2 / p)))
-
-
-def analytics_value_bounds(epsilon_milli: int, clamp_wh: int, m: int, interval_s: int = INTERVAL_S,
-                           p: float = SHARE_TAIL_P) -> tuple[int, int]:
-    """(lo, hi): the analytics values a reading frame with these DP parameters may carry: the clamp
-    plus the largest share the meter draws with probability above p (1e-12), for the larger of the
-    provisioned and the fallback variance (a meter may run either)."""
-    v = max(share_variance(epsilon_milli / 1000, clamp_wh, m, interval_s),
-            fallback_share_variance(epsilon_milli, clamp_wh, m, interval_s))
-    b = share_tail_bound(v, p)
-    return -b, clamp_wh + b

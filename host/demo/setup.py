@@ -25,6 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from meterveil.host.audit import signing
+from meterveil.host.backoffice.dp import DEFAULT_GAMMA, honest_m, share_variance
 from meterveil.host.backoffice.tariff import DEFAULT_TARIFF, Tariff, TariffError, load_tariff
 from meterveil.host.common.files import write_private
 from meterveil.host.common.pubkey import write_public
@@ -152,8 +153,7 @@ def dp_params(cfg: DemoConfig, feeder_sizes: dict[str, int]) -> DpParams:
         if n < cfg.k_min:
             raise DemoError(f"feeder {feeder} has {n} meters < k_min={cfg.k_min}: its loads could never be "
                             f"decrypted; use more --meters or fewer --feeders")
-        margin = max(1, math.ceil(0.1 * n))
-        out.m[feeder] = max(cfg.k_min, n - margin)
+        out.m[feeder] = max(cfg.k_min, honest_m(n, DEFAULT_GAMMA))  # gamma of the feeder may collude
     return out
 
 
@@ -176,7 +176,8 @@ def meter_config(plan: MeterPlan, dp: DpParams, cfg: DemoConfig, start: datetime
         "master_key": plan.key.hex(),
         "feeder": plan.feeder,
         "interval_s": cfg.interval_s,
-        "dp": {"epsilon_milli": dp.epsilon_milli, "clamp_wh": dp.clamp_wh, "m": dp.m[plan.feeder]},
+        "dp": {"epsilon_milli": dp.epsilon_milli, "clamp_wh": dp.clamp_wh, "m": dp.m[plan.feeder],
+               "noise_var": share_variance(dp.epsilon_milli / 1000, dp.clamp_wh, dp.m[plan.feeder], cfg.interval_s)},
         "calibration": dict(CALIBRATION),
         "broker": {"url": broker_url, "username": plan.meter_id if password else None,
                    "password": password, "client_id": plan.meter_id},
