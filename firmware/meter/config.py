@@ -45,7 +45,7 @@ CALIBRATION_KEYS = ("ct_turns", "burden_ohm", "adc_bits", "vref_mv", "volts", "p
 CALIBRATION_OPTIONAL = ("noise_rms_codes", "creep_ma", "gain", "linear_max_code")
 KNOWN = {
     "": REQUIRED + ("interval_s", "status_every", "outbox", "wifi", "board", "sim", "run"),
-    "dp": ("epsilon_milli", "clamp_wh", "m"),
+    "dp": ("epsilon_milli", "clamp_wh", "m", "noise_var"),
     "calibration": CALIBRATION_KEYS + CALIBRATION_OPTIONAL,
     "broker": ("url",) + tuple(DEFAULTS["broker"]),
     "outbox": tuple(DEFAULTS["outbox"]),
