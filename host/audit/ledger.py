@@ -13,7 +13,8 @@ What it remembers (from ``allow`` entries and bookkeeping entries):
   and what its noise was (intervals summed, clamp, noise variance from honest meters with the
   policy's gamma colluding and with none): what the household-day accounting composes;
 - ``bill`` / ``partition``: per (household, period), the band partition, window, readings digest and
-  count of the last decrypted bill, and the cell labels of every partition;
+  count of the last decrypted bill, every window billed (its end, readings digest, readings per
+  band), and the cell labels of every partition;
 - ``policy``: the daily DP budget;
 - ``membership``: per (feeder, month), the frozen set of meters whose readings make its sums.
 """
@@ -61,10 +62,19 @@ class PinnedBill:
     closed: bool
 
 
+@dataclass(frozen=True)
+class BilledWindow:
+    """One decrypted bill window [period start, end) of one household: which readings, how many per band."""
+
+    members_digest: str
+    band_readings: dict[str, int]
+
+
 @dataclass
 class Ledger:
     releases: dict[tuple[str, int], Release] = field(default_factory=dict)
     bills: dict[tuple[str, str], PinnedBill] = field(default_factory=dict)
+    windows: dict[tuple[str, str], dict[int, BilledWindow]] = field(default_factory=dict)
     partitions: dict[str, tuple[int, ...]] = field(default_factory=dict)
     membership: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     daily_budget_milli: int | None = None
@@ -95,6 +105,8 @@ class Ledger:
             closed = bool(q.get("closed")) or (before is not None and before.closed)
             self.bills[key] = PinnedBill(str(q["partition"]), (int(q["t_from"]), int(q["t_to"])),
                                          str(q["members_digest"]), int(q["readings"]), closed)
+            self.windows.setdefault(key, {})[int(q["t_to"])] = BilledWindow(
+                str(q["members_digest"]), {str(b): int(n) for b, n in q.get("band_readings", {}).items()})
         elif e.action == "policy" and "daily_budget_milli" in q:
             self.daily_budget_milli = None if q["daily_budget_milli"] is None else int(q["daily_budget_milli"])
         elif e.action == "membership":

@@ -18,9 +18,9 @@ DEFAULT_GAMMA = 0.2  # fraction of a feeder's meters assumed colluding (or dummi
 DEFAULT_DAILY_BUDGET_MILLI = 1000  # epsilon per household-day, at DEFAULT_DELTA
 DEFAULT_DELTA = 1e-6
 DEFAULT_RELEASE_S = 3600  # hourly feeder sums; 900 releases every interval
-# Bills: interim bills only over [period start, cut) with cuts on these local days of the month;
-# consecutive windows are >= 7 days apart and the last cut is >= 7 days before any month's end.
-DEFAULT_CUT_DAYS = (8, 15, 22)
+# Bills: interim bills only over [period start, cut) with cuts on these local days of the month (any
+# set >= 7 days apart, the last >= 7 days before any month's end, is accepted).
+DEFAULT_CUT_DAYS = (15,)  # semi-monthly: a weekday-only band still falls on >= 9 days per half
 MIN_SEGMENT_DAYS = 7  # a band must fall on >= this many local days in every difference of two bills
 DEFAULT_MIN_BAND_READINGS = 28  # readings of a household per band per bill and per difference
 

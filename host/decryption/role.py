@@ -45,7 +45,7 @@ from phe import paillier
 
 from meterveil.host.audit import anchors
 from meterveil.host.audit.chain import AuditError, AuditLog, result_digest
-from meterveil.host.audit.ledger import Ledger, utc_month
+from meterveil.host.audit.ledger import BilledWindow, Ledger, utc_month
 from meterveil.host.backoffice import dp
 from meterveil.host.backoffice.aggregate import FeederCell, HouseholdSums, billing_sums, feeder_sums
 from meterveil.host.backoffice.billing import expected_intervals as count_expected
@@ -53,7 +53,7 @@ from meterveil.host.backoffice.tariff import Tariff
 from meterveil.host.common import packing
 from meterveil.host.common.files import open_private_append
 from meterveil.host.common.registry import MeterRegistry
-from meterveil.host.decryption.policy import DEFAULT_DAILY_BUDGET_MILLI, Policy, PolicyError
+from meterveil.host.decryption.policy import DEFAULT_DAILY_BUDGET_MILLI, MIN_SEGMENT_DAYS, Policy, PolicyError
 from meterveil.host.store.base import Store, StoredReading
 
 _SLOT_S = 900  # band partitions are compared on the period's 15-minute slots (local hours align to them)
@@ -228,15 +228,14 @@ class DecryptionRole:
     # -- bills --------------------------------------------------------------------------------
     def household_totals(self, store: Store, tariff: Tariff, period: str,
                          meter_ids: Iterable[str] = (), as_of: float | None = None) -> list[HouseholdTotals]:
-        """Decrypted Wh per band for every household with readings in the period (plus `meter_ids`).
+        """Decrypted Wh per band for every household with readings in the bill window (plus `meter_ids`).
 
-        Households the partition policy refuses are audited, left out of the result and listed in
-        `self.refusals` as (meter_id, reason).
+        The window: the whole period once it has ended (`as_of`, default now, at or after its end);
+        before that, an interim bill over [period start, latest cut date), cut dates being the
+        policy's fixed local days of the month (>= 7 days apart). Households the policy refuses are
+        audited, left out of the result and listed in `self.refusals` as (meter_id, reason).
 
-        Missing intervals: once the period has ended (`as_of`, default now, at or after its end)
-        every slot of the period is expected. Before that, expected slots run to the end of the
-        latest interval stored by any meter in the period, so billing mid-month does not flag
-        intervals nobody could have sent yet.
+        Missing intervals: every slot of the window is expected once the window has ended.
         """
         t_from, t_to = tariff.period_bounds(period)  # raises on a malformed period
         self.refusals = []
@@ -245,59 +244,99 @@ class DecryptionRole:
                               f"max_bands={self.policy.max_bands}")
             raise PolicyError(f"tariff {tariff.name!r} has {len(tariff.bands)} bands; policy allows at most "
                               f"{self.policy.max_bands} (finer bands would expose the daily routine)")
-        last_end = [t_from]  # end of the latest interval seen, tracked while streaming the readings
-
-        def stream() -> Iterable[StoredReading]:
-            for r in store.iter_readings(t_from=t_from, t_to=t_to):
-                last_end[0] = max(last_end[0], r.interval_start + r.interval_len)
-                yield r
-
-        sums = billing_sums(stream(), self.public_key.nsquare, tariff.band_of, t_from, t_to, meter_ids)
-        closed = (time.time() if as_of is None else as_of) >= t_to
-        horizon = t_to if closed else min(t_to, last_end[0])
+        as_of_t = time.time() if as_of is None else as_of
+        closed = as_of_t >= t_to
+        cuts = self._cuts(tariff, period)
+        passed = [c for c in cuts if c <= as_of_t]
+        w_end = t_to if closed else (passed[-1] if passed else t_from)
+        window_reason = None if w_end > t_from else (
+            "refused: no interim bill before the first cut date (interim bills cover whole weeks up to "
+            "fixed cut dates); bill after it")
+        sums = billing_sums(store.iter_readings(t_from=t_from, t_to=max(w_end, t_from + 1)), self.public_key.nsquare,
+                            tariff.band_of, t_from, max(w_end, t_from + 1), meter_ids)
         labels = _canonical([tariff.band_of(t) for t in range(t_from, t_to, _SLOT_S)])
+        tariff_reasons = {False: self._tariff_check(tariff, [t_from, t_to]),
+                          True: self._tariff_check(tariff, [t_from, *cuts, t_to])}
         refined: dict[str | None, tuple[int, ...]] = {}
         out = []
-        as_of_t = time.time() if as_of is None else as_of
         for hs in sums.values():
             with self._tx():  # check, decrypt and the audit entry that pins the bill: one decision
-                reason, digest = self._bill_check(hs, period, labels, refined, closed, t_to - as_of_t)
+                windows = self.ledger.windows.get((hs.meter_id, period), {})
+                interim = w_end < t_to or any(end < t_to for end in windows)
+                reason = window_reason or tariff_reasons[interim]
+                digest = None
+                if reason is None:
+                    reason, digest = self._bill_check(hs, period, labels, refined, windows)
                 if reason is not None:
                     self._refuse_bill(tariff, period, hs.meter_id, reason)
                     self.refusals.append((hs.meter_id, reason))
                     continue
                 partition = self._record_partition(refined[digest]) if hs.bands else None
-                out.append(self._decrypt_household(hs, tariff, period, horizon, partition, closed))
+                out.append(self._decrypt_household(hs, tariff, period, w_end, partition, closed, t_to))
         return out
 
-    def _bill_check(self, hs: HouseholdSums, period: str, labels: tuple[int, ...],
-                    refined: dict[str | None, tuple[int, ...]], closed: bool,
-                    time_left: float) -> tuple[str | None, str | None]:
-        """(refusal reason or None, pinned partition digest) for one household's bill.
+    def _cuts(self, tariff: Tariff, period: str) -> list[int]:
+        """Interim cut dates of the period: local midnights of the policy's cut days."""
+        year, month = (int(x) for x in period.split("-"))
+        return [int(datetime(year, month, d, tzinfo=tariff.tz).timestamp()) for d in sorted(self.policy.cut_days)]
 
-        Re-bills: an interim bill (period still open) is refused in the period's last
-        `rebill_min_new` slots, so the closing bill, always allowed once, differs from any interim
-        one by at least that much time; later re-bills of a closed period need the same readings or
-        `rebill_min_new` more (late data)."""
-        if not closed and time_left < self.policy.rebill_min_new * _SLOT_S:
-            return (f"refused: interim bill within the last {self.policy.rebill_min_new * _SLOT_S // 3600} h "
-                    f"of the period (the closing bill would expose the difference); bill after it ends"), None
+    def _tariff_check(self, tariff: Tariff, bounds: list[int]) -> str | None:
+        """Refusal reason if a band isolates less than MIN_SEGMENT_DAYS local days in a segment between
+        two possible bill windows (a 1-hour band on one weekday, a weekend band between weekly cuts):
+        the difference of two bills would give that short window's energy exactly."""
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            days: dict[str, set[object]] = {}
+            for t in range(a, b, _SLOT_S):
+                days.setdefault(tariff.band_of(t), set()).add(datetime.fromtimestamp(t, tariff.tz).date())
+            for band, d in sorted(days.items()):
+                if len(d) < MIN_SEGMENT_DAYS:
+                    return (f"refused: tariff band {band!r} falls on {len(d)} local days between "
+                            f"{_iso(a)[:10]} and {_iso(b)[:10]} (< {MIN_SEGMENT_DAYS}): two bills would "
+                            f"expose that short window")
+        return None
+
+    def _bill_check(self, hs: HouseholdSums, period: str, labels: tuple[int, ...],
+                    refined: dict[str | None, tuple[int, ...]],
+                    windows: dict[int, BilledWindow]) -> tuple[str | None, str | None]:
+        """(refusal reason or None, pinned partition digest) for one household's bill window.
+
+        A window billed before may be billed again only over the same readings (same value). Any
+        other window differs from its neighbours by at least a week (cut dates); on top, in every
+        band the bill and its difference with each neighbouring window must hold none or at least
+        `min_band_readings` readings, so no difference is a handful of readings."""
         if hs.straddling:
             return (f"refused: {hs.straddling} readings straddle a tariff band or period boundary (their "
                     f"interval length does not fit this tariff's bands and time zone)"), None
         prev = self._pinned(hs.meter_id, period)
+        pinned = None if prev is None else prev[0]
+        if prev is not None and prev[1][0] != hs.t_from:
+            return (f"refused: period already billed from {_iso(prev[1][0])}; a shifted window (other time "
+                    f"zone) would expose the difference"), pinned
+        counts = {b: c.readings for b, c in hs.bands.items()}
+        same = windows.get(hs.t_to)
+        if same is not None and same.members_digest != hs.members_digest:
+            return ("refused: this window was billed over other readings; a re-bill would expose the "
+                    "late or changed readings by difference"), pinned
+        if same is None:
+            lower = [e for e in windows if e < hs.t_to]
+            upper = [e for e in windows if e > hs.t_to]
+            others = [("the bill", {})]
+            if lower:
+                others.append((f"the bill to {_iso(max(lower))[:10]}", windows[max(lower)].band_readings))
+            if upper:
+                others.append((f"the bill to {_iso(min(upper))[:10]}", windows[min(upper)].band_readings))
+            for what, base in others:
+                for band in sorted(set(counts) | set(base)):
+                    d = abs(counts.get(band, 0) - base.get(band, 0))
+                    if 0 < d < self.policy.min_band_readings:
+                        return (f"refused: band {band!r} differs from {what} by {d} readings "
+                                f"(< {self.policy.min_band_readings}); that difference would be exact"
+                                if base else
+                                f"refused: band {band!r} holds {d} readings (< {self.policy.min_band_readings}); "
+                                f"too few to bill without exposing them"), pinned
         if prev is None:
             refined.setdefault(None, labels)
             return None, None
-        pinned, bounds, members, n_prev, was_closed = prev
-        if bounds != (hs.t_from, hs.t_to):
-            return (f"refused: period already billed over [{_iso(bounds[0])}, {_iso(bounds[1])}); "
-                    f"a shifted window (other time zone) would expose the difference"), pinned
-        closing = closed and not was_closed  # the first bill after the period ended
-        if members and members != hs.members_digest and not closing \
-                and hs.readings - n_prev < self.policy.rebill_min_new:
-            return (f"refused: period already billed over {n_prev} readings; a bill over {hs.readings} "
-                    f"(< {self.policy.rebill_min_new} more) would expose the difference"), pinned
         if pinned not in refined:
             refined[pinned] = _canonical(list(zip(self._partition_labels(pinned), labels, strict=True)))
         cells = max(refined[pinned]) + 1
@@ -332,26 +371,26 @@ class DecryptionRole:
         self.record("bill", {"meter_id": meter_id, "period": period, "tariff": tariff.name},
                           "refuse", reason)
 
-    def _decrypt_household(self, hs: HouseholdSums, tariff: Tariff, period: str, horizon: int,
-                           partition: str | None, closed: bool) -> HouseholdTotals:
-        if (hs.t_from, hs.t_to) != tariff.period_bounds(period):
-            self._refuse_bill(tariff, period, hs.meter_id, "refused: sums do not span the whole billing period")
-            raise PolicyError(f"{hs.meter_id}: sums do not span billing period {period}")
+    def _decrypt_household(self, hs: HouseholdSums, tariff: Tariff, period: str, w_end: int,
+                           partition: str | None, closed: bool, period_end: int) -> HouseholdTotals:
+        if hs.t_from != tariff.period_bounds(period)[0] or hs.t_to != w_end:
+            self._refuse_bill(tariff, period, hs.meter_id, "refused: sums do not span the bill window")
+            raise PolicyError(f"{hs.meter_id}: sums do not span the bill window of {period}")
         band_wh = {b: packing.billing_of(self._decrypt_masked(c.ciphertext, packing.SLOT_ANALYTICS))
                    for b, c in sorted(hs.bands.items())}
         totals = HouseholdTotals(
             meter_id=hs.meter_id, period=period, band_wh=band_wh, readings=hs.readings,
             present_intervals=hs.present_intervals,
-            expected_intervals=count_expected(hs.t_from, horizon, hs.interval_len),
+            expected_intervals=count_expected(hs.t_from, w_end, hs.interval_len),
         )
         query = {"meter_id": hs.meter_id, "period": period, "tariff": tariff.name, "timezone": tariff.timezone,
-                 "t_from": hs.t_from, "t_to": hs.t_to,
+                 "t_from": hs.t_from, "t_to": hs.t_to, "period_to": period_end,
                  "band_readings": {b: c.readings for b, c in sorted(hs.bands.items())},
                  "readings": hs.readings, "members_digest": hs.members_digest}
         if partition is not None:  # what the ledger folds from this entry
             query["partition"] = partition
             query["closed"] = closed
-        self.record("bill", query, "allow", "ok: household band totals for a whole period",
+        self.record("bill", query, "allow", "ok: household band totals for a bill window",
                           self.result_hash({"band_wh": band_wh}))
         return totals
 
