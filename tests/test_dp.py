@@ -141,7 +141,7 @@ def test_hourly_release_spends_the_household_day_and_report_prints_it(tmp_path, 
         reg.put(MeterRecord(mid, "F1", 1000, 100, 4), save=False)
     reg.save()
     store = open_store(db)
-    role = role_for(db, priv, registry=reg)
+    role = role_for(db, priv, registry=reg, k_min=4)
     loads = role.feeder_load(store, "F1", T0, T0 + 86400)
     assert len(loads) == 24 and all(fl.allowed for fl in loads)  # one cell (one decryption) per hour
     assert all(fl.interval_len == 3600 and fl.readings == 20 for fl in loads)
@@ -175,7 +175,7 @@ def test_budget_refuses_a_second_granularity_and_over_budget_days(tmp_path, keyp
     meters = [f"h{k}" for k in range(5)]
     _fill(db, pub, meters, hours=24, m=5)  # shares for 5 honest: with 1 colluding the day exceeds 1
     store = open_store(db)
-    role = role_for(db, priv)
+    role = role_for(db, priv, k_min=4)
     loads = role.feeder_load(store, "F1", T0, T0 + 86400)
     ok = [fl for fl in loads if fl.allowed]
     assert 0 < len(ok) < 24
@@ -196,7 +196,7 @@ def test_two_meters_of_one_household_count_once(tmp_path, keypair):
         reg.put(MeterRecord(mid, "F1", 1000, 100, 4, household="house-4" if mid in ("h4", "h5") else ""), save=False)
     reg.save()
     store = open_store(db)
-    role = role_for(db, priv, registry=reg)
+    role = role_for(db, priv, registry=reg, k_min=4)
     (cell,) = role.feeder_load(store, "F1", T0, T0 + 3600)
     assert cell.allowed and cell.contributors == 5 and cell.readings == 20
     assert role.members("F1", "2026-11") == ("h0", "h1", "h2", "h3", "h4")

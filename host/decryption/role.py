@@ -448,7 +448,7 @@ class DecryptionRole:
                          f"feeder membership frozen for the month from the registry{note}")
             return meters
 
-    def _check_feeder(self, cell: FeederCell, m: int) -> str | None:
+    def _check_feeder(self, cell: FeederCell, m: int, frozen: int = 0) -> str | None:
         """None if the cell may be released, else the refusal reason."""
         if len({(e, c) for e, c, _ in cell.dp_params}) > 1:
             return f"refused: mixed DP parameters {list(cell.dp_params)}"
@@ -458,6 +458,11 @@ class DecryptionRole:
             return f"refused: a meter contributed {cell.max_per_meter} readings to one interval"
         if cell.contributors < m:
             return f"refused: {cell.contributors} < m={m}"
+        bad = dp.colluders(max(frozen, cell.contributors), self.policy.gamma_of(cell.feeder))
+        if cell.contributors - bad < self.policy.k_min:
+            return (f"refused: {cell.contributors} households, {bad} assumed colluding (gamma="
+                    f"{self.policy.gamma_of(cell.feeder):g}): fewer than k_min={self.policy.k_min} honest ones "
+                    f"(dummy meters beside one household)")
         return None
 
     def _noise(self, cell: FeederCell, frozen: int) -> tuple[int, int, int]:
@@ -518,7 +523,7 @@ class DecryptionRole:
                     readings=cell.readings, contributors=cell.contributors, epsilon_milli=cell.epsilon_milli,
                     clamp_wh=cell.clamp_wh, m=m)
         with self._tx():  # check, decrypt and the audit entry the ledger folds: one decision
-            reason = self._check_feeder(cell, m)
+            reason = self._check_feeder(cell, m, frozen)
             v = noise_var = nominal_var = 0
             if reason is None:
                 v, noise_var, nominal_var = self._noise(cell, frozen)
