@@ -38,8 +38,9 @@ TZ = ZoneInfo(tomllib.loads(DEFAULT_TARIFF.read_text())["timezone"])
 
 
 def _recent_weekday() -> date:
-    """A Monday-to-Thursday at least two days ago (the run must lie in the past for the gateway)."""
-    d = datetime.now(TZ).date() - timedelta(days=2)
+    """The last Monday-to-Thursday of the previous month: in the past for the gateway, and in a
+    month that has ended, so its closing bill runs (interim bills stop at cut dates)."""
+    d = datetime.now(TZ).date().replace(day=1) - timedelta(days=1)
     while d.weekday() > 3:
         d -= timedelta(days=1)
     return d
