@@ -4,22 +4,23 @@ Why the role computes its own sums: its public methods take the store and a quer
 a calendar month, feeder load for a time range), never a bare ciphertext, so no caller can have it
 decrypt one reading dressed up as a sum. Policy (policy.py):
 
-- bills: per household, per tariff band, per whole billing period (a calendar month in the tariff's
-  zone); the analytics slot is masked before decryption. At most `max_bands` cells in the common
-  refinement of every band partition ever decrypted for that household and period: billing the same
-  month again with other bands (a "spy" tariff per hour) would otherwise reveal the daily routine by
-  differences. Coarser re-queries (a flat total after a ToU bill) add nothing and pass; a re-bill
-  of the same period over a shifted window (a tariff in another time zone) is refused;
-- feeder loads: per feeder per interval, only with contributors >= m, where
-  m = max(k_min, the largest m provisioned for a meter on that feeder, the largest m the readings
-  carry); one reading per meter; one set of DP parameters; the billing slot is masked before
-  decryption (packing.blind_slot: the mask is drawn and forgotten inside, so the exact billing sum
-  never exists in this process). Which meters make a feeder comes from the registry, frozen per
-  month the first time the feeder is released in it (an audit entry), never from a column the
-  ingest side writes;
-- optional daily DP budget per feeder (UTC day of the interval start): releasing an interval spends
-  its epsilon once; re-releasing the same contributor set is free (same value, post-processing), a
-  different contributor set for an already released interval is refused (differencing attack).
+- bills: per household, per tariff band, over [period start, end): the whole calendar month in the
+  tariff's zone once it has ended, before that only up to a fixed cut date (policy.cut_days, >= 7
+  days apart); every band on >= 7 local days of every segment between possible bill ends; none or
+  >= min_band_readings readings per band in the bill and in its difference with each neighbouring
+  billed window; a billed window again only over the same readings. The analytics slot is masked
+  before decryption. At most `max_bands` cells in the common refinement of every band partition
+  decrypted for that household and period (a "spy" tariff per hour), no shifted windows;
+- feeder loads: per feeder per release cell (an hour by default: one decryption of the hour's
+  intervals; 15 minutes as an option), only with contributors >= m (max of k_min and the provisioned
+  and carried m) and >= k_min households beyond the gamma assumed colluding; one meter per household
+  and one reading per meter per interval; one set of DP parameters; the billing slot is masked before
+  decryption (packing.blind_slot). Membership comes from the registry, frozen per month the first
+  time the feeder is released in it (an audit entry), never from a column the ingest side writes;
+- household-day budget (default epsilon 1 at delta 1e-6): before each cell the household-day epsilon
+  of the feeder-day with it (PLD accounting, host/backoffice/dp.py, honest shares only) must stay
+  within the budget; re-releasing the same contributor set is free, a different set or a cell
+  overlapping a released one of another length is refused (differencing).
 
 Every decryption and every refusal appends a signed audit entry; the ledger those checks read is
 folded from the verified audit log (ledger.py), under an exclusive lock per decision, so two
