@@ -129,7 +129,7 @@ def test_export_zone_without_bills_and_with_tariff_option(ws, capsys):
     # is 4.5 hours of readings (exact per household: refused) and its November is not the billed one
     assert export(d, d / "b.csv", "--tariff", str(TARIFFS / "flat.toml")) == 2
     err = capsys.readouterr().err
-    assert "shifted window" in err and "2026-10: 12 household(s)" in err and "holds 18 readings (< 28)" in err
+    assert "shifted window" in err and "2026-10: 12 household(s)" in err and "holds 18 readings (< 24)" in err
 
 
 def test_export_in_another_zone_reports_every_refusal(ws, tmp_path, capsys):
@@ -141,7 +141,7 @@ def test_export_in_another_zone_reports_every_refusal(ws, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "refused the monthly totals of every household" in err
     assert "2026-11: 12 household(s) [m0001, m0002," in err and "shifted window" in err
-    assert "2026-10: 12 household(s)" in err and "holds 22 readings (< 28)" in err
+    assert "2026-10: 12 household(s)" in err and "holds 22 readings (< 24)" in err
     assert not (d / "h.csv").exists()
     last = audit_entries(d)[-1]
     assert (last.action, last.decision) == ("export-households", "refuse")

@@ -22,7 +22,7 @@ DEFAULT_RELEASE_S = 3600  # hourly feeder sums; 900 releases every interval
 # set >= 7 days apart, the last >= 7 days before any month's end, is accepted).
 DEFAULT_CUT_DAYS = (15,)  # semi-monthly: a weekday-only band still falls on >= 9 days per half
 MIN_SEGMENT_DAYS = 7  # a band must fall on >= this many local days in every difference of two bills
-DEFAULT_MIN_BAND_READINGS = 28  # readings of a household per band per bill and per difference
+DEFAULT_MIN_BAND_READINGS = 24  # readings per band per bill and per difference: 6 hours, a day of tou3 off-peak
 
 
 class PolicyError(ValueError):

@@ -159,7 +159,7 @@ def privacy_html(run: dict[str, Any]) -> str:
          "Drawn exactly on the meter with integer arithmetic; hourly feeder sums are one decryption of the "
          "hour's four intervals of every home."),
         ("bills", "exact per band, whole weeks or more",
-         "Interim bills only up to fixed cut dates, every band on >= 7 days of every difference and >= 28 "
+         "Interim bills only up to fixed cut dates, every band on >= 7 days of every difference and >= 24 "
          "readings per band per bill and difference: no exact quantity finer than a week leaves the "
          "decryption role. Bills are not covered by the epsilon above."),
     ]
