@@ -30,7 +30,7 @@ Interface:
   ``meterveil.host.common.noise_bound.noise_share_bound``: it follows this mechanism, change both together;
 - ``analytics_value_bounds(epsilon_milli, clamp_wh, m, interval_s)`` -> (lo, hi): the values a MACed
   reading frame may carry (clamp plus the largest share the sampler draws with probability above 1e-12);
-  defined in meterveil.host.common.dp_bounds so the gateway can use it, re-exported here.
+  defined in meterveil.host.common.noise_bound so the gateway can use it, re-exported here.
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from meterveil.host.common.dp_bounds import (  # noqa: F401 - re-exported: the frame bound lives in common
-    SHARE_TAIL_P,
+from meterveil.host.common.noise_bound import (  # noqa: F401 - re-exported: the frame bound lives in common
+    SHARE_TAIL,
     analytics_value_bounds,
     fallback_share_variance,
+    noise_share_bound,
     share_tail_bound,
 )
 
