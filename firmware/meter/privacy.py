@@ -3,14 +3,14 @@
 # MicroPython and CPython, same numbers for the same bytes; integers only (no float anywhere).
 #
 # Interface:
-#   configure(dp_cfg, interval_s)           once at boot: remembers dp_cfg["noise_var"] (the share
+#   configure(cfg, interval_s)              once at boot: remembers cfg["noise_var"] (the share
 #                                           variance provisioning computed with host/backoffice/dp.py)
 #   share_variance(epsilon_milli, clamp_wh, m, interval_s=900) -> int   the configured variance for
 #       these parameters, else a conservative fallback (zCDP calibration, never less noise)
 #   noise_share(epsilon_milli, clamp_wh, m, rand_bytes=None) -> int
 #       rand_bytes(n) -> n random bytes (default os.urandom). Bad parameters raise
 #       PrivacyParamError (reason "bad_dp_params", .field names the parameter).
-#   discrete_gaussian(var, rand_bytes) -> int  N_Z(0, var), var a positive integer (Wh^2)
+#   discrete_gaussian(v, rand_bytes) -> int  N_Z(0, v), v a positive integer (Wh^2)
 #   analytics_value(energy_wh, clamp_wh, noise) -> int    clamp(energy, 0, clamp_wh) + noise
 #   is_clamped(energy_wh, clamp_wh) -> bool                 for FLAG_CLAMPED
 #   DailySpend(): .record(t_s, epsilon_milli), .today(t_s) -> (spend_milli, readings)
@@ -22,10 +22,6 @@
 # Sampler: Canonne, Kamath, Steinke 2020, Algorithms 1-3, exact with integer arithmetic.
 # The gateway rejects an analytics value beyond clamp + the 1e-12 quantile of this share
 # (host/common/noise_bound.py): a new sampler needs a new bound there.
-
-_DELTA_LN_FP = 13815510557964  # ln(1e6) * 1e12, rounded down (a smaller ln(1/delta) -> more noise)
-_FP = 10 ** 12
-
 
 class PrivacyParamError(ValueError):
     reason = "bad_dp_params"
@@ -66,26 +62,23 @@ def _below(n, rb):
             return x
 
 
-def _bern(num, den, rb):
-    # Bernoulli(num/den), 0 <= num <= den.
-    return _below(den, rb) < num
-
-
-def _bern_exp1(num, den, rb):
-    # Bernoulli(exp(-num/den)) for 0 <= num/den <= 1 (CKS Algorithm 1, first case).
+# Argument names reuse names the meter already interns (docs/FIRMWARE.md "Memory"): v/n is the ratio.
+def _bern_exp1(v, n, rb):
+    # Bernoulli(exp(-v/n)) for 0 <= v/n <= 1 (CKS Algorithm 1, first case): count k while a
+    # Bernoulli(v/(n k)) draw succeeds; the parity of the final k is the answer.
     k = 1
-    while _bern(num, den * k, rb):
+    while _below(n * k, rb) < v:
         k += 1
     return k & 1
 
 
-def _bern_exp(num, den, rb):
-    # Bernoulli(exp(-num/den)) for any num/den >= 0 (CKS Algorithm 1).
-    while num > den:
+def _bern_exp(v, n, rb):
+    # Bernoulli(exp(-v/n)) for any v/n >= 0 (CKS Algorithm 1).
+    while v > n:
         if not _bern_exp1(1, 1, rb):
             return 0
-        num -= den
-    return _bern_exp1(num, den, rb)
+        v -= n
+    return _bern_exp1(v, n, rb)
 
 
 def _discrete_laplace(t, rb):
@@ -109,7 +102,10 @@ def _isqrt(n):
     # floor(sqrt(n)) for an integer n >= 0 (Newton; math.isqrt is missing on MicroPython).
     if n < 2:
         return n
-    x = 1 << ((_bits(n) + 1) // 2)
+    b = 0  # bit length of n
+    while n >> b:
+        b += 1
+    x = 1 << ((b + 1) // 2)
     while True:
         y = (x + n // x) // 2
         if y >= x:
@@ -117,20 +113,13 @@ def _isqrt(n):
         x = y
 
 
-def _bits(n):
-    b = 0
-    while n >> b:
-        b += 1
-    return b
-
-
-def discrete_gaussian(var, rb):
-    # N_Z(0, var): P(x) proportional to exp(-x^2 / (2 var)) (CKS Algorithm 3 with sigma^2 = var).
-    t = _isqrt(var) + 1
-    den = 2 * var * t * t
+def discrete_gaussian(v, rb):
+    # N_Z(0, v): P(x) proportional to exp(-x^2 / (2 v)) (CKS Algorithm 3 with sigma^2 = v).
+    t = _isqrt(v) + 1
+    den = 2 * v * t * t
     while True:
         y = _discrete_laplace(t, rb)
-        d = (y if y >= 0 else -y) * t - var
+        d = (y if y >= 0 else -y) * t - v
         if _bern_exp(d * d, den, rb):
             return y
 
@@ -139,23 +128,30 @@ def discrete_gaussian(var, rb):
 _configured = {}
 
 
-def configure(dp_cfg, interval_s=900):
+def configure(cfg, interval_s=900):
     # The share variance provisioning calibrated (dp.noise_var), keyed by the header parameters.
-    v = dp_cfg.get("noise_var")
+    # Without one, the conservative fallback is computed here, at boot, so that the app can drop
+    # both functions afterwards (their bytecode is boot-only).
+    v = cfg.get("noise_var")
     if v is not None:
         _check("noise_var", v, 1, 1 << 48)
-        _configured[(dp_cfg["epsilon_milli"], dp_cfg["clamp_wh"], dp_cfg["m"])] = v
+    else:
+        v = fallback_share_variance(cfg["epsilon_milli"], cfg["clamp_wh"], cfg["m"], interval_s)
+    _configured[(cfg["epsilon_milli"], cfg["clamp_wh"], cfg["m"])] = v
 
 
 def fallback_share_variance(epsilon_milli, clamp_wh, m, interval_s=900):
     # Without a provisioned variance: rho-zCDP calibration, rho = (sqrt(L + eps) - sqrt(L))^2 with
     # L = ln(1/delta), which gives (eps, delta)-DP and always at least the tight (PLD) noise.
     # Sensitivity of a household-day: every interval moved by clamp_wh, L2^2 = n * clamp^2.
+    # Fixed point 1e12; ln(1/delta) = ln(1e6) rounded down (a smaller one -> more noise). Literals
+    # here rather than module constants: each module-level name is interned for good.
     n = 86400 // interval_s
-    a = _isqrt((_DELTA_LN_FP + epsilon_milli * 10 ** 9) * _FP)
-    b = _isqrt(_DELTA_LN_FP * _FP) + 1
+    lnd = 13815510557964
+    a = _isqrt((lnd + epsilon_milli * 10 ** 9) * 10 ** 12)
+    b = _isqrt(lnd * 10 ** 12) + 1
     root = a - b  # sqrt(rho) * 1e12, rounded down
-    num = n * clamp_wh * clamp_wh * _FP * _FP
+    num = n * clamp_wh * clamp_wh * 10 ** 24
     den = 2 * root * root * m
     return (num + den - 1) // den
 
@@ -196,15 +192,15 @@ def analytics_value(energy_wh, clamp_wh, noise):
 
 class DailySpend:
     # Share of the household-day budget used by today's readings, for the status frame: each
-    # reading is one of per_day intervals that together cost epsilon (rounded up per reading).
+    # reading is one of the 96 intervals that together cost epsilon (rounded up per reading).
     def __init__(self, day=-1, spend_milli=0, readings=0):
         self.day = day
         self.spend_milli = spend_milli
         self.readings = readings
 
-    def record(self, t_s, epsilon_milli, per_day=96):
+    def record(self, t_s, epsilon_milli):
         self._roll(t_s)
-        self.spend_milli += (epsilon_milli + per_day - 1) // per_day
+        self.spend_milli += (epsilon_milli + 95) // 96  # 96 intervals of 15 minutes per day
         self.readings += 1
 
     def today(self, t_s):
