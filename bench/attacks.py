@@ -1,22 +1,21 @@
-"""Inference attacks on what leaves the gateway: occupancy from readings, analytics values, feeder sums.
+"""Inference attacks on what leaves the decryption role, measured against the strongest calendar baseline.
 
     .venv/bin/python bench/attacks.py --out bench/out/attacks.json
     .venv/bin/python bench/attacks.py --small          # CI-sized run (also used by tests)
 
-Why: "nobody can read a household's routine" has to be measured. Target: is someone at home and
-awake during a 15-minute interval (label from host/demo/profiles.py's simulated occupancy, >= half the
-minutes)? The attacker is a logistic regression (numpy, IRLS) on features of the series around the
-interval (signed log of the value and its neighbours, local max and spread) plus the time of day.
-Because time of day alone predicts sleep, the baseline is a model on time of day only: an output
-leaks occupancy only as far as its AUC exceeds that baseline.
+Targets: (1) someone at home and awake during a 15-minute interval; (2) an away day: nobody active
+10:00-16:00 (household-day label). Labels come from host/demo/profiles.py's simulated occupancy,
+weekdays and weekends (days start on a Monday). Baselines use no data: a logistic model on time of
+day and the slot x weekday rate table fitted on training households (the stronger one is "the best
+baseline"); every attacker also gets the rate table as a feature, so what it gains over the
+baseline is what the output leaks, not the calendar.
 
-Two attackers per output: "truth-trained" (fit on raw readings of training households, applied to
-the output) and "adaptive" (fit on the output itself with training labels, knowing the mechanism).
-Outputs attacked, for held-out households:
-  (a) raw 15-minute readings; (b) one meter's analytics value (clamp + its noise share) for
-  several m; (c) the DP feeder sum of the household's feeder (and the same sum without noise, to
-  separate aggregation from noise); (d) differencing: two feeder sums differing by one meter.
-For (d) the real decryption role is asked for both sums on a real store: it must refuse the second.
+Attackers are logistic regressions (numpy, IRLS), truth-trained and adaptive (trained on the output
+with training labels); AUC is the better of the two. Outputs: (a) raw readings; (c) the DP hourly
+feeder sum of the household's feeder (shares calibrated for m = ceil(0.8 N), as released); (e) the
+DP adversary who knows every other household's readings and the colluders' shares: the household's
+own hourly value plus the honest shares' noise. Policy-level attacks run the real decryption role:
+differencing a feeder interval, dummy meters beside one household, nightly interim bills.
 """
 
 from __future__ import annotations
@@ -34,12 +33,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from privacy_utility import np_dl, np_share  # noqa: E402
+FULL = {"households": 160, "days": 14, "feeder_size": 40, "epsilon": 1.0, "clamp_wh": 500, "gamma": 0.2,
+        "seed": 11}
+SMALL = {"households": 40, "days": 7, "feeder_size": 20, "epsilon": 1.0, "clamp_wh": 500, "gamma": 0.2,
+         "seed": 11}
 
-FULL = {"households": 160, "days": 14, "feeder_size": 40, "m_list": [5, 20, 100], "epsilon": 1.0,
-        "clamp_wh": 1000, "seed": 11}
-SMALL = {"households": 40, "days": 4, "feeder_size": 20, "m_list": [5, 20], "epsilon": 1.0,
-         "clamp_wh": 1000, "seed": 11}
+
+def share_noise(rng: np.random.Generator, var: float, shape) -> np.ndarray:
+    """Summed discrete Gaussian noise of the given variance (a rounded Gaussian at these scales)."""
+    return np.rint(rng.normal(0.0, math.sqrt(var), shape)).astype(np.int64)
 
 
 def simulate(households: int, days: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,16 +61,17 @@ def _slog(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.log1p(np.abs(x))
 
 
-def features(x: np.ndarray, with_values: bool = True, clamp: int = 1000) -> np.ndarray:
-    """Per-interval features of each row of x (H, T) -> (H*T, F).
-
-    The in-range terms let a mechanism-aware attacker use the values a noise share left exact (a
-    share is 0 with probability >= (1-a)^(2/m), and then the value lies in [0, clamp]).
-    """
+def features(x: np.ndarray, with_values: bool = True, clamp: int = 500,
+             prior: np.ndarray | None = None) -> np.ndarray:
+    """Per-interval features of each row of x (H, T) -> (H*T, F): time of day, the calendar prior
+    (slot x weekday rate, if given), and the value with its neighbourhood."""
     h, t = x.shape
     tod = (np.arange(t) % 96) / 96.0
     cols = [np.tile(np.sin(2 * np.pi * k * tod), (h, 1)) for k in (1, 2)]
     cols += [np.tile(np.cos(2 * np.pi * k * tod), (h, 1)) for k in (1, 2)]
+    if prior is not None:
+        p = np.clip(prior, 1e-3, 1 - 1e-3)
+        cols.append(np.tile(np.log(p / (1 - p)), (h, 1)))
     if with_values:
         s = _slog(x.astype(float))
         pad = np.pad(s, ((0, 0), (2, 2)), mode="edge")
@@ -138,11 +141,24 @@ def _rows(shape: tuple[int, int], window: tuple[int, int]) -> np.ndarray:
     return np.tile((tod >= window[0]) & (tod < window[1]), shape[0])
 
 
+def rate_table(y: np.ndarray) -> np.ndarray:
+    """Slot x weekday rate of the label over training households, as a (T,) prior series."""
+    t = y.shape[1]
+    slot, wd = np.arange(t) % 96, (np.arange(t) // 96) % 7
+    table = np.zeros((7, 96))
+    for d in range(7):
+        for k in range(96):
+            sel = (wd == d) & (slot == k)
+            table[d, k] = y[:, sel].mean() if sel.any() else y.mean()
+    return table[wd, slot]
+
+
 def attack(name: str, train_raw: np.ndarray, train_out: np.ndarray, test_out: np.ndarray,
-           y_train: np.ndarray, y_test: np.ndarray, with_values: bool = True) -> dict[str, Any]:
+           y_train: np.ndarray, y_test: np.ndarray, with_values: bool = True,
+           prior: np.ndarray | None = None) -> dict[str, Any]:
     """Truth-trained and adaptive attacker on one output, per time window, on held-out households."""
-    f_raw, f_out = features(train_raw, with_values), features(train_out, with_values)
-    xt = features(test_out, with_values)
+    f_raw, f_out = features(train_raw, with_values, prior=prior), features(train_out, with_values, prior=prior)
+    xt = features(test_out, with_values, prior=prior)
     res: dict[str, Any] = {"output": name}
     for wname, win in WINDOWS.items():
         rtr, rte = _rows(train_raw.shape, win), _rows(test_out.shape, win)
@@ -156,32 +172,55 @@ def attack(name: str, train_raw: np.ndarray, train_out: np.ndarray, test_out: np
     return res
 
 
-def analytics(wh: np.ndarray, rng: np.random.Generator, eps: float, clamp: int, m: int) -> np.ndarray:
-    return np.clip(wh, 0, clamp) + np_share(rng, eps, clamp, m, wh.shape)
-
-
-def feeder_series(wh: np.ndarray, feeder_size: int, rng: np.random.Generator, eps: float, clamp: int,
-                  noisy: bool) -> np.ndarray:
-    """Each household's view (H, T): the DP sum of its feeder (consecutive households form a feeder).
-
-    The m used is the feeder size (all report), so the sum's noise is exactly DL (= central DP).
-    """
+def feeder_hourly(wh: np.ndarray, feeder_size: int, rng: np.random.Generator, var_hour: float,
+                  clamp: int) -> np.ndarray:
+    """Each household's view (H, T): its feeder's DP hourly sum (consecutive households form a
+    feeder), spread over the hour's four intervals."""
+    h, t = wh.shape
     out = np.empty(wh.shape, dtype=np.int64)
-    for f0 in range(0, len(wh), feeder_size):
-        block = wh[f0:f0 + feeder_size]
-        total = np.clip(block, 0, clamp).sum(axis=0)
-        if noisy:
-            total = total + np_dl(rng, eps, clamp, total.shape)
-        out[f0:f0 + feeder_size] = total
+    for f0 in range(0, h, feeder_size):
+        hours = np.clip(wh[f0:f0 + feeder_size], 0, clamp).sum(axis=0).reshape(t // 4, 4).sum(axis=1)
+        noisy = hours + share_noise(rng, var_hour, hours.shape)
+        out[f0:f0 + feeder_size] = np.repeat(noisy // 4, 4)
     return out
 
 
-def differencing_policy(eps: float, clamp: int, m: int, seed: int) -> dict[str, Any]:
-    """Ask the real decryption role for one interval twice, before and after a late meter's reading."""
+def knows_others(wh: np.ndarray, rng: np.random.Generator, var_hour: float, clamp: int) -> np.ndarray:
+    """The DP adversary who knows every other household's readings (and the colluders' shares):
+    subtracting them leaves the household's own clamped hourly value plus the honest shares' noise."""
+    h, t = wh.shape
+    hours = np.clip(wh, 0, clamp).reshape(h, t // 4, 4).sum(axis=2)
+    return np.repeat((hours + share_noise(rng, var_hour, hours.shape)) // 4, 4, axis=1)
+
+
+def away_days(lab: np.ndarray) -> np.ndarray:
+    """(H, D) 1 if nobody was home and awake 10:00-16:00 that day."""
+    h, t = lab.shape
+    return (lab.reshape(h, t // 96, 96)[:, :, 40:64].mean(axis=2) < 0.1).astype(np.int8)
+
+
+def away_attack(name: str, out: np.ndarray, y: np.ndarray, tr: slice, te: slice) -> dict[str, Any]:
+    """Away-day attack: logistic on the output's 10-16 h energy (log) and the weekday prior."""
+    h, t = out.shape
+    days = t // 96
+    day_energy = out.reshape(h, days, 96)[:, :, 40:64].sum(axis=2).astype(float)
+    wd = np.tile(np.arange(days) % 7, (h, 1))
+    prior_tab = np.array([y[tr][wd[tr] == d].mean() if (wd[tr] == d).any() else y[tr].mean() for d in range(7)])
+    prior = np.clip(prior_tab[wd], 1e-3, 1 - 1e-3)
+    x = np.stack([np.log(prior / (1 - prior)), _slog(day_energy)], axis=2)
+    base = auc(y[te].reshape(-1), prior[te].reshape(-1)) if 0 < y[te].mean() < 1 else float("nan")
+    model = Logistic().fit(x[tr].reshape(-1, 2), y[tr].reshape(-1))
+    a = auc(y[te].reshape(-1), model.score(x[te].reshape(-1, 2))) if 0 < y[te].mean() < 1 else float("nan")
+    return {"output": name, "auc": round(a, 4), "baseline_weekday_auc": round(base, 4),
+            "auc_minus_baseline": round(a - base, 4), "away_day_rate": round(float(y.mean()), 4)}
+
+
+def policy_attacks(eps: float, clamp: int, seed: int) -> dict[str, Any]:
+    """The attacks the decryption role must refuse, asked of the real role on real stores."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from meterveil.host.audit.chain import AuditLog
-    from meterveil.host.backoffice import dp
+    from meterveil.host.backoffice.tariff import parse_tariff
     from meterveil.host.common import packing
     from meterveil.host.common.registry import MeterRecord, MeterRegistry
     from meterveil.host.decryption.policy import Policy
@@ -189,95 +228,103 @@ def differencing_policy(eps: float, clamp: int, m: int, seed: int) -> dict[str, 
     from meterveil.host.decryption.secret_key import generate_keypair
     from meterveil.host.store.base import Batch, StoredReading, open_store
 
-    pub, priv = generate_keypair(512)
-    signer = Ed25519PrivateKey.generate()  # the role's audit signing key (entries are signed)
-    rng = np.random.default_rng(seed)
-    t0 = 1793491200
+    pub, priv = generate_keypair(768)
+    signer = Ed25519PrivateKey.generate()
+    t0 = 1793491200  # 2026-11-01 00:00 UTC
     eps_milli = int(round(eps * 1000))
+    out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d:
-        db = Path(d) / "s.db"
-        store = open_store(db)
-        # feeder membership comes from the registry: FD lists the m meters and the late one, FE m - 1
         reg = MeterRegistry(Path(d) / "registry" / "meters.json")
-        for i in range(m + 1):
-            reg.put(MeterRecord(f"d{i}", "FD", eps_milli, clamp, m), save=False)
-        for i in range(m - 1):
-            reg.put(MeterRecord(f"e{i}", "FE", eps_milli, clamp, m), save=False)
+        for i in range(9):  # FD: 8 households and one late meter; FX: one household and 4 dummies
+            reg.put(MeterRecord(f"d{i}", "FD", eps_milli, clamp, 6), save=False)
+        for i in range(5):
+            reg.put(MeterRecord(f"x{i}", "FX", eps_milli, clamp, 4), save=False)
         reg.save()
-        # the audit log lives in the decryption role's own database, not in the ingest store
+        store = open_store(Path(d) / "s.db")
         role = DecryptionRole(priv, AuditLog(Path(d) / "decryption.db", signer=signer), "attacker-analyst",
-                              Policy(k_min=5), registry=reg)
+                              Policy(), registry=reg)
 
-        def put(i: int) -> None:
-            share = int(np_share(rng, eps, clamp, m, 1)[0])
-            c = pub.raw_encrypt(packing.pack(100 + i, 100 + i + share))
-            store.write_batch(Batch(readings=[StoredReading(f"d{i}", 1, "FD", t0, 900, eps_milli, clamp, m, c)]))
+        def put(mid: str, feeder: str, t: int, wh: int, counter: int, m: int) -> None:
+            c = pub.raw_encrypt(packing.pack(wh, wh))
+            store.write_batch(Batch(readings=[StoredReading(mid, counter, feeder, t, 900, eps_milli, clamp, m, c)]))
 
-        for i in range(m):
-            put(i)
-        first = role.feeder_load(store, "FD", t0, t0 + 900)[0]
-        put(m)  # a late reading for the same interval: the pair would differ by exactly this meter
-        second = role.feeder_load(store, "FD", t0, t0 + 900)[0]
-        # second variant: a feeder where one of the m meters is missing from the start
-        store2_db = Path(d) / "s2.db"
-        store2 = open_store(store2_db)
-        role2 = DecryptionRole(priv, AuditLog(Path(d) / "decryption2.db", signer=signer), "attacker-analyst",
-                               Policy(k_min=5), registry=reg)
-        for i in range(m - 1):
-            c = pub.raw_encrypt(packing.pack(100 + i, 100 + i))
-            store2.write_batch(Batch(readings=[StoredReading(f"e{i}", 1, "FE", t0, 900, eps_milli, clamp, m, c)]))
-        short = role2.feeder_load(store2, "FE", t0, t0 + 900)[0]
-        audit_ok = role.audit.verify().ok and role2.audit.verify().ok
-        refusals = sum(e.decision == "refuse" for e in role.audit.entries()) + \
-            sum(e.decision == "refuse" for e in role2.audit.entries())
-        for r in (role, role2):
-            r.close()
-            r.audit.close()
+        for i in range(8):
+            put(f"d{i}", "FD", t0, 100 + i, 1, 6)
+        first = role.feeder_load(store, "FD", t0, t0 + 900, release_s=900)[0]
+        put("d8", "FD", t0, 999, 1, 6)  # a late reading: the pair would differ by exactly this meter
+        second = role.feeder_load(store, "FD", t0, t0 + 900, release_s=900)[0]
+        for i in range(5):
+            put(f"x{i}", "FX", t0, 300 if i == 0 else 0, 1, 4)
+        dummy = role.feeder_load(store, "FX", t0, t0 + 900, release_s=900)[0]
+        out["differencing"] = {"first_query": first.status, "second_query_one_more_meter": second.status}
+        out["dummy_meters"] = {"households": 1, "dummies": 4, "status": dummy.status}
+        # nightly interim bills of one household under a 6-band tariff (4-hour blocks)
+        six = parse_tariff({"name": "six", "currency": "INR", "minor_unit": "paise", "timezone": "UTC",
+                            "bands": [{"name": f"b{h}", "price_minor_per_kwh": "1",
+                                       "windows": [{"days": "all", "hours": f"{h:02d}-{h + 4:02d}"}]}
+                                      for h in range(0, 24, 4)]})
+        rng = np.random.default_rng(seed)
+        batch = Batch(readings=[StoredReading("h1", i + 1, "FB", t0 + i * 900, 900, eps_milli, clamp, 6,
+                                              pub.raw_encrypt(packing.pack(int(rng.integers(0, 400)), 0)))
+                                for i in range(30 * 96)])
+        store.write_batch(batch)
+        windows = set()
+        for night in range(1, 31):
+            windows |= {t.expected_intervals // 96 for t in
+                        role.household_totals(store, six, "2026-11", ["h1"], as_of=t0 + night * 86400 + 3600)}
+        windows |= {t.expected_intervals // 96 for t in role.household_totals(store, six, "2026-11", ["h1"],
+                                                                           as_of=t0 + 30 * 86400)}
+        ends = sorted(windows)
+        out["interim_bills"] = {"nightly_requests": 30, "windows_decrypted_days": ends,
+                                "shortest_difference_days": min(b - a for a, b in zip([0, *ends], ends, strict=False))}
+        out["refusals_audited"] = sum(e.decision == "refuse" for e in role.audit.entries())
+        out["audit_chain_ok"] = role.audit.verify().ok
+        out["refused"] = (not second.allowed) and (not dummy.allowed) and out["interim_bills"]["shortest_difference_days"] >= 7
+        role.close()
+        role.audit.close()
         store.close()
-        store2.close()
-    return {
-        "m": m, "first_query": first.status, "second_query_one_more_meter": second.status,
-        "query_with_m_minus_1": short.status, "refusals_audited": refusals, "audit_chain_ok": audit_ok,
-        "refused": (not second.allowed) and (not short.allowed),
-        "if_not_refused": {
-            "difference_is": "clamped reading of the extra meter + its own noise share",
-            "p_difference_exact": round(dp.share_zero_probability(eps, clamp, m), 4),
-            "noise_std_wh": round(math.sqrt(dp.share_variance(eps, clamp, m)), 1),
-            "effective_epsilon": round(dp.effective_epsilon(eps, clamp, m, 1), 3),
-            "effective_epsilon_m_minus_1_sum": round(dp.effective_epsilon(eps, clamp, m, m - 1), 3),
-        },
-    }
+    return out
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    from meterveil.host.backoffice import dp
+
     t_start = time.perf_counter()
     rng = np.random.default_rng(cfg["seed"])
     wh, lab = simulate(cfg["households"], cfg["days"], cfg["seed"])
-    eps, clamp, fsize = cfg["epsilon"], cfg["clamp_wh"], cfg["feeder_size"]
+    eps, clamp, fsize, gamma = cfg["epsilon"], cfg["clamp_wh"], cfg["feeder_size"], cfg["gamma"]
     half = (len(wh) // (2 * fsize)) * fsize or len(wh) // 2  # split on feeder boundaries
     tr, te = slice(0, half), slice(half, len(wh))
     y_tr, y_te = lab[tr], lab[te]
+    prior = rate_table(y_tr)
+    m = dp.honest_m(fsize, gamma)
+    v = dp.share_variance(eps, clamp, m)
+    honest = fsize - dp.colluders(fsize, gamma)
 
-    results = [attack("time of day only (baseline, no data)", wh[tr], wh[tr], wh[te], y_tr, y_te, with_values=False)]
-    results.append(attack("(a) raw 15-min readings", wh[tr], wh[tr], wh[te], y_tr, y_te))
-    for m in cfg["m_list"]:
-        out = analytics(wh, rng, eps, clamp, m)
-        r = attack(f"(b) one meter's analytics value, m={m}", wh[tr], out[tr], out[te], y_tr, y_te)
-        r["fraction_exact"] = round(float((out == np.clip(wh, 0, clamp)).mean()), 4)
-        results.append(r)
-    for noisy in (True, False):
-        fs = feeder_series(wh, fsize, rng, eps, clamp, noisy)
-        name = f"(c) feeder sum of {fsize} meters" + (", DP" if noisy else ", no noise (aggregation only)")
-        results.append(attack(name, wh[tr], fs[tr], fs[te], y_tr, y_te))
-    # (d) differencing: two DP feeder sums that differ by one meter, if the role allowed both
-    m_d = fsize
-    diff = np.clip(wh, 0, clamp) + np_share(rng, eps, clamp, m_d, wh.shape)
-    r = attack(f"(d) difference of two feeder sums (one meter, m={m_d}), if released", wh[tr], diff[tr], diff[te], y_tr, y_te)
-    results.append(r)
-    pol = differencing_policy(eps, clamp, cfg["m_list"][0], cfg["seed"])
+    results = [attack("baseline: time of day (no data)", wh[tr], wh[tr], wh[te], y_tr, y_te, with_values=False)]
+    table = {"output": "baseline: slot x weekday rate table (no data)"}
+    for wname, win in WINDOWS.items():
+        rte = _rows(wh[te].shape, win)
+        table[wname] = {"auc": round(auc(y_te.reshape(-1)[rte], np.tile(prior, len(wh[te]))[rte]), 4)}
+    results.append(table)
+    best = {w: max(r[w]["auc"] for r in results) for w in WINDOWS}
+    results.append(attack("(a) raw 15-min readings", wh[tr], wh[tr], wh[te], y_tr, y_te, prior=prior))
+    fs = feeder_hourly(wh, fsize, rng, 4 * fsize * v, clamp)
+    results.append(attack(f"(c) DP hourly feeder sum, {fsize} households", wh[tr], fs[tr], fs[te], y_tr, y_te, prior=prior))
+    ko = knows_others(wh, rng, 4 * honest * v, clamp)
+    results.append(attack(f"(e) DP adversary knowing the other {fsize - 1} households and {fsize - honest} "
+                          f"colluders' shares", wh[tr], ko[tr], ko[te], y_tr, y_te, prior=prior))
+    for r in results:
+        for w in WINDOWS:
+            r[w]["auc_minus_best_baseline"] = round(r[w]["auc"] - best[w], 4)
+    away = away_days(lab)
+    away_res = [away_attack("(a) raw readings", wh, away, tr, te),
+                away_attack("(e) DP adversary knowing every other household", ko, away, tr, te)]
+    pol = policy_attacks(eps, clamp, cfg["seed"])
     return {"benchmark": "attacks", "config": cfg, "label_prevalence": round(float(lab.mean()), 4),
-            "test_intervals": int(y_te.size), "results": results, "differencing_policy": pol,
-            "seconds": round(time.perf_counter() - t_start, 2)}
+            "test_intervals": int(y_te.size), "best_baseline": best, "results": results, "away_day": away_res,
+            "household_day_epsilon_adversary": round(dp.household_day_epsilon(clamp, [(4, 4 * honest * v)] * 24), 4),
+            "policy": pol, "seconds": round(time.perf_counter() - t_start, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,10 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(f"occupancy (home and awake) prevalence {res['label_prevalence']}, {res['test_intervals']} test intervals")
-    print(f"  {'AUC all day':>11} {'AUC 08-20h':>10}  output (AUC = best of truth-trained and adaptive attacker)")
+    print(f"  {'AUC all day':>11} {'- best':>7} {'AUC 08-20h':>10} {'- best':>7}  output")
     for r in res["results"]:
-        print(f"  {r['all_day']['auc']:>11.3f} {r['daytime_08_20']['auc']:>10.3f}  {r['output']}")
-    print("differencing via the decryption role:", json.dumps(res["differencing_policy"], indent=1))
+        a, d = r["all_day"], r["daytime_08_20"]
+        print(f"  {a['auc']:>11.3f} {a.get('auc_minus_best_baseline', 0):>7.3f} {d['auc']:>10.3f} "
+              f"{d.get('auc_minus_best_baseline', 0):>7.3f}  {r['output']}")
+    for r in res["away_day"]:
+        print(f"  away day: AUC {r['auc']:.3f} (weekday baseline {r['baseline_weekday_auc']:.3f})  {r['output']}")
+    print("policy attacks via the decryption role:", json.dumps(res["policy"], indent=1))
     print(f"-> {out} ({res['seconds']} s)")
     return 0
 

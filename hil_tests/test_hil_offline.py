@@ -44,10 +44,11 @@ def _last_json(output: str):
     return json.loads(lines[-1])
 
 
-def test_dp_shares_on_target_match_cpython_and_sum_to_discrete_laplace(target, tmp_path):
+def test_dp_shares_on_target_match_cpython_and_the_discrete_gaussian(target, tmp_path):
     n = 800
-    cases = [["eps1_clamp10_m5", 1000, 10, 5, 5, 5],
-             ["neg_full_laplace", 1000, 10, 1, 5, 5]]  # local DP: 5x the variance, must fail
+    cases = [["var3_single", 3, 1, 3],
+             ["var1000_sum5", 1000, 5, 5000],        # 2*var*t^2 > 2**31: big-int rationals on 32-bit
+             ["neg_var_doubled", 1000, 5, 10000]]    # half the noise the target says: must fail
     spec = {"seed": "meterveil-dp-hil", "n": n, "keep": 100, "cases": cases}
     target = _roomy(target)
     spec_path = target.scratch + "/dp_spec.json"
@@ -60,12 +61,17 @@ def test_dp_shares_on_target_match_cpython_and_sum_to_discrete_laplace(target, t
     want = {r["name"]: r for r in run_cpython("privacy_check.py", tmp_path, "dp")}
     bound = math.sqrt(math.log(2 / DELTA) / (2 * n))
     for name, r in got.items():
-        # The same random bytes give the same shares on the target as on CPython: integer
-        # sampling survives 32-bit small ints and single-precision floats.
+        # The same random bytes give the same shares on the target as on CPython: the sampler is
+        # integer-only, so 32-bit small ints and single-precision floats change nothing.
         assert r["hash"] == want[name]["hash"] and r["first"] == want[name]["first"], name
         assert r["bytes"] == want[name]["bytes"], name
-    assert got["eps1_clamp10_m5"]["ks"] < bound, got["eps1_clamp10_m5"]
-    assert got["neg_full_laplace"]["ks"] > 1.5 * bound, got["neg_full_laplace"]
+    def chi2_limit(df: int) -> float:  # upper 1 - 1e-9 quantile (Wilson-Hilferty, z = 6)
+        return df * (1 - 2 / (9 * df) + 6 * math.sqrt(2 / (9 * df))) ** 3
+
+    for name in ("var3_single", "var1000_sum5"):
+        assert got[name]["ks"] < bound and got[name]["chi2"] < chi2_limit(got[name]["bins"] - 1), got[name]
+    neg = got["neg_var_doubled"]
+    assert neg["chi2"] > chi2_limit(neg["bins"] - 1), neg
 
 
 CUTS = (1, 2, 3, 4, 5)  # the block write at which power fails; an append programs 4 blocks here

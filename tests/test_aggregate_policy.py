@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import sqlite3
 import subprocess
 import sys
@@ -11,9 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from roles import audit_db, role_dir_for, role_for
+from roles import audit_db, role_dir_for
+from roles import role_for as _role_for
 
 from meterveil.host.audit.chain import AuditLog
+from meterveil.host.backoffice import dp
 from meterveil.host.backoffice.aggregate import AggregateError, billing_sums, feeder_sums, hom_sum
 from meterveil.host.backoffice.tariff import load_tariff
 from meterveil.host.common import packing
@@ -56,6 +59,13 @@ class Fleet:
         return sum(p[3] for p in rows), sum(p[4] for p in rows)
 
 
+def role_for(db, priv, **policy):
+    """These tests are about thresholds, masking and differencing: no collusion margin unless asked
+    (test_dummy_meters_beside_one_household_are_refused covers gamma)."""
+    policy.setdefault("gamma", 0.0)
+    return _role_for(db, priv, **policy)
+
+
 def releases(role):
     """(action, decision) of the role's audit entries, membership bookkeeping left out."""
     return [(e.action, e.decision) for e in role.audit.entries() if e.action != "membership"]
@@ -64,7 +74,7 @@ def releases(role):
 def load(db, role, feeder, t_from, t_to):
     store = open_store(db)
     try:
-        return role.feeder_load(store, feeder, t_from, t_to)
+        return role.feeder_load(store, feeder, t_from, t_to, release_s=900)
     finally:
         store.close()
 
@@ -167,7 +177,7 @@ def test_bill_result_never_reveals_true_analytics_slot(fleet, keypair, monkeypat
     real = priv.raw_decrypt
     monkeypatch.setattr(priv, "raw_decrypt", lambda c: (lambda p: seen.append(p) or p)(real(c)))
     tariff = load_tariff(Path(__file__).resolve().parent.parent / "tariffs" / "tou3.toml")
-    role = role_for(fleet.db, priv)
+    role = role_for(fleet.db, priv, min_band_readings=1)  # about masking: three readings are enough here
     store = open_store(fleet.db)
     totals = {t.meter_id: t for t in role.household_totals(store, tariff, "2026-11")}
     store.close()
@@ -206,10 +216,11 @@ def test_differencing_refused_and_rerelease_free(fleet, keypair):
     _, priv = keypair
     role = role_for(fleet.db, priv, daily_budget_milli=10_000)
     first = load(fleet.db, role, "F1", T0, T0 + IV)[0]
-    assert first.allowed and role.spent_milli("F1", "2026-10-31") == 1000
+    spent = role.spent_milli("F1", "2026-10-31")
+    assert first.allowed and 0 < spent < 1000  # one interval of 96 costs a fraction of the day
     again = load(fleet.db, role, "F1", T0, T0 + IV)[0]
     assert again.allowed and again.analytics_sum_wh == first.analytics_sum_wh
-    assert role.spent_milli("F1", "2026-10-31") == 1000  # same contributor set: no new spend
+    assert role.spent_milli("F1", "2026-10-31") == spent  # same contributor set: no new spend
     t2 = T0 + 2 * IV  # 5 of the 6 members reported; m5's reading arrives late
     assert load(fleet.db, role, "F1", t2, t2 + IV)[0].allowed
     fleet.add("m5", "F1", t2, 999, 555)  # a late reading changes the set by one meter
@@ -225,18 +236,22 @@ def test_daily_budget_refuses_and_audits(tmp_path, keypair):
     for i in range(4):
         for k in range(5):
             f.add(f"m{k}", "F3", T0 + 86400 + i * IV, 10, 1, eps=1000)
-    role = role_for(f.db, priv, daily_budget_milli=2500)
+    # independent of the role: 5 households, none assumed colluding here -> 5 honest shares per interval
+    v = dp.share_variance(1.0, 1000, 5)
+    eps = [dp.household_day_epsilon(1000, [(1, 5 * v)] * k) for k in (1, 2, 3)]
+    budget = int(500 * (eps[1] + eps[2]))  # between two and three intervals
+    role = role_for(f.db, priv, daily_budget_milli=budget)
     rows = load(f.db, role, "F3", T0 + 86400, T0 + 86400 + 4 * IV)
     assert [r.allowed for r in rows] == [True, True, False, False]
-    assert rows[2].status == "refused: daily DP budget 2000+1000 > 2500 milli-epsilon on 2026-11-01"
-    assert role.spent_milli("F3", "2026-11-01") == 2000
+    assert rows[2].status.startswith(f"refused: household-day epsilon would reach {eps[2]:.3f} > budget")
+    assert role.spent_milli("F3", "2026-11-01") == math.ceil(eps[1] * 1000 - 1e-9)
     entries = [e for e in role.audit.entries() if e.action != "membership"]
-    assert (entries[0].action, entries[0].query["daily_budget_milli"]) == ("policy", 2500)
+    assert (entries[0].action, entries[0].query["daily_budget_milli"]) == ("policy", budget)
     assert [e.decision for e in entries[1:]] == ["allow", "allow", "refuse", "refuse"]
     role.close()
     # a later session without --daily-budget keeps the stored budget (no unlimited back door)
     later = role_for(f.db, priv)
-    assert later.daily_budget_milli == 2500
+    assert later.daily_budget_milli == budget
     assert not any(r.allowed for r in load(f.db, later, "F3", T0 + 86400 + 2 * IV, T0 + 86400 + 4 * IV))
     later.close()
     f.enc.close()
@@ -258,7 +273,7 @@ def test_two_sessions_cannot_both_release_different_sets(fleet, keypair, monkeyp
     original = DecryptionRole._check_feeder
     b_thread: list[threading.Thread] = []
 
-    def check_then_race(self, cell, m):
+    def check_then_race(self, cell, m, *rest):
         if self is a and not b_thread:
             fleet.add("m5", "F1", t2, 999, 555)  # B will see one more contributor than A
             t = threading.Thread(target=session_b)
@@ -266,14 +281,14 @@ def test_two_sessions_cannot_both_release_different_sets(fleet, keypair, monkeyp
             t.start()
             time.sleep(0.5)  # B is blocked on the lock meanwhile
             order.append("A checked")
-        return original(self, cell, m)
+        return original(self, cell, m, *rest)
 
     monkeypatch.setattr(DecryptionRole, "_check_feeder", check_then_race)
     store = open_store(fleet.db)
     cells = feeder_sums((r for r in store.iter_readings(t_from=t2, t_to=t2 + IV) if r.meter_id != "m5"),
                         a.public_key.nsquare)
     store.close()
-    assert a._feeder_cell(cells[0]).allowed
+    assert a._feeder_cell(cells[0], 6).allowed
     b_thread[0].join(30)
     assert order[0] == "A checked" and "different contributor set" in order[1]
     a.close()
@@ -308,7 +323,8 @@ def test_cli_feeder_load(fleet, keypair, tmp_path):
     out = tmp_path / "f.csv"
     cmd = [sys.executable, "-m", "meterveil.host.cli", "feeder-load", "--db", str(fleet.db),
            "--role-dir", str(role_dir), "--registry", str(reg.path), "--feeder", "F1", "--from", "2026-10-31T18:30:00Z",
-           "--to", "2026-10-31T19:15:00+00:00", "--out", str(out), "--actor", "grid-ops"]
+           "--to", "2026-10-31T19:15:00+00:00", "--out", str(out), "--actor", "grid-ops",
+           "--release", "quarter", "--gamma", "0"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 3, res.stderr  # an interval was refused (exit 3, as for bill)
     assert "2 intervals released, 1 refused" in res.stdout
@@ -322,3 +338,18 @@ def test_cli_feeder_load(fleet, keypair, tmp_path):
     assert verify.returncode == 0 and "4 entries" in verify.stdout, verify.stdout + verify.stderr
     with AuditLog(audit_db(fleet.db)) as audit:
         assert {e.actor for e in audit.entries()} == {"grid-ops"}
+
+
+def test_dummy_meters_beside_one_household_are_refused(tmp_path, keypair):
+    """Finding (issue 13): four dummy meters registered beside one real household passed k_min = 5
+    and left its value with effective epsilon 6.5. With gamma = 0.2 of a feeder assumed colluding
+    (dummies included), a cell needs k_min households beyond the assumed colluders."""
+    pub, priv = keypair
+    f = Fleet(tmp_path / "s.db", pub)
+    for k in range(5):  # m0 is the real household, m1..m4 dummies the attacker controls
+        f.add(f"m{k}", "F9", T0, 10, 1)
+    role = _role_for(f.db, priv)  # default policy: gamma 0.2
+    (cell,) = load(f.db, role, "F9", T0, T0 + IV)
+    assert not cell.allowed and "fewer than k_min=5 honest" in cell.status
+    role.close()
+    f.enc.close()

@@ -115,10 +115,10 @@ def utility(tmp_path_factory):
         mid = f"h{i:03d}"
         reg.put(MeterRecord(mid, f"F{i % 3}", 1000, 1000, 5, hh.attributes()), save=False)
         for j, month_start in enumerate((T0, T0 + 31 * 86400)):
-            for day in range(3):
-                wh = 4000 + 1500 * hh.occupants + 37 * i + 500 * day
+            for day in range(24):  # >= min_band_readings per bill: fewer would be refused as exact
+                wh = 500 + 190 * hh.occupants + 5 * i + 60 * (day % 3)
                 c = pub.raw_encrypt(packing.pack(wh, 0))
-                batch.readings.append(StoredReading(mid, 1 + j * 3 + day, f"F{i % 3}", month_start + day * 86400,
+                batch.readings.append(StoredReading(mid, 1 + j * 24 + day, f"F{i % 3}", month_start + day * 86400,
                                                     900, 1000, 1000, 5, c))
                 key = f"kwh_2026-0{j + 1}"
                 truth.setdefault(mid, {}).setdefault(key, 0)

@@ -75,7 +75,7 @@ def bill(d: Path, period: str = "2026-11", tariff: str = "tou3.toml") -> dict[st
 
 
 def late_readings(d: Path, pub, meters: list[str], count: int = 10) -> None:
-    """`count` more readings (< rebill_min_new = 96) for `meters` on day 3, still in November."""
+    """`count` more readings for `meters` on day 3, still in November (a re-bill would expose them)."""
     enc = pool_encrypt(pub)
     batch = Batch(readings=[StoredReading(mid, 1000 + s, "F1", T0 + (DAYS * 96 + s) * IV, IV, 1000, 1000, 5,
                                           enc(s, packing.pack(100, 0)))
@@ -125,13 +125,11 @@ def test_export_zone_without_bills_and_with_tariff_option(ws, capsys):
     assert rep["timezone"] == "Asia/Kolkata" and rep["months"] == ["2026-11"]
     # and a later bill of that month (same window, same readings) is allowed
     assert len(bill(d)) == 12
-    # --tariff picks the zone explicitly: Europe/Berlin starts 2026-10-31 19:30 local
-    assert export(d, d / "b.csv", "--tariff", str(TARIFFS / "flat.toml")) == 0
-    rep = json.loads((d / "b.csv.report.json").read_text())
-    assert rep["timezone"] == "Europe/Berlin" and rep["months"] == ["2026-10"]
-    assert rep["months_dropped_all_refused"] == ["2026-11"]  # Berlin November != billed Kolkata November
+    # --tariff picks the zone explicitly: Europe/Berlin starts 2026-10-31 19:30 local. Its "October"
+    # is 4.5 hours of readings (exact per household: refused) and its November is not the billed one
+    assert export(d, d / "b.csv", "--tariff", str(TARIFFS / "flat.toml")) == 2
     err = capsys.readouterr().err
-    assert "latest bills used Asia/Kolkata" in err and "shifted window" in err
+    assert "shifted window" in err and "2026-10: 12 household(s)" in err and "holds 18 readings (< 24)" in err
 
 
 def test_export_in_another_zone_reports_every_refusal(ws, tmp_path, capsys):
@@ -139,17 +137,14 @@ def test_export_in_another_zone_reports_every_refusal(ws, tmp_path, capsys):
     bill(d)
     utc = tmp_path / "utc.toml"
     utc.write_text((TARIFFS / "tou3.toml").read_text().replace('"Asia/Kolkata"', '"UTC"'))
-    assert export(d, d / "h.csv", "--tariff", str(utc)) == 0
+    assert export(d, d / "h.csv", "--tariff", str(utc)) == 2  # UTC "October" is 5.5 hours: refused too
     err = capsys.readouterr().err
-    assert "refused 12 household-month(s)" in err
+    assert "refused the monthly totals of every household" in err
     assert "2026-11: 12 household(s) [m0001, m0002," in err and "shifted window" in err
-    rep_text = (d / "h.csv.report.json").read_text()
-    rep = json.loads(rep_text)
-    assert rep["refused_by_decryption_role"]["2026-11"]["households"] == 12
-    assert rep["months"] == ["2026-10"] and rep["months_dropped_all_refused"] == ["2026-11"]
-    assert "m0001" not in rep_text and "m0001" not in (d / "h.csv").read_text()  # ids only for the operator
+    assert "2026-10: 12 household(s)" in err and "holds 22 readings (< 24)" in err
+    assert not (d / "h.csv").exists()
     last = audit_entries(d)[-1]
-    assert last.action == "export-households" and last.query["refused"] == {"2026-11": 12}
+    assert (last.action, last.decision) == ("export-households", "refuse")
 
 
 def test_export_surfaces_rebill_refusals(ws, capsys):
@@ -158,7 +153,7 @@ def test_export_surfaces_rebill_refusals(ws, capsys):
     late_readings(d, pub, ["m0003", "m0007"])  # 10 new readings each: a re-decryption would expose them
     assert export(d, d / "h.csv") == 0
     err = capsys.readouterr().err
-    assert "2026-11: 2 household(s) [m0003, m0007]" in err and "(< 96 more)" in err
+    assert "2026-11: 2 household(s) [m0003, m0007]" in err and "billed over other readings" in err
     rep = json.loads((d / "h.csv.report.json").read_text())
     assert rep["households_in"] == 10 and rep["households_left_out_refused"] == 2
     assert rep["refused_by_decryption_role"]["2026-11"]["households"] == 2
@@ -172,7 +167,7 @@ def test_export_fails_when_every_household_is_refused(ws, capsys):
     assert export(d, d / "h.csv") == 2
     err = capsys.readouterr().err
     assert "refused the monthly totals of every household" in err
-    assert "2026-11: 12 household(s) [m0001" in err and "(< 96 more)" in err
+    assert "2026-11: 12 household(s) [m0001" in err and "billed over other readings" in err
     assert not (d / "h.csv").exists() and not (d / "h.csv.report.json").exists()
     last = audit_entries(d)[-1]
     assert (last.action, last.decision) == ("export-households", "refuse")
@@ -235,7 +230,7 @@ def test_synthetic_export_refused_when_rows_can_only_copy_real_ones(tmp_path, ba
     for mid in METERS:
         reg.put(MeterRecord(mid, "F1", 1000, 1000, 5, same), save=False)
     reg.save()
-    fill_store(d / "s.db", pub, [(mid, "F1", T0 + s * IV, 250, 0) for mid in METERS for s in range(4)])
+    fill_store(d / "s.db", pub, [(mid, "F1", T0 + s * IV, 250 if s < 4 else 0, 0) for mid in METERS for s in range(96)])
     assert export(d, d / "syn.csv", "--synthetic", "50") == 2
     assert "50 synthetic rows still copy real rows" in capsys.readouterr().err
     assert not (d / "syn.csv").exists()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_gateway_ingest import PUB, T0, Clock, make_registry, reloaded, seal, topic
 
-from meterveil.host.backoffice.dp import dl_a, polya_difference_pmf
-from meterveil.host.common.noise_bound import SHARE_TAIL, noise_share_bound
+from meterveil.host.backoffice.dp import share_variance
+from meterveil.host.common.noise_bound import SHARE_TAIL, fallback_share_variance, noise_share_bound
 from meterveil.host.gateway.encryptor import make_encryptor
 from meterveil.host.gateway.ingest import Gateway, IngestConfig, Message
 from meterveil.host.store.base import open_store
@@ -134,19 +134,21 @@ def test_an_unknown_id_keeps_only_frames_that_could_be_genuine(gw):
 
 # -- value bounds ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("eps,clamp,m", [(1000, 1000, 10), (1000, 1000, 1), (500, 50, 5), (1000, 20, 100)])
-def test_noise_share_bound_is_the_1e12_quantile_of_the_share_distribution(eps, clamp, m):
-    """Computed from the exact pmf of NB(1/m, a) - NB(1/m, a) (FFT, host/backoffice/dp.py): an honest
-    share exceeds B with probability <= 1e-12, and B is within a tenth of a noise scale of the smallest
-    such value."""
+def test_noise_share_bound_covers_the_1e12_quantile_of_the_share_distribution(eps, clamp, m):
+    """From the exact pmf of the meter's share N_Z(0, v) (v the fallback variance, never below the
+    provisioned one): an honest share exceeds B with probability <= 1e-12, and B is within 15% of
+    the exact 1e-12 quantile."""
     b = noise_share_bound(eps, clamp, m)
-    scale = clamp * 1000 / eps
-    half = int(b + 5 * scale)
-    pmf = polya_difference_pmf(1 / m, dl_a(eps / 1000, clamp), half)
-    tails = 2 * np.cumsum(pmf[::-1])[::-1]  # tails[half + k] = P(|S| >= k) for k >= 1
-    exact = next(k for k in range(half) if tails[half + k + 1] <= SHARE_TAIL)
-    assert tails[half + b + 1] <= SHARE_TAIL
-    assert exact <= b <= exact + math.ceil(0.1 * scale)
-    assert b < 64 * scale / 2  # far tighter than the old 64 noise scales
+    v = fallback_share_variance(eps, clamp, m)
+    assert v >= share_variance(eps / 1000, clamp, m)
+    sd = math.sqrt(v)
+    ks = np.arange(0, int(b + 4 * sd))
+    logw = -(ks.astype(float) ** 2) / (2 * v)
+    norm = 2 * np.exp(logw).sum() - 1  # pmf normaliser over all integers (tails beyond are < 1e-30)
+    tail = 2 * np.cumsum(np.exp(logw)[::-1])[::-1] / norm  # tail[k] = P(|S| >= k)
+    exact = int(np.argmax(tail <= SHARE_TAIL)) - 1  # smallest B with P(|S| > B) <= 1e-12
+    assert tail[b + 1] <= SHARE_TAIL
+    assert exact <= b <= 1.15 * exact
 
 
 def test_analytics_beyond_clamp_plus_the_largest_honest_share_is_rejected(gw):
@@ -154,7 +156,7 @@ def test_analytics_beyond_clamp_plus_the_largest_honest_share_is_rejected(gw):
     feeder sum by ~64 kWh per interval."""
     reg = gw.registry
     b = noise_share_bound(1000, 1000, 10)
-    cases = [(65001, "out_of_range"), (1000 + b + 1, "out_of_range"), (-b - 1, "out_of_range"),
+    cases = [(2 * (1000 + b), "out_of_range"), (1000 + b + 1, "out_of_range"), (-b - 1, "out_of_range"),
              (1000 + b, "accepted"), (-b, "accepted")]
     for c, (value, reason) in enumerate(cases, 1):
         assert gw.process(Message(topic("m0001"), seal(reg, "m0001", c, analytics=value))).reason == reason, value

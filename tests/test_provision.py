@@ -216,7 +216,7 @@ def test_provisioned_attributes_reach_the_export(ws, tmp_path, capsys):
     assert role_dir == ws.role_dir and secret_keys_in(ws.keys_dir) == []
     t0 = 1793471400  # 2026-11-01 00:00 Asia/Kolkata
     fill_store(tmp_path / "s.db", pub, [(f"p{i:02d}", "F1", t0 + s * 900, 100 + i, 0)
-                                        for i in range(8) for s in range(8)])
+                                        for i in range(8) for s in range(24)])  # >= min_band_readings
     out = tmp_path / "h.csv"
     assert cli_main(["export", "households", "--db", str(tmp_path / "s.db"), "--role-dir",
                      str(ws.role_dir), "--registry", str(ws.registry), "--k", "2", "--out", str(out)]) == 0

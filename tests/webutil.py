@@ -107,9 +107,12 @@ def build_workspace(root: Path, keypair, *, copies: bool = True) -> Workspace:
             batch.statuses.append(StatusRecord(m, INTERVALS + 1, now - 30, {
                 "uptime_s": 86400, "free_heap": 20000, "outbox_depth": 0, "outbox_overflow": 0, "reconnects": 1,
                 "publish_retries": 0, "dp_spend_milli": 96000, "readings_today": 96, "boot_count": 1}))
-        # a meter id with HTML in it, as a misbehaving ingest path could store it (the gateway would refuse it)
-        (c,) = enc.encrypt_reading(1, 1)
-        batch.readings.append(StoredReading(HTML_METER, 1, "F1<i>", T0, IV, 1000, 500, 5, c, received_at=now - 90000))
+        # a meter id with HTML in it, as a misbehaving ingest path could store it (the gateway would refuse it);
+        # as many readings as the others, so that its bill passes the readings-per-band floor and is rendered
+        for k in range(INTERVALS):
+            (c,) = enc.encrypt_reading(1, 1)
+            batch.readings.append(StoredReading(HTML_METER, k + 1, "F1<i>", T0 + k * IV, IV, 1000, 500, 5, c,
+                                                frame_digest=bytes([255, k]), received_at=now - 90000))
         batch.count("bad_tag", "m0003", 2)
         store.write_batch(batch)
     finally:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from meterveil.host.backoffice.dp import share_variance
 from meterveil.host.common.pubkey import KeyFileError, ensure_e2e
 from meterveil.host.common.registry import METER_ID_RE, MODE_E2E, MODE_PROXY, MODES, REGISTRY_NAME
 from meterveil.host.gateway.meter_keys import MASTER_KEY_BYTES, KeyedRegistry
@@ -158,6 +159,15 @@ def open_registry(ws: Workspace, registry: Path | None) -> KeyedRegistry:
         raise ToolError(f"cannot read the meter registry: {e}") from None
 
 
+def _dp_section(spec: MeterSpec) -> dict[str, int]:
+    """The meter's DP parameters and the share variance calibrated for them (host/backoffice/dp.py);
+    an interval that does not divide a day is left to the firmware's validation to report."""
+    dp = {"epsilon_milli": spec.epsilon_milli, "clamp_wh": spec.clamp_wh, "m": spec.m}
+    if spec.interval_s > 0 and 86400 % spec.interval_s == 0:
+        dp["noise_var"] = share_variance(spec.epsilon_milli / 1000, spec.clamp_wh, spec.m, spec.interval_s)
+    return dp
+
+
 def _sim_section(spec: MeterSpec) -> dict[str, Any] | None:
     if spec.sim_profile is None:
         return None
@@ -270,7 +280,7 @@ def provision_one(workspace: Path, spec: MeterSpec, *, broker_url: str | None = 
         calibration = dict(json.loads(ws.meter_config(spec.meter_id).read_text())["calibration"])
     cfg = meter_config.render(
         meter_id=spec.meter_id, master_key=key, feeder=spec.feeder,
-        dp={"epsilon_milli": spec.epsilon_milli, "clamp_wh": spec.clamp_wh, "m": spec.m},
+        dp=_dp_section(spec),
         broker_url=url, username=spec.meter_id, password=password, ca_der=tls,
         wifi_ssid=spec.wifi_ssid, wifi_password=spec.wifi_password, calibration=calibration,
         interval_s=spec.interval_s, sim=_sim_section(spec))

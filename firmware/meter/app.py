@@ -72,6 +72,9 @@ class Meter:
         self.interval_s = cfg["interval_s"]
         dp = cfg["dp"]
         self.eps, self.clamp, self.m = dp["epsilon_milli"], dp["clamp_wh"], dp["m"]
+        if hasattr(privacy, "configure"):  # the first Meter of this process (board_check builds two)
+            privacy.configure(dp, self.interval_s)  # the share variance: provisioned, else the fallback
+            del privacy.configure, privacy.fallback_share_variance  # boot-only code, freed for the heap
         self.keys = frame.derive_keys(binascii.unhexlify(cfg["master_key"]))
         meter.drop("protocol.hmac_sha256")  # HKDF is needed once; sealing inlines its HMAC
         self.cal = getattr(hal, "cal", None) or sensing.Calibration(cfg["calibration"])

@@ -45,7 +45,7 @@ CALIBRATION_KEYS = ("ct_turns", "burden_ohm", "adc_bits", "vref_mv", "volts", "p
 CALIBRATION_OPTIONAL = ("noise_rms_codes", "creep_ma", "gain", "linear_max_code")
 KNOWN = {
     "": REQUIRED + ("interval_s", "status_every", "outbox", "wifi", "board", "sim", "run", "e2e"),
-    "dp": ("epsilon_milli", "clamp_wh", "m"),
+    "dp": ("epsilon_milli", "clamp_wh", "m", "noise_var"),
     "calibration": CALIBRATION_KEYS + CALIBRATION_OPTIONAL,
     "broker": ("url",) + tuple(DEFAULTS["broker"]),
     "outbox": tuple(DEFAULTS["outbox"]),
@@ -150,6 +150,8 @@ def validate(cfg, board=False):
         _int(errs, dp, "epsilon_milli", "dp.epsilon_milli", 1, 65535)
         _int(errs, dp, "clamp_wh", "dp.clamp_wh", 1, 1000000)
         _int(errs, dp, "m", "dp.m", 1, 65535)
+        if "noise_var" in dp:  # share variance from provisioning (else a conservative fallback)
+            _int(errs, dp, "noise_var", "dp.noise_var", 1, 1 << 48)
         try:  # noise scale clamp/epsilon: noisy values must fit the frame
             if dp["clamp_wh"] * 1000 // dp["epsilon_milli"] > 1000000:
                 errs.append(("dp.clamp_wh", "clamp_wh/epsilon must be <= 1e6 Wh"))

@@ -9,9 +9,12 @@ audit entries, each of which is hash-chained and signed, and refreshed from new 
 every decision. The only way to change it is to forge a signature.
 
 What it remembers (from ``allow`` entries and bookkeeping entries):
-- ``feeder-load``: per (feeder, interval_start), the released contributor set digest and its epsilon;
+- ``feeder-load``: per (feeder, cell start), the released contributor set digest, the cell's length
+  and what its noise was (intervals summed, clamp, noise variance from honest meters with the
+  policy's gamma colluding and with none): what the household-day accounting composes;
 - ``bill`` / ``partition``: per (household, period), the band partition, window, readings digest and
-  count of the last decrypted bill, and the cell labels of every partition;
+  count of the last decrypted bill, every window billed (its end, readings digest, readings per
+  band), and the cell labels of every partition;
 - ``policy``: the daily DP budget;
 - ``membership``: per (feeder, month), the frozen set of meters whose readings make its sums.
 """
@@ -41,6 +44,11 @@ class Release:
     day: str
     epsilon_milli: int
     members_digest: str
+    cell_len: int = 900
+    intervals: int = 1
+    clamp_wh: int = 0
+    noise_var: int = 0  # honest shares only, gamma of the feeder colluding
+    noise_var_nominal: int = 0  # every contributor honest
 
 
 @dataclass(frozen=True)
@@ -54,10 +62,19 @@ class PinnedBill:
     closed: bool
 
 
+@dataclass(frozen=True)
+class BilledWindow:
+    """One decrypted bill window [period start, end) of one household: which readings, how many per band."""
+
+    members_digest: str
+    band_readings: dict[str, int]
+
+
 @dataclass
 class Ledger:
     releases: dict[tuple[str, int], Release] = field(default_factory=dict)
     bills: dict[tuple[str, str], PinnedBill] = field(default_factory=dict)
+    windows: dict[tuple[str, str], dict[int, BilledWindow]] = field(default_factory=dict)
     partitions: dict[str, tuple[int, ...]] = field(default_factory=dict)
     membership: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     daily_budget_milli: int | None = None
@@ -76,7 +93,10 @@ class Ledger:
         if e.action == "feeder-load":
             key = (str(q["feeder"]), int(q["interval_start"]))
             if key not in self.releases:
-                self.releases[key] = Release(utc_day(key[1]), int(q["dp_params"][0][0]), str(q["members_digest"]))
+                self.releases[key] = Release(
+                    utc_day(key[1]), int(q["dp_params"][0][0]), str(q["members_digest"]),
+                    int(q.get("interval_len", 900)), int(q.get("intervals", 1)), int(q.get("clamp_wh", 0)),
+                    int(q.get("noise_var", 0)), int(q.get("noise_var_nominal", 0)))
         elif e.action == "partition":
             self.partitions.setdefault(str(q["partition"]), tuple(int(x) for x in q["labels"]))
         elif e.action == "bill" and q.get("partition") is not None:
@@ -85,20 +105,21 @@ class Ledger:
             closed = bool(q.get("closed")) or (before is not None and before.closed)
             self.bills[key] = PinnedBill(str(q["partition"]), (int(q["t_from"]), int(q["t_to"])),
                                          str(q["members_digest"]), int(q["readings"]), closed)
+            self.windows.setdefault(key, {})[int(q["t_to"])] = BilledWindow(
+                str(q["members_digest"]), {str(b): int(n) for b, n in q.get("band_readings", {}).items()})
         elif e.action == "policy" and "daily_budget_milli" in q:
             self.daily_budget_milli = None if q["daily_budget_milli"] is None else int(q["daily_budget_milli"])
         elif e.action == "membership":
             self.membership.setdefault((str(q["feeder"]), str(q["month"])), tuple(str(m) for m in q["meters"]))
 
-    def spent_milli(self, feeder: str, day: str) -> int:
-        return sum(r.epsilon_milli for (f, _), r in self.releases.items() if f == feeder and r.day == day)
+    def day_releases(self, feeder: str, day: str) -> list[Release]:
+        return [r for (f, _), r in sorted(self.releases.items()) if f == feeder and r.day == day]
 
-    def released_per_day(self) -> dict[tuple[str, str], tuple[int, float]]:
-        """(feeder, UTC day) -> (intervals released, epsilon spent)."""
-        out: dict[tuple[str, str], tuple[int, float]] = {}
-        for (feeder, _), r in self.releases.items():
-            n, s = out.get((feeder, r.day), (0, 0.0))
-            out[(feeder, r.day)] = (n + 1, s + r.epsilon_milli / 1000)
+    def released_cells(self) -> dict[tuple[str, str], list[Release]]:
+        """(feeder, UTC day) -> the cells released, for the household-day accounting."""
+        out: dict[tuple[str, str], list[Release]] = {}
+        for (feeder, _), r in sorted(self.releases.items()):
+            out.setdefault((feeder, r.day), []).append(r)
         return out
 
     def feeder_of(self, meter_id: str, month: str) -> str | None:

@@ -56,17 +56,20 @@ def contributor_digest(members: Iterable[tuple[str, int]]) -> str:
 
 @dataclass(frozen=True)
 class FeederCell:
-    """Encrypted sum of all readings of one feeder starting at one interval."""
+    """Encrypted sum of all readings of one feeder whose intervals start in one release cell
+    [interval_start, interval_start + interval_len): one 15-minute interval, or an hour of them."""
 
     feeder: str
     interval_start: int
-    interval_len: int
+    interval_len: int  # the cell's length (release granularity)
     ciphertext: int = field(repr=False)
     readings: int
     contributors: int  # distinct meters
-    max_per_meter: int  # > 1 means a meter counted twice (noise calibration assumes once)
+    max_per_meter: int  # most readings of one meter for one interval: > 1 means counted twice
     dp_params: tuple[tuple[int, int, int], ...]  # distinct (epsilon_milli, clamp_wh, m) seen
     members_digest: str
+    reading_len: int = 900  # the readings' interval length (one value per cell, else `mixed_lengths`)
+    mixed_lengths: bool = False
 
     @property
     def epsilon_milli(self) -> int:
@@ -79,6 +82,11 @@ class FeederCell:
     @property
     def m(self) -> int:
         return max(p[2] for p in self.dp_params)
+
+    @property
+    def intervals(self) -> int:
+        """Readings one meter contributes to the cell at most: the cell's sensitivity in clamps."""
+        return max(1, self.interval_len // self.reading_len)
 
 
 @dataclass(frozen=True)
@@ -105,22 +113,29 @@ class HouseholdSums:
     straddling: int = 0  # readings whose interval crosses a band or period boundary (cannot be billed)
 
 
-def feeder_sums(readings: Iterable[StoredReading], nsquare: int) -> list[FeederCell]:
-    """Group readings by (feeder, interval_start) and sum each group; sorted by feeder, interval."""
+def feeder_sums(readings: Iterable[StoredReading], nsquare: int, cell_s: int | None = None) -> list[FeederCell]:
+    """Group readings by (feeder, release cell) and sum each group; sorted by feeder, cell.
+
+    cell_s None: one cell per interval start (the readings' own length); else cells of cell_s
+    seconds aligned to the epoch (3600: hourly sums, one decryption for the hour's intervals)."""
     groups: dict[tuple[str, int], list[StoredReading]] = {}
     for r in readings:
         _check(r, nsquare)
-        groups.setdefault((r.feeder, r.interval_start), []).append(r)
+        start = r.interval_start if cell_s is None else r.interval_start - r.interval_start % cell_s
+        groups.setdefault((r.feeder, start), []).append(r)
     out = []
     for (feeder, start), rs in sorted(groups.items()):
         per_meter = Counter(r.meter_id for r in rs)
+        per_interval = Counter((r.meter_id, r.interval_start) for r in rs)
         lens = Counter(r.interval_len for r in rs)
+        reading_len = lens.most_common(1)[0][0]
         out.append(FeederCell(
-            feeder=feeder, interval_start=start, interval_len=lens.most_common(1)[0][0],
+            feeder=feeder, interval_start=start, interval_len=reading_len if cell_s is None else cell_s,
             ciphertext=hom_sum((r.ciphertext for r in rs), nsquare), readings=len(rs),
-            contributors=len(per_meter), max_per_meter=max(per_meter.values()),
+            contributors=len(per_meter), max_per_meter=max(per_interval.values()),
             dp_params=tuple(sorted({(r.epsilon_milli, r.clamp_wh, r.m) for r in rs})),
             members_digest=contributor_digest((r.meter_id, r.counter) for r in rs),
+            reading_len=reading_len, mixed_lengths=len(lens) > 1 or (cell_s is not None and cell_s % reading_len != 0),
         ))
     return out
 

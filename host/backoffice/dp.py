@@ -1,238 +1,194 @@
-"""Differential-privacy maths and the privacy-spend ledger on the host side.
+"""Differential-privacy maths on the host: calibration, tight accounting per household-day, bounds.
 
-Why here and not in the decryption role: the role enforces policy; this module
-says what a release costs and what it guarantees, from the DP parameters every stored reading
-carries (epsilon_milli, clamp_wh, m). docs/PRIVACY.md explains the numbers.
+Why here and not in the decryption role: the role enforces policy; this module says what a release
+costs and what it guarantees, from the DP parameters every stored reading carries (epsilon_milli,
+clamp_wh, m). docs/PRIVACY.md states the guarantee in words.
 
-Mechanism (firmware/meter/privacy.py): with a = exp(-epsilon / clamp_wh), every meter adds
-NB(1/m, a) - NB(1/m, a). The sum of n such shares is NB(n/m, a) - NB(n/m, a) (Polya difference):
-exactly discrete Laplace DL(a) when n = m, DL plus extra noise when n > m, and *less* than DL when
-n < m (then the guarantee weakens; `effective_epsilon` measures by how much). One reading changes a
-feeder sum by at most clamp_wh, so a released sum is epsilon-DP for that reading (event level).
+Unit of privacy: the household-day. Two datasets are neighbours if one household's readings of one
+UTC day differ arbitrarily; each reading is clamped to [0, clamp_wh] on the meter and a meter seals
+one reading per interval, so the day moves the day's interval sums by at most clamp_wh each (L2
+sensitivity sqrt(96) clamp_wh over a day of 15-minute intervals). Any release built from those sums
+(hourly sums, daily totals) is post-processing of them, so an hour costs what its four quarters cost.
+
+Mechanism (firmware/meter/privacy.py): every meter adds N_Z(0, v) (discrete Gaussian) to each clamped
+reading, v = ceil(V / m) where V is the smallest integer variance of one interval sum that makes a
+household-day (epsilon, delta)-DP. A sum over h honest meters carries noise N_Z(0, h v) up to a
+divergence tau(v, h) (Kairouz, Liu, Steinke 2021, sums of discrete Gaussians), negligible for v >= 4.
+With a fraction gamma of the feeder colluding (or dummy meters), their shares are known and only
+the honest ones count: provisioning sets m = ceil((1 - gamma) n) so that honest shares still make V.
+
+Accounting: privacy loss distributions of the discrete Gaussian (Google's dp-accounting), one per
+released cell (k intervals summed, honest noise variance), composed over the cells of a day.
 
 Interface:
-- ``dl_a``, ``dl_variance``, ``dl_mean_abs``, ``share_variance``, ``sum_variance``, ``local_variance``,
-  ``share_zero_probability``: closed forms.
-- ``polya_difference_pmf(r, a, half_width)``, ``effective_epsilon(epsilon, clamp_wh, m, n)``: exact pmf
-  of the sum of n shares and its pure-DP privacy loss.
-- ``compose(epsilon, k, delta)`` -> Composition (basic, advanced, zCDP) over k readings;
-  ``READINGS_PER_DAY``.
+- ``calibrate_total_variance(epsilon, clamp_wh, interval_s, delta)``, ``share_variance(...)`` (what
+  provisioning writes into a meter's config as dp.noise_var), ``fallback_share_variance(...)`` (what
+  a meter without dp.noise_var uses: never less noise), ``honest_m(n, gamma)``, ``colluders(n, gamma)``;
+- ``household_day_epsilon(clamp_wh, cells, delta)`` with cells = [(intervals, noise_var)];
+  ``day_epsilon(...)`` for a day of releases by parameters; ``zcdp_epsilon(...)`` (independent upper bound);
 - the largest share an honest meter draws (the gateway's bound on analytics values) is
-  ``meterveil.host.common.noise_bound.noise_share_bound``: it follows this mechanism, change both together.
-- ``ledger(conn, ..., released=...)`` -> list[FeederDay]: per feeder per UTC day, what the stored
-  readings would cost if released ("collected") and what releases spent ("released", folded from the
-  decryption role's signed audit log by ``meterveil.host.audit.ledger``).
+  ``meterveil.host.common.noise_bound.noise_share_bound``: it follows this mechanism, change both together;
+- ``analytics_value_bounds(epsilon_milli, clamp_wh, m, interval_s)`` -> (lo, hi): the values a MACed
+  reading frame may carry (clamp plus the largest share the sampler draws with probability above 1e-12);
+  defined in meterveil.host.common.noise_bound so the gateway can use it, re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-import sqlite3
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
-import numpy as np
+from meterveil.host.common.noise_bound import (  # noqa: F401 - re-exported: the frame bound lives in common
+    SHARE_TAIL,
+    analytics_value_bounds,
+    fallback_share_variance,
+    noise_share_bound,
+    share_tail_bound,
+)
 
 INTERVAL_S = 900
 READINGS_PER_DAY = 86400 // INTERVAL_S  # 96
 DEFAULT_DELTA = 1e-6
-MAX_PMF_WIDTH = 4_000_000
+DEFAULT_EPSILON_DAY = 1.0
+DEFAULT_GAMMA = 0.2
+PLD_DISCRETIZATION = 1e-4  # dp-accounting's pessimistic rounding of privacy-loss values
+MAX_TAU = 1e-9  # sums of shares must be this close to one discrete Gaussian for the accounting to hold
 
 
-# -- closed forms -----------------------------------------------------------------------------------
-def dl_a(epsilon: float, clamp_wh: int) -> float:
-    """Discrete Laplace parameter a = exp(-epsilon / clamp_wh)."""
-    if epsilon <= 0 or clamp_wh <= 0:
+
+def intervals_per_day(interval_s: int = INTERVAL_S) -> int:
+    if interval_s <= 0 or 86400 % interval_s:
+        raise ValueError(f"interval_s {interval_s} does not divide a day")
+    return 86400 // interval_s
+
+
+def honest_m(n: int, gamma: float = DEFAULT_GAMMA) -> int:
+    """Shares a sum must hold from honest meters when gamma of n may collude: ceil((1 - gamma) n)."""
+    if not 0 <= gamma < 1 or n < 1:
+        raise ValueError("need n >= 1 and 0 <= gamma < 1")
+    return max(1, math.ceil((1 - gamma) * n - 1e-9))
+
+
+def colluders(n: int, gamma: float = DEFAULT_GAMMA) -> int:
+    """How many of n meters the accounting assumes collude (their shares known): floor(gamma n)."""
+    return math.floor(gamma * n + 1e-9)
+
+
+# -- calibration -----------------------------------------------------------------------------------
+def _phi(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def gaussian_delta(sigma_over_sens: float, epsilon: float) -> float:
+    """Exact delta(epsilon) of the continuous Gaussian mechanism (Balle and Wang 2018)."""
+    s = sigma_over_sens
+    return _phi(1 / (2 * s) - epsilon * s) - math.exp(epsilon) * _phi(-1 / (2 * s) - epsilon * s)
+
+
+def gaussian_sigma(epsilon: float, delta: float) -> float:
+    """Smallest sigma/sensitivity with gaussian_delta <= delta (bisection)."""
+    lo, hi = 1e-3, 1e4
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if gaussian_delta(mid, epsilon) > delta:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+SIGMA_EXACT = 200.0  # below: the discrete Gaussian's own PLD; above: the continuous surrogate
+SURROGATE_MARGIN = 1.001  # discrete/continuous epsilon differ by < 4e-5 relative from sigma 43 on (tests)
+
+
+@lru_cache(maxsize=256)
+def _cell_pld(sigma: float, sensitivity: int):
+    """PLD of one released cell. The discrete Gaussian's PLD costs time linear in sigma (seconds at
+    the feeder scale); from SIGMA_EXACT on its privacy loss equals the continuous Gaussian's to
+    < 4e-5 relative (tests/test_dp.py measures it), so the continuous one is used and the composed
+    epsilon is multiplied by SURROGATE_MARGIN."""
+    from dp_accounting.pld import privacy_loss_distribution as pld
+
+    if sigma < SIGMA_EXACT:
+        return pld.from_discrete_gaussian_mechanism(sigma, sensitivity=sensitivity,
+                                                    value_discretization_interval=PLD_DISCRETIZATION)
+    return pld.from_gaussian_mechanism(sigma / sensitivity, sensitivity=1,
+                                       value_discretization_interval=PLD_DISCRETIZATION)
+
+
+def household_day_epsilon(clamp_wh: int, cells: Iterable[tuple[int, int]], delta: float = DEFAULT_DELTA) -> float:
+    """epsilon at `delta` of one household-day over released cells [(intervals summed, noise variance
+    of the cell from honest meters)], by PLD composition (dp-accounting, discrete Gaussian)."""
+    counts = Counter((int(k), int(var)) for k, var in cells)
+    if not counts:
+        return 0.0
+    total, margin = None, 1.0
+    for (k, var), count in sorted(counts.items()):
+        if var < 1:
+            return math.inf
+        if math.sqrt(var) >= SIGMA_EXACT:
+            margin = SURROGATE_MARGIN
+        p = _cell_pld(math.sqrt(var), k * clamp_wh).self_compose(count)
+        total = p if total is None else total.compose(p)
+    return margin * float(total.get_epsilon_for_delta(delta))
+
+
+def zcdp_epsilon(clamp_wh: int, cells: Iterable[tuple[int, int]], delta: float = DEFAULT_DELTA) -> float:
+    """Independent upper bound: discrete Gaussian is (sens^2 / 2 var)-zCDP (Canonne, Kamath, Steinke
+    2020); rho adds up; rho-zCDP gives (rho + 2 sqrt(rho ln(1/delta)), delta)-DP."""
+    rho = sum((k * clamp_wh) ** 2 / (2 * var) for k, var in cells)
+    return rho + 2 * math.sqrt(rho * math.log(1 / delta))
+
+
+@lru_cache(maxsize=256)
+def calibrate_total_variance(epsilon: float, clamp_wh: int, interval_s: int = INTERVAL_S,
+                             delta: float = DEFAULT_DELTA) -> int:
+    """Smallest integer variance V (Wh^2) of one interval's noise such that releasing every interval
+    sum of a household-day is (epsilon, delta)-DP by the PLD accountant (and so is any coarser
+    release built from them, e.g. hourly sums)."""
+    if epsilon <= 0 or clamp_wh < 1:
         raise ValueError("epsilon and clamp_wh must be positive")
-    return math.exp(-epsilon / clamp_wh)
+    n = intervals_per_day(interval_s)
+    ratio = gaussian_sigma(epsilon, delta)  # sigma / L2 sensitivity, continuous Gaussian
+    var = math.ceil((ratio * clamp_wh) ** 2 * n)
+    while household_day_epsilon(clamp_wh, [(1, var)] * n, delta) > epsilon:
+        var = math.ceil(var * 1.002)  # dp-accounting rounds pessimistically: a few steps at most
+    return var
 
 
-def dl_variance(epsilon: float, clamp_wh: int) -> float:
-    """Variance of DL(a): 2a / (1-a)^2 (Wh^2)."""
-    a = dl_a(epsilon, clamp_wh)
-    return 2 * a / (-math.expm1(-epsilon / clamp_wh)) ** 2
+def share_variance(epsilon: float, clamp_wh: int, m: int, interval_s: int = INTERVAL_S,
+                   delta: float = DEFAULT_DELTA) -> int:
+    """One meter's share variance v = ceil(V / m): m honest shares make at least V."""
+    if m < 1:
+        raise ValueError("m must be at least 1")
+    return -(-calibrate_total_variance(epsilon, clamp_wh, interval_s, delta) // m)
 
 
-def dl_mean_abs(epsilon: float, clamp_wh: int) -> float:
-    """E|X| of DL(a): 2a / ((1-a)(1+a)) (Wh)."""
-    a = dl_a(epsilon, clamp_wh)
-    return 2 * a / ((-math.expm1(-epsilon / clamp_wh)) * (1 + a))
+def sum_tau(share_var: int, h: int) -> float:
+    """KLS 2021: the sum of h N_Z(0, v) is within tau of N_Z(0, h v), tau = 10 sum_{k<h} e^{-2 pi^2 v k/(k+1)}."""
+    return 10 * sum(math.exp(-2 * math.pi ** 2 * share_var * k / (k + 1)) for k in range(1, min(h, 64)))
 
 
-def share_variance(epsilon: float, clamp_wh: int, m: int) -> float:
-    """Variance of one meter's share NB(1/m) - NB(1/m): the DL variance divided by m."""
-    return dl_variance(epsilon, clamp_wh) / m
+# -- a day of releases by parameters --------------------------------------------------------------
+@dataclass(frozen=True)
+class DayCells:
+    """Released cells of one feeder-day: per cell, intervals summed and honest shares (contributors
+    minus assumed colluders)."""
+
+    clamp_wh: int
+    share_var: int
+    cells: tuple[tuple[int, int], ...]  # (intervals, honest shares)
+
+    def noise_cells(self) -> list[tuple[int, int]]:
+        return [(k, k * h * self.share_var) for k, h in self.cells]
 
 
-def sum_variance(epsilon: float, clamp_wh: int, m: int, n: int) -> float:
-    """Variance of the sum of n shares calibrated for m: (n/m) times the DL variance."""
-    return n * share_variance(epsilon, clamp_wh, m)
-
-
-def local_variance(epsilon: float, clamp_wh: int, n: int) -> float:
-    """Variance of the sum when each of n meters adds a full DL draw (plain local DP)."""
-    return n * dl_variance(epsilon, clamp_wh)
-
-
-def share_zero_probability(epsilon: float, clamp_wh: int, m: int) -> float:
-    """Lower bound on P(share == 0): both NB(1/m) draws are 0, probability (1-a)^(2/m).
-
-    Why it matters: a single meter's analytics value equals its exact (clamped) reading with at least
-    this probability, so one meter's value must never be released; only sums over >= m meters are.
-    """
-    return math.exp((2.0 / m) * math.log(-math.expm1(-epsilon / clamp_wh)))
-
-
-# -- exact pmf and privacy loss of a sum of shares ------------------------------------------------
-def polya_difference_pmf(r: float, a: float, half_width: int) -> np.ndarray:
-    """pmf of NB(r, a) - NB(r, a) on [-half_width, half_width] (index half_width is 0).
-
-    NB(r, a) has pmf c_k (1-a)^r a^k with c_k = Gamma(k+r) / (Gamma(r) k!); the difference is the
-    autocorrelation of u_k = c_k a^k, computed by FFT over a support wide enough that the truncated
-    tail mass is below 1e-12 of the total.
-    """
-    if r <= 0 or not 0 < a < 1:
-        raise ValueError("need r > 0 and 0 < a < 1")
-    scale = 1.0 / (1.0 - a)
-    k_max = int(half_width + 30 * scale * max(1.0, r) + 64)
-    if k_max > MAX_PMF_WIDTH:
-        raise ValueError(f"support {k_max} too wide (clamp_wh/epsilon too large for the exact pmf)")
-    k = np.arange(k_max, dtype=np.float64)
-    step = np.log((k[1:] - 1 + r) / k[1:])
-    log_c = np.concatenate(([0.0], np.cumsum(step)))
-    log_u = log_c + k * math.log(a)
-    u = np.exp(log_u - log_u.max())
-    size = 1 << int(math.ceil(math.log2(2 * k_max)))
-    f = np.fft.rfft(u, size)
-    corr = np.fft.irfft(f * np.conj(f), size)[: half_width + 1]  # corr[z] = sum_y u[z+y] u[y]
-    pos = np.maximum(corr, 0.0) / u.sum() ** 2  # sum over all z of corr[z] is (sum u)^2
-    return np.concatenate((pos[:0:-1], pos))
-
-
-def effective_epsilon(epsilon: float, clamp_wh: int, m: int, n: int) -> float:
-    """Pure-DP privacy loss of one reading in a sum of n shares calibrated for m contributors.
-
-    For n >= m the sum is DL(a) plus independent noise, so the loss is at most epsilon (returned
-    exactly). For n < m it is max_z ln P(z) / P(z + clamp_wh) of the Polya difference with r = n/m,
-    evaluated numerically over the central region where the pmf is accurate (the pmf is symmetric
-    and decreasing in |z|, so the worst shift is the full clamp away from the mode; in the tails the
-    ratio tends to epsilon).
-    """
-    if n >= m:
-        return float(epsilon)
-    if n < 1:
+def day_epsilon(d: DayCells, delta: float = DEFAULT_DELTA) -> float:
+    if any(h < 1 for _, h in d.cells):
         return math.inf
-    a = dl_a(epsilon, clamp_wh)
-    scale = 1.0 / (1.0 - a)
-    width = int(clamp_wh + 8 * scale) + 1
-    pmf = polya_difference_pmf(n / m, a, width)[width:]  # z >= 0
-    ok = pmf > pmf[0] * 1e-9
-    z = np.arange(len(pmf) - clamp_wh)
-    good = ok[z + clamp_wh]
-    with np.errstate(divide="ignore"):
-        ratio = np.log(pmf[z[good]]) - np.log(pmf[z[good] + clamp_wh])
-    return float(max(epsilon, ratio.max()))
-
-
-# -- composition ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Composition:
-    """Privacy of k epsilon-DP releases about the same household (sequential composition)."""
-
-    epsilon: float
-    k: int
-    delta: float
-    basic: float  # pure k*epsilon
-    advanced: float  # (advanced, delta): best of Dwork-Rothblum-Vadhan and zCDP conversion, <= basic
-
-    def as_dict(self) -> dict[str, float]:
-        return {"epsilon": self.epsilon, "k": self.k, "delta": self.delta, "basic": self.basic,
-                "advanced": self.advanced}
-
-
-def compose(epsilon: float, k: int, delta: float = DEFAULT_DELTA) -> Composition:
-    """Basic (pure) and advanced ((eps, delta)) composition of k epsilon-DP mechanisms.
-
-    DRV 2010: eps' = eps sqrt(2k ln(1/delta)) + k eps (e^eps - 1). zCDP (Bun-Steinke 2016): pure eps
-    implies eps^2/2-zCDP; k-fold gives rho = k eps^2/2 and (rho + 2 sqrt(rho ln(1/delta)), delta)-DP.
-    """
-    if k < 0 or not 0 < delta < 1:
-        raise ValueError("need k >= 0 and 0 < delta < 1")
-    basic = k * epsilon
-    drv = epsilon * math.sqrt(2 * k * math.log(1 / delta)) + k * epsilon * math.expm1(epsilon)
-    rho = k * epsilon * epsilon / 2
-    zcdp = rho + 2 * math.sqrt(rho * math.log(1 / delta))
-    return Composition(epsilon, k, delta, basic, min(basic, drv, zcdp))
-
-
-# -- the ledger ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FeederDay:
-    """Privacy spend of one feeder on one UTC day.
-
-    collected_epsilon: what releasing every stored interval would cost the most exposed household
-    (max over meters of the sum of its readings' epsilon); released_epsilon: what the decryption
-    role has spent (sum of released intervals' epsilon, each household contributes once per interval).
-    """
-
-    feeder: str
-    day: str
-    meters: int
-    readings: int
-    intervals: int
-    epsilon_values: tuple[float, ...]
-    m_max: int
-    intervals_below_m: int  # intervals with fewer distinct contributors than m: refused if queried
-    min_contributors: int
-    collected_epsilon: float
-    released_intervals: int
-    released_epsilon: float
-    daily_budget: float | None
-
-    @property
-    def remaining(self) -> float | None:
-        return None if self.daily_budget is None else self.daily_budget - self.released_epsilon
-
-    def as_dict(self) -> dict[str, object]:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["epsilon_values"] = list(self.epsilon_values)
-        d["remaining"] = self.remaining
-        return d
-
-
-_DAY = "date(interval_start, 'unixepoch')"
-
-
-def ledger(conn: sqlite3.Connection, *, feeder: str | None = None, daily_budget: float | None = None,
-           released: dict[tuple[str, str], tuple[int, float]] | None = None) -> list[FeederDay]:
-    """Per feeder per UTC day spend, from the readings' DP parameters and `released`
-    ((feeder, day) -> (intervals, epsilon), folded from the decryption role's audit log)."""
-    where, args = ("WHERE feeder=?", (feeder,)) if feeder else ("", ())
-    base = {}
-    for f, day, meters, readings, intervals, eps_list, m_max in conn.execute(
-        f"SELECT feeder, {_DAY}, COUNT(DISTINCT meter_id), COUNT(*), COUNT(DISTINCT interval_start), "
-        f"GROUP_CONCAT(DISTINCT epsilon_milli), MAX(m) FROM readings {where} GROUP BY 1, 2 ORDER BY 1, 2", args):
-        base[(f, day)] = [meters, readings, intervals,
-                          tuple(sorted(int(x) / 1000 for x in str(eps_list).split(","))), int(m_max)]
-    collected = {}
-    for f, day, spend in conn.execute(
-        f"SELECT feeder, day, MAX(s) FROM (SELECT feeder, {_DAY} AS day, meter_id, SUM(epsilon_milli) AS s "
-        f"FROM readings {where} GROUP BY 1, 2, 3) GROUP BY 1, 2", args):
-        collected[(f, day)] = int(spend) / 1000
-    below: dict[tuple[str, str], list[int]] = {}
-    for f, day, contributors, m in conn.execute(
-        f"SELECT feeder, {_DAY}, COUNT(DISTINCT meter_id), MAX(m) FROM readings {where} "
-        "GROUP BY feeder, interval_start", args):
-        b = below.setdefault((f, day), [0, 1 << 30])
-        b[0] += int(contributors < m)
-        b[1] = min(b[1], int(contributors))
-    released = {k: v for k, v in (released or {}).items() if feeder is None or k[0] == feeder}
-    out = []
-    for key in sorted(set(base) | set(released)):
-        meters, readings, intervals, eps, m_max = base.get(key, [0, 0, 0, (), 0])
-        n_rel, s_rel = released.get(key, (0, 0.0))
-        b = below.get(key, [0, 0])
-        out.append(FeederDay(feeder=key[0], day=key[1], meters=meters, readings=readings, intervals=intervals,
-                             epsilon_values=eps, m_max=m_max, intervals_below_m=b[0], min_contributors=b[1],
-                             collected_epsilon=collected.get(key, 0.0), released_intervals=n_rel,
-                             released_epsilon=s_rel, daily_budget=daily_budget))
-    return out
+    if d.cells and sum_tau(d.share_var, max(h for _, h in d.cells)) > MAX_TAU:
+        return math.inf  # shares too small for the sum to be a discrete Gaussian: no claim
+    return household_day_epsilon(d.clamp_wh, d.noise_cells(), delta)

@@ -1,16 +1,15 @@
-"""What the store's readings and the releases so far cost in privacy, per feeder per day.
+"""What the releases so far cost each household, per feeder per UTC day, and what the parameters buy.
 
-Why a separate module: `meterveil privacy-report` prints it, tests and the demo
-read the same dict. Nothing here needs a key: it reads only metadata (DP parameters, counts,
-contributors, the release ledger), never a ciphertext.
+Why a separate module: `meterveil privacy-report` prints it, tests and the demo read the same dict.
+Nothing here needs a key: it reads metadata (DP parameters, counts) from the store and the released
+cells folded from the decryption role's signed audit log, never a ciphertext.
 
-Interface: ``build_report(db_path, daily_budget=None, delta=1e-6) -> dict`` (JSON-ready) and
-``format_report(report) -> str``.
+Interface: ``build_report(db_path, released=None, daily_budget=None, delta=1e-6, gamma=0.2) -> dict``
+(JSON-ready; `released` = Ledger.released_cells()) and ``format_report(report) -> str``.
 """
 
 from __future__ import annotations
 
-import calendar
 import math
 import sqlite3
 from pathlib import Path
@@ -18,122 +17,91 @@ from typing import Any
 
 from meterveil.host.backoffice import dp
 
+GUARANTEE = (
+    "Unit of privacy: the household-day. For every feeder and UTC day, epsilon_spent bounds (at delta) how "
+    "much the released feeder sums can tell about any one household's readings of that day (all of them, "
+    "each moved by up to clamp_wh), assuming up to gamma of the feeder's frozen households collude or are "
+    "dummies; epsilon_nominal assumes none does. Days compose: k days of one household cost at most the sum. "
+    "Bills are exact by design (never finer than a week, per band) and not covered; see docs/PRIVACY.md.")
 
-def _params(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Distinct (feeder, epsilon, clamp, m) with what they imply for one released interval."""
+
+def _params(conn: sqlite3.Connection, delta: float, gamma: float) -> list[dict[str, Any]]:
     out = []
-    for feeder, eps_milli, clamp, m, meters in conn.execute(
-            "SELECT feeder, epsilon_milli, clamp_wh, m, COUNT(DISTINCT meter_id) FROM readings "
-            "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"):
+    for feeder, eps_milli, clamp, m, ilen, meters in conn.execute(
+            "SELECT feeder, epsilon_milli, clamp_wh, m, interval_len, COUNT(DISTINCT meter_id) FROM readings "
+            "GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5"):
         eps = eps_milli / 1000
-        day = dp.compose(eps, dp.READINGS_PER_DAY)
-        month = dp.compose(eps, dp.READINGS_PER_DAY * 30)
+        v = dp.share_variance(eps, clamp, m, ilen, delta)
+        per_hour = 3600 // ilen
+        n = max(meters, m)
+        bad = dp.colluders(n, gamma)
+        full_day = [(per_hour, per_hour * (n - bad) * v)] * 24
         out.append({
-            "feeder": feeder, "epsilon": eps, "clamp_wh": clamp, "m": m, "meters": meters,
-            "noise_std_wh_at_m": round(math.sqrt(dp.dl_variance(eps, clamp)), 1),
-            "noise_std_wh_all_meters": round(math.sqrt(dp.sum_variance(eps, clamp, m, max(meters, m))), 1),
-            "epsilon_per_day": {"basic": round(day.basic, 3), "advanced": round(day.advanced, 3), "delta": day.delta},
-            "epsilon_per_30_days": {"basic": round(month.basic, 3), "advanced": round(month.advanced, 3),
-                                    "delta": month.delta},
-            "single_value_exact_probability": round(dp.share_zero_probability(eps, clamp, m), 4),
-            "effective_epsilon_one_meter": _eff(eps, clamp, m, 1),
+            "feeder": feeder, "epsilon_target": eps, "clamp_wh": clamp, "m": m, "meters": meters,
+            "interval_s": ilen, "share_variance": v,
+            "hourly_noise_sd_wh": round(math.sqrt(per_hour * n * v), 1),
+            "day_epsilon_all_hours_gamma": round(dp.household_day_epsilon(clamp, full_day, delta), 4),
+            "m_for_gamma": dp.honest_m(n, gamma),
         })
     return out
 
 
-def _eff(eps: float, clamp: int, m: int, n: int) -> float | None:
-    try:
-        return round(dp.effective_epsilon(eps, clamp, m, n), 3)
-    except ValueError:  # support too wide for the exact pmf
-        return None
-
-
-def _meter_status(conn: sqlite3.Connection) -> dict[str, Any]:
-    """Meters' own spend counters from their latest status frames (dp_spend_milli, readings_today)."""
-    import json
-
-    try:
-        rows = conn.execute("SELECT status_json FROM meter_status").fetchall()
-    except sqlite3.OperationalError:
-        return {"meters": 0}
-    spends = [json.loads(r[0]).get("dp_spend_milli", 0) / 1000 for r in rows]
-    return {"meters": len(spends), "max_dp_spend_today": max(spends, default=0.0)}
-
-
-def build_report(db_path: str | Path, daily_budget: float | None = None, delta: float = dp.DEFAULT_DELTA,
-                 released: dict[tuple[str, str], tuple[int, float]] | None = None) -> dict[str, Any]:
-    """The privacy report for one store (read-only); `released` is what the decryption role's audit
-    log says was released ((feeder, UTC day) -> (intervals, epsilon); none if not given)."""
+def build_report(db_path: str | Path, released: dict[tuple[str, str], list[Any]] | None = None,
+                 daily_budget: float | None = None, delta: float = dp.DEFAULT_DELTA,
+                 gamma: float = dp.DEFAULT_GAMMA) -> dict[str, Any]:
+    """The privacy report for one store (read-only) and the released cells per (feeder, UTC day)."""
     p = Path(db_path)
     if not p.exists():
         raise FileNotFoundError(f"store {p} does not exist")
     conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
     try:
-        days = dp.ledger(conn, daily_budget=daily_budget, released=released)
-        params = _params(conn)
-        status = _meter_status(conn)
+        params = _params(conn, delta, gamma)
+        days = {(f, d): (meters, readings) for f, d, meters, readings in conn.execute(
+            "SELECT feeder, date(interval_start, 'unixepoch'), COUNT(DISTINCT meter_id), COUNT(*) "
+            "FROM readings GROUP BY 1, 2 ORDER BY 1, 2")}
     finally:
         conn.close()
+    released = released or {}
+    budget = dp.DEFAULT_EPSILON_DAY if daily_budget is None else daily_budget
     rows = []
-    for d in days:
-        row = d.as_dict()
-        eps = max(d.epsilon_values, default=0.0)
-        row["released_advanced"] = round(dp.compose(eps, d.released_intervals, delta).advanced, 3) if eps else 0.0
-        if d.intervals_below_m and eps and d.min_contributors >= 1:
-            clamp = next((q["clamp_wh"] for q in params if q["feeder"] == d.feeder), None)
-            row["effective_epsilon_at_min_contributors"] = (
-                _eff(eps, clamp, d.m_max, d.min_contributors) if clamp else None)
-        rows.append(row)
-    months: dict[tuple[str, str], float] = {}
-    for d in days:
-        key = (d.feeder, d.day[:7])
-        months[key] = months.get(key, 0.0) + d.released_epsilon
-    return {
-        "delta": delta, "daily_budget": daily_budget, "readings_per_day": dp.READINGS_PER_DAY,
-        "parameters": params, "feeder_days": rows,
-        "released_per_month": [{"feeder": f, "month": mo, "released_epsilon": round(v, 3),
-                                "days_in_month": calendar.monthrange(int(mo[:4]), int(mo[5:7]))[1]}
-                               for (f, mo), v in sorted(months.items())],
-        "meter_status": status,
-        "guarantee": ("event-level: each released feeder interval is epsilon-DP for any one household's reading "
-                      "(changed by up to clamp_wh) when >= m meters contributed; a household's readings compose "
-                      "across released intervals (column released_epsilon per day). Bills are exact by design "
-                      "and not covered. See docs/PRIVACY.md."),
-    }
+    for key in sorted(set(days) | set(released)):
+        cells = released.get(key, [])
+        meters, readings = days.get(key, (0, 0))
+        clamp = max((c.clamp_wh for c in cells), default=0)
+        spent = dp.household_day_epsilon(clamp, [(c.intervals, c.noise_var) for c in cells], delta) if cells else 0.0
+        nominal = dp.household_day_epsilon(
+            clamp, [(c.intervals, c.noise_var_nominal) for c in cells], delta) if cells else 0.0
+        rows.append({"feeder": key[0], "day": key[1], "meters": meters, "readings": readings,
+                     "released_cells": len(cells), "released_intervals": sum(c.intervals for c in cells),
+                     "cell_lengths_s": sorted({c.cell_len for c in cells}),
+                     "epsilon_spent": round(spent, 4), "epsilon_nominal": round(nominal, 4),
+                     "budget": budget, "remaining": round(budget - spent, 4)})
+    return {"delta": delta, "gamma": gamma, "daily_budget": budget, "parameters": params,
+            "feeder_days": rows, "guarantee": GUARANTEE}
 
 
 def format_report(rep: dict[str, Any]) -> str:
     """Readable tables (pandas) for the terminal."""
     import pandas as pd
 
-    lines = ["DP parameters per feeder (one released interval):"]
+    lines = [f"DP parameters per feeder (delta={rep['delta']:g}, gamma={rep['gamma']:g} colluding):"]
     if rep["parameters"]:
         t = pd.DataFrame([{
-            "feeder": q["feeder"], "eps": q["epsilon"], "clamp_wh": q["clamp_wh"], "m": q["m"], "meters": q["meters"],
-            "noise_sd_wh": q["noise_std_wh_at_m"], "eps/day basic": q["epsilon_per_day"]["basic"],
-            f"eps/day adv (d={rep['delta']:g})": q["epsilon_per_day"]["advanced"],
-            "1-meter exact p": q["single_value_exact_probability"],
-            "1-meter eps": q["effective_epsilon_one_meter"]} for q in rep["parameters"]])
+            "feeder": q["feeder"], "eps/day target": q["epsilon_target"], "clamp_wh": q["clamp_wh"], "m": q["m"],
+            "meters": q["meters"], "share_var": q["share_variance"], "hour_noise_sd_wh": q["hourly_noise_sd_wh"],
+            "eps/day all hours": q["day_epsilon_all_hours_gamma"], "m for gamma": q["m_for_gamma"]}
+            for q in rep["parameters"]])
         lines.append(t.to_string(index=False))
     else:
         lines.append("  (no readings)")
     lines.append("")
-    budget = rep["daily_budget"]
-    lines.append("Spend per feeder per UTC day (collected = if every stored interval were released; "
-                 f"released = spent by the decryption role; budget = {budget if budget is not None else 'none'}):")
+    lines.append(f"Household-day epsilon spent per feeder per UTC day (budget {rep['daily_budget']:g}):")
     if rep["feeder_days"]:
         t = pd.DataFrame([{
-            "feeder": r["feeder"], "day": r["day"], "meters": r["meters"], "intervals": r["intervals"],
-            "below_m": r["intervals_below_m"], "min_contrib": r["min_contributors"], "m": r["m_max"],
-            "collected_eps": round(r["collected_epsilon"], 3), "released": r["released_intervals"],
-            "released_eps": round(r["released_epsilon"], 3), "released_adv": r["released_advanced"],
-            "remaining": "" if r["remaining"] is None else round(r["remaining"], 3)} for r in rep["feeder_days"]])
+            "feeder": r["feeder"], "day": r["day"], "meters": r["meters"], "released cells": r["released_cells"],
+            "intervals": r["released_intervals"], f"eps (gamma={rep['gamma']:g})": r["epsilon_spent"],
+            "eps (no collusion)": r["epsilon_nominal"], "remaining": r["remaining"]} for r in rep["feeder_days"]])
         lines.append(t.to_string(index=False))
-        below = [r for r in rep["feeder_days"] if r["intervals_below_m"]]
-        for r in below:
-            lines.append(f"  {r['feeder']} {r['day']}: {r['intervals_below_m']} intervals had < m={r['m_max']} "
-                         f"contributors (refused if queried; had they been released with {r['min_contributors']}, "
-                         f"epsilon would be {r.get('effective_epsilon_at_min_contributors')})")
     else:
         lines.append("  (none)")
     lines.append("")

@@ -2,15 +2,18 @@
 
 Why one function: the gateway accepts a MACed reading's analytics value only within
 [-B, clamp_wh + B], so a compromised meter moves a feeder sum no further than an honest share could;
-the bound must follow the sampler (firmware/meter/privacy.py) exactly, and changes with it.
+the bound must follow the sampler (firmware/meter/privacy.py) exactly, and changes with it. Here
+because the gateway may not import the back office; host/backoffice/dp.py re-exports it.
 
-Sampler: one meter's share is S = X - Y with X, Y independent NB(r, a), r = 1/m, a = exp(-eps/clamp)
-(host/backoffice/dp.py). For r <= 1 the NB pmf ratio p(k+1)/p(k) = a (k + r)/(k + 1) is at most a,
-so for every B and y >= 0: P(X > B + y) <= a^y P(X > B), and P(X > B) <= p(B+1) / (1 - a). Hence
-P(S > B) = E[P(X > B + Y)] <= P(X > B) E[a^Y] = P(X > B) (1 + a)^-r (the NB generating function at a),
-and by symmetry P(|S| > B) <= 2 p(B+1) (1 + a)^-r / (1 - a). The bound is the smallest B where this
-is at most SHARE_TAIL; the geometric step is tight within a few per cent at B of ~28 noise scales, so B
-sits within a fraction of one scale (clamp/eps) of the exact quantile.
+Sampler: one meter's share is N_Z(0, v), a discrete Gaussian, with v its provisioned share variance
+(dp.share_variance) or, without one, ``fallback_share_variance`` below, which is never smaller
+(tests/test_dp.py). N_Z(0, v) is subgaussian with variance proxy v (Canonne, Kamath, Steinke 2020),
+so P(|S| > t) <= 2 exp(-t^2 / 2v); B = ceil(sqrt(2 v ln(2 / tail))) for the fallback variance covers
+both (about 7.4 standard deviations at tail 1e-12).
+
+Interface: ``noise_share_bound(epsilon_milli, clamp_wh, m, tail=SHARE_TAIL, interval_s=900) -> int``,
+``fallback_share_variance(epsilon_milli, clamp_wh, m, interval_s=900) -> int`` (the same integers as
+the firmware), ``share_tail_bound(share_var, tail) -> int``, ``analytics_value_bounds(...) -> (lo, hi)``.
 """
 
 from __future__ import annotations
@@ -20,35 +23,43 @@ from functools import lru_cache
 
 # An honest share falls outside [-B, B] with probability at most this (per reading).
 SHARE_TAIL = 1e-12
+_DELTA_LN_FP = 13815510557964  # ln(1e6) * 1e12 rounded down (smaller ln(1/delta): more noise)
+_FP = 10 ** 12
 
 
-def _log_tail_bound(b: int, r: float, log_a: float, log_q: float) -> float:
-    """ln of 2 p(b+1) (1+a)^-r / (1-a) for NB(r, a); log_q = ln(1 - a)."""
-    k = b + 1
-    log_pk = math.lgamma(k + r) - math.lgamma(r) - math.lgamma(k + 1) + r * log_q + k * log_a
-    return math.log(2.0) + log_pk - r * math.log1p(math.exp(log_a)) - log_q
+def fallback_share_variance(epsilon_milli: int, clamp_wh: int, m: int, interval_s: int = 900) -> int:
+    """rho-zCDP calibration of a household-day (86400 / interval_s readings, each moved by up to
+    clamp_wh), rho = (sqrt(L + eps) - sqrt(L))^2, L = ln(1e6), in integers; divided among m shares."""
+    n = 86400 // interval_s
+    a = math.isqrt((_DELTA_LN_FP + epsilon_milli * 10 ** 9) * _FP)
+    b = math.isqrt(_DELTA_LN_FP * _FP) + 1
+    root = a - b
+    num = n * clamp_wh * clamp_wh * _FP * _FP
+    den = 2 * root * root * m
+    return -(-num // den)
+
+
+def share_tail_bound(share_var: int, tail: float = SHARE_TAIL) -> int:
+    """B with P(|N_Z(0, v)| > B) <= tail."""
+    return math.ceil(math.sqrt(2 * share_var * math.log(2 / tail)))
 
 
 @lru_cache(maxsize=256)
-def noise_share_bound(epsilon_milli: int, clamp_wh: int, m: int, tail: float = SHARE_TAIL) -> int:
-    """Smallest B (Wh) with P(|share| > B) <= `tail` for a meter configured with (epsilon_milli, clamp_wh, m)."""
+def noise_share_bound(epsilon_milli: int, clamp_wh: int, m: int, tail: float = SHARE_TAIL,
+                      interval_s: int = 900) -> int:
+    """Smallest-known B (Wh) with P(|share| > B) <= `tail` for a meter configured with
+    (epsilon_milli, clamp_wh, m), whichever of its two variances it runs."""
     if epsilon_milli <= 0 or clamp_wh <= 0 or m < 1:
         raise ValueError("need epsilon_milli > 0, clamp_wh > 0 and m >= 1")
     if not 0 < tail < 1:
         raise ValueError("tail must be in (0, 1)")
-    r = 1.0 / m
-    log_a = -epsilon_milli / (1000.0 * clamp_wh)
-    log_q = math.log(-math.expm1(log_a))
-    target = math.log(tail)
-    if _log_tail_bound(0, r, log_a, log_q) <= target:
-        return 0
-    lo, hi = 0, 1  # invariant: bound(lo) > target; the pmf decreases, so the bound does too
-    while _log_tail_bound(hi, r, log_a, log_q) > target:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if _log_tail_bound(mid, r, log_a, log_q) > target:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    if interval_s <= 0 or 86400 % interval_s:
+        interval_s = 900
+    return share_tail_bound(fallback_share_variance(epsilon_milli, clamp_wh, m, interval_s), tail)
+
+
+def analytics_value_bounds(epsilon_milli: int, clamp_wh: int, m: int, interval_s: int = 900,
+                           tail: float = SHARE_TAIL) -> tuple[int, int]:
+    """(lo, hi): the analytics values a reading frame with these DP parameters may carry."""
+    b = noise_share_bound(epsilon_milli, clamp_wh, m, tail, interval_s)
+    return -b, clamp_wh + b

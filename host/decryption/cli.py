@@ -67,14 +67,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.epilog = "Exit status: 0 ok, 2 bad input or policy error, 3 some households refused by policy (audited)."
     b.set_defaults(func=bill_cmd)
 
-    f = sub.add_parser("feeder-load", help="decrypt DP feeder sums per interval (>= m contributors)")
+    f = sub.add_parser("feeder-load", help="decrypt DP feeder sums per hour (or interval) within the "
+                                           "household-day budget")
     common(f)
     f.add_argument("--feeder", required=True)
     f.add_argument("--from", dest="t_from", required=True, type=parse_time, help="ISO time (UTC if naive)")
     f.add_argument("--to", dest="t_to", required=True, type=parse_time, help="ISO time, exclusive")
     f.add_argument("--out", required=True, help="CSV")
     f.add_argument("--daily-budget", type=Decimal, default=None,
-                   help="refuse releases beyond this epsilon per feeder per UTC day")
+                   help="epsilon per household-day (default: the last one set, else 1)")
+    f.add_argument("--release", choices=("hour", "quarter"), default="hour",
+                   help="hourly sums (default: one decryption per hour) or every 15-minute interval "
+                        "(same budget per reading, each value four times noisier relative to its size)")
+    f.add_argument("--gamma", type=float, default=None,
+                   help="fraction of the feeder's meters assumed colluding (default 0.2)")
     f.epilog = ("Exit status: 0 ok, 2 bad input (unknown feeder, paths, keys) or policy error, "
                 "3 some intervals refused by policy (audited; in the CSV with the reason).")
     f.set_defaults(func=feeder_load_cmd)
@@ -94,7 +100,8 @@ def _load_registry(path: str):
         raise InputError(f"--registry {p}: {e}") from None
 
 
-def _role(args: argparse.Namespace, daily_budget_milli: int | None = None, feeder: str | None = None):
+def _role(args: argparse.Namespace, daily_budget_milli: int | None = None, feeder: str | None = None,
+          **policy_args):
     """Open the store (read only, never created here), then the decryption role, after checking every
     input, so nothing is decrypted or audited for a command that would fail on its inputs anyway."""
     from meterveil.host.decryption.policy import Policy
@@ -108,7 +115,8 @@ def _role(args: argparse.Namespace, daily_budget_milli: int | None = None, feede
         if feeder is not None and feeder not in (registered := registry.feeders()):
             raise InputError(f"feeder {feeder} is not in the registry {args.registry}; registered feeders: "
                              f"{', '.join(sorted(registered)) or 'none'}")
-        policy = Policy.from_registry(registry, k_min=args.k_min, daily_budget_milli=daily_budget_milli)
+        policy = Policy.from_registry(registry, k_min=args.k_min, daily_budget_milli=daily_budget_milli,
+                                      **policy_args)
         if getattr(args, "out", None):
             prepare_output(args.out)
         role = open_role(args.role_dir, args.actor or getpass.getuser(), policy, registry)
@@ -210,7 +218,10 @@ def run_feeder_load(args: argparse.Namespace):
     from meterveil.host.decryption.session import close_role
 
     budget = None if args.daily_budget is None else int(args.daily_budget * 1000)
-    store, role, _ = _role(args, budget, feeder=args.feeder)
+    extra = {"release_s": 3600 if getattr(args, "release", "hour") == "hour" else 900}
+    if getattr(args, "gamma", None) is not None:
+        extra["gamma"] = args.gamma
+    store, role, _ = _role(args, budget, feeder=args.feeder, **extra)
     try:
         return role.feeder_load(store, args.feeder, args.t_from, args.t_to)
     finally:

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from meterveil.host.common.noise_bound import analytics_value_bounds
 from meterveil.host.common.registry import rated_max_wh
-
-# Same bound as the gateway's per-reading check: |noise| > 64 * clamp/epsilon has probability ~e^-64.
-NOISE_BOUND_SCALES = 64
 
 
 def bill_problem(total_wh: int, period_s: int, attributes: dict[str, Any]) -> str | None:
@@ -33,10 +31,12 @@ def bill_problem(total_wh: int, period_s: int, attributes: dict[str, Any]) -> st
     return None
 
 
-def feeder_problem(analytics_sum_wh: int, readings: int, epsilon_milli: int, clamp_wh: int) -> str | None:
-    """None, or why a feeder's DP analytics sum of `readings` clamped-and-noised values is impossible."""
-    noise = NOISE_BOUND_SCALES * clamp_wh * 1000 // max(1, epsilon_milli) + 1
-    lo, hi = -readings * noise, readings * (clamp_wh + noise)
+def feeder_problem(analytics_sum_wh: int, readings: int, epsilon_milli: int, clamp_wh: int, m: int,
+                   interval_s: int = 900) -> str | None:
+    """None, or why a feeder's DP analytics sum of `readings` clamped-and-noised values is impossible.
+    Each value is bounded as the gateway bounds one reading in proxy mode (host/common/noise_bound.py)."""
+    one_lo, one_hi = analytics_value_bounds(epsilon_milli, clamp_wh, m, interval_s)
+    lo, hi = readings * one_lo, readings * one_hi
     if not lo <= analytics_sum_wh <= hi:
         return f"outside [{lo}, {hi}] Wh for {readings} readings clamped at {clamp_wh} Wh plus noise"
     return None

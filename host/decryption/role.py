@@ -4,22 +4,23 @@ Why the role computes its own sums: its public methods take the store and a quer
 a calendar month, feeder load for a time range), never a bare ciphertext, so no caller can have it
 decrypt one reading dressed up as a sum. Policy (policy.py):
 
-- bills: per household, per tariff band, per whole billing period (a calendar month in the tariff's
-  zone); the analytics slot is masked before decryption. At most `max_bands` cells in the common
-  refinement of every band partition ever decrypted for that household and period: billing the same
-  month again with other bands (a "spy" tariff per hour) would otherwise reveal the daily routine by
-  differences. Coarser re-queries (a flat total after a ToU bill) add nothing and pass; a re-bill
-  of the same period over a shifted window (a tariff in another time zone) is refused;
-- feeder loads: per feeder per interval, only with contributors >= m, where
-  m = max(k_min, the largest m provisioned for a meter on that feeder, the largest m the readings
-  carry); one reading per meter; one set of DP parameters; the billing slot is masked before
-  decryption (packing.blind_slot: the mask is drawn and forgotten inside, so the exact billing sum
-  never exists in this process). Which meters make a feeder comes from the registry, frozen per
-  month the first time the feeder is released in it (an audit entry), never from a column the
-  ingest side writes;
-- optional daily DP budget per feeder (UTC day of the interval start): releasing an interval spends
-  its epsilon once; re-releasing the same contributor set is free (same value, post-processing), a
-  different contributor set for an already released interval is refused (differencing attack).
+- bills: per household, per tariff band, over [period start, end): the whole calendar month in the
+  tariff's zone once it has ended, before that only up to a fixed cut date (policy.cut_days, >= 7
+  days apart); every band on >= 7 local days of every segment between possible bill ends; none or
+  >= min_band_readings readings per band in the bill and in its difference with each neighbouring
+  billed window; a billed window again only over the same readings. The analytics slot is masked
+  before decryption. At most `max_bands` cells in the common refinement of every band partition
+  decrypted for that household and period (a "spy" tariff per hour), no shifted windows;
+- feeder loads: per feeder per release cell (an hour by default: one decryption of the hour's
+  intervals; 15 minutes as an option), only with contributors >= m (max of k_min and the provisioned
+  and carried m) and >= k_min households beyond the gamma assumed colluding; one meter per household
+  and one reading per meter per interval; one set of DP parameters; the billing slot is masked before
+  decryption (packing.blind_slot). Membership comes from the registry, frozen per month the first
+  time the feeder is released in it (an audit entry), never from a column the ingest side writes;
+- household-day budget (default epsilon 1 at delta 1e-6): before each cell the household-day epsilon
+  of the feeder-day with it (PLD accounting, host/backoffice/dp.py, honest shares only) must stay
+  within the budget; re-releasing the same contributor set is free, a different set or a cell
+  overlapping a released one of another length is refused (differencing).
 
 Every decryption and every refusal appends a signed audit entry; the ledger those checks read is
 folded from the verified audit log (ledger.py), under an exclusive lock per decision, so two
@@ -31,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -44,7 +46,8 @@ from phe import paillier
 
 from meterveil.host.audit import anchors
 from meterveil.host.audit.chain import AuditError, AuditLog, result_digest
-from meterveil.host.audit.ledger import Ledger, utc_month
+from meterveil.host.audit.ledger import BilledWindow, Ledger, utc_month
+from meterveil.host.backoffice import dp
 from meterveil.host.backoffice.aggregate import FeederCell, HouseholdSums, billing_sums, feeder_sums
 from meterveil.host.backoffice.billing import expected_intervals as count_expected
 from meterveil.host.backoffice.tariff import Tariff
@@ -52,7 +55,7 @@ from meterveil.host.common import packing
 from meterveil.host.common.files import open_private_append
 from meterveil.host.common.registry import MeterRegistry
 from meterveil.host.decryption import plausible
-from meterveil.host.decryption.policy import Policy, PolicyError
+from meterveil.host.decryption.policy import DEFAULT_DAILY_BUDGET_MILLI, MIN_SEGMENT_DAYS, Policy, PolicyError
 from meterveil.host.store.base import Store, StoredReading
 
 _SLOT_S = 900  # band partitions are compared on the period's 15-minute slots (local hours align to them)
@@ -187,10 +190,13 @@ class DecryptionRole:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _settle_budget(self, given: int | None) -> int | None:
-        """The daily budget lives in the ledger: a session without --daily-budget keeps the last one set."""
+    def _settle_budget(self, given: int | None) -> int:
+        """The daily budget lives in the ledger: a session without --daily-budget keeps the last one set
+        (the policy default, epsilon 1 per household-day, if none ever was)."""
         stored = self.ledger.daily_budget_milli
-        if given is None or given == stored:
+        if given is None:
+            return DEFAULT_DAILY_BUDGET_MILLI if stored is None else stored
+        if given == stored:
             return stored
         self.record("policy", {"daily_budget_milli": given, "previous": stored}, "allow", "daily DP budget set")
         return given
@@ -228,15 +234,14 @@ class DecryptionRole:
     # -- bills --------------------------------------------------------------------------------
     def household_totals(self, store: Store, tariff: Tariff, period: str,
                          meter_ids: Iterable[str] = (), as_of: float | None = None) -> list[HouseholdTotals]:
-        """Decrypted Wh per band for every household with readings in the period (plus `meter_ids`).
+        """Decrypted Wh per band for every household with readings in the bill window (plus `meter_ids`).
 
-        Households the partition policy refuses are audited, left out of the result and listed in
-        `self.refusals` as (meter_id, reason).
+        The window: the whole period once it has ended (`as_of`, default now, at or after its end);
+        before that, an interim bill over [period start, latest cut date), cut dates being the
+        policy's fixed local days of the month (>= 7 days apart). Households the policy refuses are
+        audited, left out of the result and listed in `self.refusals` as (meter_id, reason).
 
-        Missing intervals: once the period has ended (`as_of`, default now, at or after its end)
-        every slot of the period is expected. Before that, expected slots run to the end of the
-        latest interval stored by any meter in the period, so billing mid-month does not flag
-        intervals nobody could have sent yet.
+        Missing intervals: every slot of the window is expected once the window has ended.
         """
         t_from, t_to = tariff.period_bounds(period)  # raises on a malformed period
         self.refusals = []
@@ -245,29 +250,35 @@ class DecryptionRole:
                               f"max_bands={self.policy.max_bands}")
             raise PolicyError(f"tariff {tariff.name!r} has {len(tariff.bands)} bands; policy allows at most "
                               f"{self.policy.max_bands} (finer bands would expose the daily routine)")
-        last_end = [t_from]  # end of the latest interval seen, tracked while streaming the readings
-
-        def stream() -> Iterable[StoredReading]:
-            for r in store.iter_readings(t_from=t_from, t_to=t_to):
-                last_end[0] = max(last_end[0], r.interval_start + r.interval_len)
-                yield r
-
-        sums = billing_sums(stream(), self.public_key.nsquare, tariff.band_of, t_from, t_to, meter_ids)
-        closed = (time.time() if as_of is None else as_of) >= t_to
-        horizon = t_to if closed else min(t_to, last_end[0])
+        as_of_t = time.time() if as_of is None else as_of
+        closed = as_of_t >= t_to
+        cuts = self._cuts(tariff, period)
+        passed = [c for c in cuts if c <= as_of_t]
+        w_end = t_to if closed else (passed[-1] if passed else t_from)
+        window_reason = None if w_end > t_from else (
+            "refused: no interim bill before the first cut date (interim bills cover whole weeks up to "
+            "fixed cut dates); bill after it")
+        sums = billing_sums(store.iter_readings(t_from=t_from, t_to=max(w_end, t_from + 1)), self.public_key.nsquare,
+                            tariff.band_of, t_from, max(w_end, t_from + 1), meter_ids)
         labels = _canonical([tariff.band_of(t) for t in range(t_from, t_to, _SLOT_S)])
+        tariff_reasons = {False: self._tariff_check(tariff, [t_from, t_to]),
+                          True: self._tariff_check(tariff, [t_from, *cuts, t_to])}
         refined: dict[str | None, tuple[int, ...]] = {}
         out = []
-        as_of_t = time.time() if as_of is None else as_of
         for hs in sums.values():
             with self._tx():  # check, decrypt and the audit entry that pins the bill: one decision
-                reason, digest = self._bill_check(hs, period, labels, refined, closed, t_to - as_of_t)
+                windows = self.ledger.windows.get((hs.meter_id, period), {})
+                interim = w_end < t_to or any(end < t_to for end in windows)
+                reason = window_reason or tariff_reasons[interim]
+                digest = None
+                if reason is None:
+                    reason, digest = self._bill_check(hs, period, labels, refined, windows)
                 if reason is not None:
                     self._refuse_bill(tariff, period, hs.meter_id, reason)
                     self.refusals.append((hs.meter_id, reason))
                     continue
                 partition = self._record_partition(refined[digest]) if hs.bands else None
-                totals = self._decrypt_household(hs, tariff, period, horizon, partition, closed)
+                totals = self._decrypt_household(hs, tariff, period, w_end, partition, closed, t_to)
                 if isinstance(totals, str):
                     self.refusals.append((hs.meter_id, totals))
                     continue
@@ -275,34 +286,68 @@ class DecryptionRole:
         _wrong_key_if_all_overflow([r for _, r in self.refusals], len(sums))
         return out
 
-    def _bill_check(self, hs: HouseholdSums, period: str, labels: tuple[int, ...],
-                    refined: dict[str | None, tuple[int, ...]], closed: bool,
-                    time_left: float) -> tuple[str | None, str | None]:
-        """(refusal reason or None, pinned partition digest) for one household's bill.
+    def _cuts(self, tariff: Tariff, period: str) -> list[int]:
+        """Interim cut dates of the period: local midnights of the policy's cut days."""
+        year, month = (int(x) for x in period.split("-"))
+        return [int(datetime(year, month, d, tzinfo=tariff.tz).timestamp()) for d in sorted(self.policy.cut_days)]
 
-        Re-bills: an interim bill (period still open) is refused in the period's last
-        `rebill_min_new` slots, so the closing bill, always allowed once, differs from any interim
-        one by at least that much time; later re-bills of a closed period need the same readings or
-        `rebill_min_new` more (late data)."""
-        if not closed and time_left < self.policy.rebill_min_new * _SLOT_S:
-            return (f"refused: interim bill within the last {self.policy.rebill_min_new * _SLOT_S // 3600} h "
-                    f"of the period (the closing bill would expose the difference); bill after it ends"), None
+    def _tariff_check(self, tariff: Tariff, bounds: list[int]) -> str | None:
+        """Refusal reason if a band isolates less than MIN_SEGMENT_DAYS local days in a segment between
+        two possible bill windows (a 1-hour band on one weekday, a weekend band between weekly cuts):
+        the difference of two bills would give that short window's energy exactly."""
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            days: dict[str, set[object]] = {}
+            for t in range(a, b, _SLOT_S):
+                days.setdefault(tariff.band_of(t), set()).add(datetime.fromtimestamp(t, tariff.tz).date())
+            for band, d in sorted(days.items()):
+                if len(d) < MIN_SEGMENT_DAYS:
+                    return (f"refused: tariff band {band!r} falls on {len(d)} local days between "
+                            f"{_iso(a)[:10]} and {_iso(b)[:10]} (< {MIN_SEGMENT_DAYS}): two bills would "
+                            f"expose that short window")
+        return None
+
+    def _bill_check(self, hs: HouseholdSums, period: str, labels: tuple[int, ...],
+                    refined: dict[str | None, tuple[int, ...]],
+                    windows: dict[int, BilledWindow]) -> tuple[str | None, str | None]:
+        """(refusal reason or None, pinned partition digest) for one household's bill window.
+
+        A window billed before may be billed again only over the same readings (same value). Any
+        other window differs from its neighbours by at least a week (cut dates); on top, in every
+        band the bill and its difference with each neighbouring window must hold none or at least
+        `min_band_readings` readings, so no difference is a handful of readings."""
         if hs.straddling:
             return (f"refused: {hs.straddling} readings straddle a tariff band or period boundary (their "
                     f"interval length does not fit this tariff's bands and time zone)"), None
         prev = self._pinned(hs.meter_id, period)
+        pinned = None if prev is None else prev[0]
+        if prev is not None and prev[1][0] != hs.t_from:
+            return (f"refused: period already billed from {_iso(prev[1][0])}; a shifted window (other time "
+                    f"zone) would expose the difference"), pinned
+        counts = {b: c.readings for b, c in hs.bands.items()}
+        same = windows.get(hs.t_to)
+        if same is not None and same.members_digest != hs.members_digest:
+            return ("refused: this window was billed over other readings; a re-bill would expose the "
+                    "late or changed readings by difference"), pinned
+        if same is None:
+            lower = [e for e in windows if e < hs.t_to]
+            upper = [e for e in windows if e > hs.t_to]
+            others = [("the bill", {})]
+            if lower:
+                others.append((f"the bill to {_iso(max(lower))[:10]}", windows[max(lower)].band_readings))
+            if upper:
+                others.append((f"the bill to {_iso(min(upper))[:10]}", windows[min(upper)].band_readings))
+            for what, base in others:
+                for band in sorted(set(counts) | set(base)):
+                    d = abs(counts.get(band, 0) - base.get(band, 0))
+                    if 0 < d < self.policy.min_band_readings:
+                        return (f"refused: band {band!r} differs from {what} by {d} readings "
+                                f"(< {self.policy.min_band_readings}); that difference would be exact"
+                                if base else
+                                f"refused: band {band!r} holds {d} readings (< {self.policy.min_band_readings}); "
+                                f"too few to bill without exposing them"), pinned
         if prev is None:
             refined.setdefault(None, labels)
             return None, None
-        pinned, bounds, members, n_prev, was_closed = prev
-        if bounds != (hs.t_from, hs.t_to):
-            return (f"refused: period already billed over [{_iso(bounds[0])}, {_iso(bounds[1])}); "
-                    f"a shifted window (other time zone) would expose the difference"), pinned
-        closing = closed and not was_closed  # the first bill after the period ended
-        if members and members != hs.members_digest and not closing \
-                and hs.readings - n_prev < self.policy.rebill_min_new:
-            return (f"refused: period already billed over {n_prev} readings; a bill over {hs.readings} "
-                    f"(< {self.policy.rebill_min_new} more) would expose the difference"), pinned
         if pinned not in refined:
             refined[pinned] = _canonical(list(zip(self._partition_labels(pinned), labels, strict=True)))
         cells = max(refined[pinned]) + 1
@@ -337,11 +382,11 @@ class DecryptionRole:
         self.record("bill", {"meter_id": meter_id, "period": period, "tariff": tariff.name},
                           "refuse", reason)
 
-    def _decrypt_household(self, hs: HouseholdSums, tariff: Tariff, period: str, horizon: int,
-                           partition: str | None, closed: bool) -> HouseholdTotals:
-        if (hs.t_from, hs.t_to) != tariff.period_bounds(period):
-            self._refuse_bill(tariff, period, hs.meter_id, "refused: sums do not span the whole billing period")
-            raise PolicyError(f"{hs.meter_id}: sums do not span billing period {period}")
+    def _decrypt_household(self, hs: HouseholdSums, tariff: Tariff, period: str, w_end: int,
+                           partition: str | None, closed: bool, period_end: int) -> HouseholdTotals | str:
+        if hs.t_from != tariff.period_bounds(period)[0] or hs.t_to != w_end:
+            self._refuse_bill(tariff, period, hs.meter_id, "refused: sums do not span the bill window")
+            raise PolicyError(f"{hs.meter_id}: sums do not span the bill window of {period}")
         impossible = None
         try:
             band_wh = {b: packing.billing_of(self._decrypt_masked(c.ciphertext, packing.SLOT_ANALYTICS))
@@ -360,44 +405,48 @@ class DecryptionRole:
         totals = HouseholdTotals(
             meter_id=hs.meter_id, period=period, band_wh=band_wh, readings=hs.readings,
             present_intervals=hs.present_intervals,
-            expected_intervals=count_expected(hs.t_from, horizon, hs.interval_len),
+            expected_intervals=count_expected(hs.t_from, w_end, hs.interval_len),
         )
         query = {"meter_id": hs.meter_id, "period": period, "tariff": tariff.name, "timezone": tariff.timezone,
-                 "t_from": hs.t_from, "t_to": hs.t_to,
+                 "t_from": hs.t_from, "t_to": hs.t_to, "period_to": period_end,
                  "band_readings": {b: c.readings for b, c in sorted(hs.bands.items())},
                  "readings": hs.readings, "members_digest": hs.members_digest}
         if partition is not None:  # what the ledger folds from this entry
             query["partition"] = partition
             query["closed"] = closed
-        self.record("bill", query, "allow", "ok: household band totals for a whole period",
+        self.record("bill", query, "allow", "ok: household band totals for a bill window",
                           self.result_hash({"band_wh": band_wh}))
         return totals
 
     # -- feeder load --------------------------------------------------------------------------
-    def feeder_load(self, store: Store, feeder: str, t_from: int, t_to: int) -> list[FeederLoad]:
-        """Per interval in [t_from, t_to) with readings of the feeder's frozen members: the DP analytics
-        sum, or a refusal."""
+    def feeder_load(self, store: Store, feeder: str, t_from: int, t_to: int,
+                    release_s: int | None = None) -> list[FeederLoad]:
+        """Per release cell (policy.release_s, default an hour) in [t_from, t_to) with readings of the
+        feeder's frozen members: the DP analytics sum (one decryption per cell), or a refusal."""
         if t_to <= t_from:
             raise PolicyError(f"empty time range [{_iso(t_from)}, {_iso(t_to)})")
         if self.registry is None:
             raise PolicyError("feeder loads need the meter registry (--registry): feeder membership comes "
                               "from it, never from the store")
+        cell_s = release_s or self.policy.release_s
         members = {m: set(self.members(feeder, m)) for m in _months(t_from, t_to)}
 
         def relabelled() -> Iterator[StoredReading]:
-            for r in store.iter_readings(t_from=t_from, t_to=t_to):
+            for r in store.iter_readings(t_from=t_from - t_from % cell_s, t_to=t_to):
                 if r.meter_id in members[utc_month(r.interval_start)]:
                     yield r if r.feeder == feeder else replace(r, feeder=feeder)
 
-        cells = feeder_sums(relabelled(), self.public_key.nsquare)
-        loads = [self._feeder_cell(c) for c in cells]
+        cells = [c for c in feeder_sums(relabelled(), self.public_key.nsquare, cell_s)
+                 if c.interval_start >= t_from - t_from % cell_s]
+        loads = [self._feeder_cell(c, len(members[utc_month(c.interval_start)])) for c in cells]
         _wrong_key_if_all_overflow([x.status for x in loads], len(loads))
         return loads
 
     def members(self, feeder: str, month: str) -> tuple[str, ...]:
         """The meters whose readings make `feeder`'s sums in `month` (UTC, YYYY-MM): frozen from the
-        registry the first time they are asked for, so a feeder cannot be re-drawn mid-period to
-        release an interval again over another set of meters."""
+        registry the first time they are asked for, so a feeder cannot be re-drawn or padded with
+        dummies mid-period; one meter per household (the registry's `household`), so a household
+        with two meters counts once and contributes one clamp per interval."""
         with self._tx():
             frozen = self.ledger.membership.get((feeder, month))
             if frozen is not None:
@@ -406,60 +455,119 @@ class DecryptionRole:
             self.registry.reload_if_changed()
             taken = [mid for mid in self.registry.feeders().get(feeder, [])
                      if self.ledger.feeder_of(mid, month) not in (None, feeder)]
-            meters = tuple(mid for mid in self.registry.feeders().get(feeder, []) if mid not in taken)
+            households: dict[str, str] = {}
+            extra = []
+            for mid in self.registry.feeders().get(feeder, []):
+                if mid in taken:
+                    continue
+                rec = self.registry.get(mid)
+                hh = rec.household_id if rec is not None else mid
+                if hh in households:
+                    extra.append(mid)
+                else:
+                    households[hh] = mid
+            meters = tuple(sorted(households.values()))
             note = f"; {len(taken)} meters already frozen into another feeder left out" if taken else ""
+            if extra:
+                note += f"; {len(extra)} further meters of households already counted left out"
             self.record("membership", {"feeder": feeder, "month": month, "meters": list(meters)}, "allow",
                          f"feeder membership frozen for the month from the registry{note}")
             return meters
 
-    def _check_feeder(self, cell: FeederCell, m: int) -> str | None:
+    def _check_feeder(self, cell: FeederCell, m: int, frozen: int = 0) -> str | None:
         """None if the cell may be released, else the refusal reason."""
         if len({(e, c) for e, c, _ in cell.dp_params}) > 1:
             return f"refused: mixed DP parameters {list(cell.dp_params)}"
+        if cell.mixed_lengths:
+            return "refused: readings of different interval lengths (or not dividing the cell) in one cell"
         if cell.max_per_meter > 1:
             return f"refused: a meter contributed {cell.max_per_meter} readings to one interval"
         if cell.contributors < m:
             return f"refused: {cell.contributors} < m={m}"
+        bad = dp.colluders(max(frozen, cell.contributors), self.policy.gamma_of(cell.feeder))
+        if cell.contributors - bad < self.policy.k_min:
+            return (f"refused: {cell.contributors} households, {bad} assumed colluding (gamma="
+                    f"{self.policy.gamma_of(cell.feeder):g}): fewer than k_min={self.policy.k_min} honest ones "
+                    f"(dummy meters beside one household)")
         return None
 
-    def _budget_check(self, cell: FeederCell) -> str | None:
+    def _noise(self, cell: FeederCell, frozen: int) -> tuple[int, int, int]:
+        """(share variance, noise variance of the cell from honest meters with gamma of the frozen
+        feeder colluding, noise variance with none colluding). Colluders are assumed to be the
+        meters with the most readings in the cell (worst case)."""
+        v = dp.share_variance(cell.epsilon_milli / 1000, cell.clamp_wh, cell.m, cell.reading_len, self.policy.delta)
+        bad = dp.colluders(max(frozen, cell.contributors), self.policy.gamma_of(cell.feeder))
+        honest_readings = cell.readings - bad * cell.intervals
+        return v, max(0, honest_readings) * v, cell.readings * v
+
+    def _day_cells(self, feeder: str, day: str, extra: list[tuple[int, int]] | None = None,
+                   nominal: bool = False) -> list[tuple[int, int]]:
+        cells = [(r.intervals, r.noise_var_nominal if nominal else r.noise_var)
+                 for r in self.ledger.day_releases(feeder, day)]
+        return cells + (extra or [])
+
+    def _budget_check(self, cell: FeederCell, noise_var: int) -> str | None:
         """Refusal reason or None (re-releasing the same contributor set is free)."""
         released = self.ledger.releases.get((cell.feeder, cell.interval_start))
         if released is not None:
-            if released.members_digest != cell.members_digest:
-                return ("refused: interval already released with a different contributor set "
+            if released.members_digest != cell.members_digest or released.cell_len != cell.interval_len:
+                return ("refused: cell already released with a different contributor set or length "
                         "(a difference would expose single meters)")
             return None
-        if self.daily_budget_milli is None:
-            return None
+        for r in self.ledger.day_releases(cell.feeder, _iso(cell.interval_start)[:10]):
+            start = next(k[1] for k, v in self.ledger.releases.items() if v is r)
+            if start < cell.interval_start + cell.interval_len and cell.interval_start < start + r.cell_len:
+                return ("refused: overlaps a cell released with another length (one granularity per "
+                        "feeder-day, so no difference isolates a part of a released cell)")
+        if noise_var < 1:
+            return "refused: no honest share left once gamma of the feeder is assumed colluding"
+        budget = self.daily_budget_milli
         day = _iso(cell.interval_start)[:10]
-        spent = self.spent_milli(cell.feeder, day)
-        if spent + cell.epsilon_milli > self.daily_budget_milli:
-            return (f"refused: daily DP budget {spent}+{cell.epsilon_milli} > "
-                    f"{self.daily_budget_milli} milli-epsilon on {day}")
+        eps = self.day_epsilon(cell.feeder, day, [(cell.intervals, noise_var)], clamp_wh=cell.clamp_wh)
+        if eps * 1000 > budget:
+            return (f"refused: household-day epsilon would reach {eps:.3f} > budget {budget / 1000:g} on {day} "
+                    f"(gamma={self.policy.gamma_of(cell.feeder):g} colluding, delta={self.policy.delta:g})")
         return None
 
-    def spent_milli(self, feeder: str, day: str) -> int:
-        """Privacy spent on `feeder` on UTC `day` (YYYY-MM-DD), in milli-epsilon, by released intervals."""
-        return self.ledger.spent_milli(feeder, day)
+    def day_epsilon(self, feeder: str, day: str, extra: list[tuple[int, int]] | None = None,
+                    clamp_wh: int | None = None, nominal: bool = False) -> float:
+        """Household-day epsilon (at policy.delta) of `feeder`'s releases on UTC `day`, with gamma of
+        the feeder colluding (nominal: none), plus `extra` cells [(intervals, noise variance)]."""
+        rels = self.ledger.day_releases(feeder, day)
+        clamps = {r.clamp_wh for r in rels} | ({clamp_wh} if clamp_wh else set())
+        if not clamps:
+            return 0.0
+        return dp.household_day_epsilon(max(clamps), self._day_cells(feeder, day, extra, nominal), self.policy.delta)
 
-    def _feeder_cell(self, cell: FeederCell) -> FeederLoad:
+    def spent_milli(self, feeder: str, day: str) -> int:
+        """Household-day epsilon spent on `feeder` on UTC `day` (YYYY-MM-DD), milli, rounded up."""
+        return math.ceil(self.day_epsilon(feeder, day) * 1000 - 1e-9)
+
+    def _feeder_cell(self, cell: FeederCell, frozen: int) -> FeederLoad:
         m = self.policy.required_m(cell.feeder, cell.m)
-        query = {"feeder": cell.feeder, "interval_start": cell.interval_start, "interval_len": cell.interval_len,
-                 "readings": cell.readings, "contributors": cell.contributors, "dp_params": cell.dp_params,
-                 "m_required": m, "members_digest": cell.members_digest}
         base = dict(feeder=cell.feeder, interval_start=cell.interval_start, interval_len=cell.interval_len,
                     readings=cell.readings, contributors=cell.contributors, epsilon_milli=cell.epsilon_milli,
                     clamp_wh=cell.clamp_wh, m=m)
         with self._tx():  # check, decrypt and the audit entry the ledger folds: one decision
-            reason = self._check_feeder(cell, m) or self._budget_check(cell)
+            reason = self._check_feeder(cell, m, frozen)
+            v = noise_var = nominal_var = 0
+            if reason is None:
+                v, noise_var, nominal_var = self._noise(cell, frozen)
+                reason = self._budget_check(cell, noise_var)
+            query = {"feeder": cell.feeder, "interval_start": cell.interval_start, "interval_len": cell.interval_len,
+                     "readings": cell.readings, "contributors": cell.contributors, "dp_params": cell.dp_params,
+                     "m_required": m, "members_digest": cell.members_digest, "intervals": cell.intervals,
+                     "clamp_wh": cell.clamp_wh, "share_var": v, "noise_var": noise_var,
+                     "noise_var_nominal": nominal_var, "frozen_households": frozen,
+                     "gamma": self.policy.gamma_of(cell.feeder)}
             if reason is not None:
                 self.record("feeder-load", query, "refuse", reason)
                 return FeederLoad(**base, status=reason, analytics_sum_wh=None)
             try:
                 value = packing.analytics_of(self._decrypt_masked(cell.ciphertext, packing.SLOT_BILLING),
                                              cell.readings)
-                impossible = plausible.feeder_problem(value, cell.readings, cell.epsilon_milli, cell.clamp_wh)
+                eps, clamp, m_min = (f(p[i] for p in cell.dp_params) for f, i in ((min, 0), (max, 1), (min, 2)))
+                impossible = plausible.feeder_problem(value, cell.readings, eps, clamp, m_min, cell.reading_len)
             except packing.PackingError:
                 impossible = _OVERFLOW
             if impossible is not None:

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -125,8 +126,9 @@ def feeder_rows(loads: list[FeederLoad], truth: dict[tuple[str, int], int], feed
                 clamp_wh: int) -> list[dict[str, Any]]:
     true_sum: dict[tuple[str, int], int] = defaultdict(int)
     true_clamped: dict[tuple[str, int], int] = defaultdict(int)
+    cell = max((fl.interval_len for fl in loads), default=1)  # hourly releases sum the hour's intervals
     for (mid, t), wh in truth.items():
-        key = (feeder_of[mid], t)
+        key = (feeder_of[mid], t - t % cell)
         true_sum[key] += wh
         true_clamped[key] += min(max(wh, 0), clamp_wh)
     rows = []
@@ -163,13 +165,17 @@ def dp_error(rows: list[dict[str, Any]]) -> DpError:
 
 
 def decrypt_all(role_dir: Path, registry_path: Path, store: Store, tariff: Tariff, k_min: int,
-                feeders: list[str], t0: int, t1: int) -> tuple[list[Bill], list[FeederLoad]]:
+                feeders: list[str], t0: int, t1: int, min_band_readings: int | None = None,
+                ) -> tuple[list[Bill], list[FeederLoad]]:
     """The back office step: every decryption goes through the decryption role's policy and lands in
     its signed audit log (its own database, in its own folder; no meter key is read)."""
     registry = MeterRegistry.load(registry_path)
-    role = open_role(role_dir, "demo-backoffice", Policy.from_registry(registry, k_min=k_min), registry)
+    extra = {} if min_band_readings is None else {"min_band_readings": min_band_readings}
+    role = open_role(role_dir, "demo-backoffice", Policy.from_registry(registry, k_min=k_min, **extra), registry)
     try:
-        bills = make_bills(role, store, tariff, periods_between(tariff, t0, t1), as_of=t1)
+        # bills as of now: the demo simulates an ended month, so the closing bill runs (an interim
+        # bill would end at the month's cut date, before the simulated days)
+        bills = make_bills(role, store, tariff, periods_between(tariff, t0, t1), as_of=max(t1, int(time.time())))
         loads = [fl for f in feeders for fl in role.feeder_load(store, f, t0, t1)]
     finally:
         close_role(role)

@@ -25,10 +25,15 @@ import pandas as pd  # noqa: E402
 from meterveil.host.common.files import write_private  # noqa: E402
 
 
-def discrete_laplace_std(epsilon: float, clamp_wh: int) -> float:
-    """Std of the two-sided geometric noise with a = exp(-epsilon/clamp): sqrt(2a)/(1-a)."""
-    a = math.exp(-epsilon / clamp_wh)
-    return math.sqrt(2 * a) / (1 - a)
+def release_noise_std(dp_params: dict[str, Any], contributors: float, interval_s: int = 900,
+                      release_s: int = 3600) -> float:
+    """Std of the noise on one released feeder sum: every contributor's discrete Gaussian shares
+    over the release cell (dp.share_variance each)."""
+    from meterveil.host.backoffice import dp
+
+    v = dp.share_variance(dp_params.get("epsilon_milli", 1000) / 1000, int(dp_params.get("clamp_wh", 1)),
+                          int(dp_params.get("m", 1) or 1), interval_s)
+    return math.sqrt(max(1, release_s // interval_s) * contributors * v)
 
 
 def read_truth(path: Path) -> pd.DataFrame:
@@ -66,7 +71,7 @@ def feeder_plot(load: pd.DataFrame, interval_s: int, tz: str = "UTC") -> str:
 
 
 def error_plot(load: pd.DataFrame, sd: float) -> str:
-    """Histogram of DP error against the target noise (+-2 std of the discrete Laplace)."""
+    """Histogram of DP error against the target noise (+-2 std of the released sums' noise)."""
     err = (load["dp_sum_wh"] - load["true_sum_wh"]).dropna()
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.hist(err, bins=30, color="#1f77b4", alpha=0.8)
@@ -94,50 +99,69 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, border=0, classes="t", float_format=lambda x: f"{x:,.3f}")
 
 
-def scaling_html(load: pd.DataFrame, sd: float) -> str:
-    """Why small demo feeders look noisy: the noise is fixed, the signal grows with the feeder."""
+def scaling_html(load: pd.DataFrame, run: dict[str, Any]) -> str:
+    """What each feeder size buys at this run's guarantee: hourly and daily relative error vs homes."""
+    from meterveil.host.backoffice import dp
+
     ok = load.dropna(subset=["dp_sum_wh"])
     if ok.empty:
         return ""
-    per_home = float((ok["true_sum_wh"] / ok["contributors"]).mean())
+    per_home_hour = float((ok["true_sum_wh"] / ok["contributors"]).mean())
     lost = 1 - ok["true_clamped_sum_wh"].sum() / max(1, ok["true_sum_wh"].sum())
-    rows = "".join(
-        f"<tr><td>{n:,}</td><td>{n * per_home / 1000:,.1f} kWh</td><td>{100 * sd / (n * per_home):.2f}%</td></tr>"
-        for n in (int(ok["contributors"].median()), 100, 1000, 10000))
-    return ("<p>The noise on a feeder sum has the same size whatever the number of homes, so its relative "
-            f"error falls as 1/N. With this run's average of {per_home:.0f} Wh per home per interval:</p>"
-            "<table class='t'><tr><th>homes on the feeder</th><th>mean feeder energy per interval</th>"
-            f"<th>typical error (noise std / mean)</th></tr>{rows}</table>"
+    p = run.get("dp", {})
+    eps, clamp = p.get("epsilon_milli", 1000) / 1000, int(p.get("clamp_wh", 1))
+    interval_s = int(run.get("interval_s", 900))
+    rows = ""
+    for n in (int(ok["contributors"].median()), 100, 1000, 10000):
+        v = dp.share_variance(eps, clamp, dp.honest_m(n), interval_s)
+        sd_hour = math.sqrt(3600 // interval_s * n * v)
+        mae = math.sqrt(2 / math.pi)
+        rows += (f"<tr><td>{n:,}</td><td>{n * per_home_hour / 1000:,.1f} kWh</td>"
+                 f"<td>{100 * mae * sd_hour / (n * per_home_hour):.1f}%</td>"
+                 f"<td>{100 * mae * sd_hour * math.sqrt(24) / (24 * n * per_home_hour):.2f}%</td></tr>")
+    return ("<p>The noise on a feeder sum is about the same whatever the number of homes (each adds V/m, "
+            f"m ~ 0.8 N), the signal grows with N, so relative error falls as 1/N. With this run's "
+            f"average of {per_home_hour:.0f} Wh per home per hour, shares calibrated for m = ceil(0.8 N) "
+            "(20% of the feeder may collude) and epsilon per household-day as set:</p>"
+            "<table class='t'><tr><th>homes on the feeder</th><th>mean feeder energy per hour</th>"
+            "<th>hourly sums: mean abs error / load</th><th>daily totals</th></tr>"
+            f"{rows}</table>"
             f"<p>Clamping the analytics copy at clamp_wh removed {100 * lost:.1f}% of the feeder energy in this run "
-            "(intervals above the clamp: EV charging, stacked cooking and heating); bills are not affected.</p>")
+            "(intervals above the clamp: EV charging, stacked cooking and heating); bills are not affected. "
+            "bench/privacy_utility.py measures the same on simulated feeders (docs/PRIVACY.md).</p>")
 
 
 def privacy_html(run: dict[str, Any]) -> str:
-    dp = run.get("dp", {})
-    eps = dp.get("epsilon_milli", 1000) / 1000
-    clamp = int(dp.get("clamp_wh", 1))
-    m = dp.get("m", 0)
-    per_day = run.get("intervals_per_day", 96)
-    sd = discrete_laplace_std(eps, clamp)
+    from meterveil.host.backoffice import dp
+
+    p = run.get("dp", {})
+    eps = p.get("epsilon_milli", 1000) / 1000
+    clamp = int(p.get("clamp_wh", 1))
+    m = p.get("m", 0)
+    interval_s = int(run.get("interval_s", 900))
+    v = dp.share_variance(eps, clamp, int(m or 1), interval_s)
     rows = [
-        ("epsilon per reading", f"{eps:g}",
-         "How much one 15-minute reading of one home may change what anyone can learn from the "
-         "published feeder series. Smaller is more private, noisier."),
-        ("clamp_wh", f"{clamp} Wh",
-         "Readings are capped at this value in the analytics copy, so one home can shift a feeder sum "
-         "by at most this much. Billing uses the exact value and is not capped."),
-        ("m (provisioned contributors)", str(m),
-         "Each meter adds only a 1/m share of the noise; the decryption role refuses any feeder sum "
-         "with fewer than m contributors, so a decrypted sum always carries the full noise."),
-        ("k_min", str(dp.get("k_min", 5)), "No feeder sum over fewer than this many homes is ever decrypted."),
-        ("noise on a feeder sum", f"discrete Laplace, scale {clamp / eps:.0f} Wh, std {sd:.0f} Wh",
-         "At m contributors the sum carries exactly this noise; with n > m homes reporting it carries "
-         "n/m times the variance (std grows as sqrt(n/m)), far less than each home adding full noise "
-         "(n times the variance)."),
-        ("guarantee per day", f"epsilon {eps * per_day:g} (= {per_day} readings x {eps:g})",
-         "Event-level: each reading is protected at epsilon; a whole day of one home composes to the "
-         "sum over its readings (basic composition). Bills reveal exact per-band totals to the "
-         "utility by design."),
+        ("unit of privacy", "the household-day",
+         "Everything one home consumed on one UTC day (all its readings, each capped at clamp_wh) may "
+         "change arbitrarily and the released feeder sums of that day change in distribution by at most "
+         "the epsilon below: routines, away days and EV charging included, not just single readings."),
+        ("epsilon per household-day", f"{eps:g} at delta 1e-6",
+         "Spent in full when every hour of the day is released; `meterveil privacy-report` prints what "
+         "was actually spent per feeder and day (tight accounting, Google dp-accounting). Days compose: "
+         "a week costs at most 7 times this."),
+        ("clamp_wh", f"{clamp} Wh per {interval_s // 60} min",
+         "The analytics copy of each reading is capped at this value: the per-household-day contribution "
+         "bound. Billing uses the exact value."),
+        ("m and gamma", f"m = {m}, gamma = 0.2",
+         "Each meter adds discrete Gaussian noise of variance V/m; m = ceil(0.8 N) honest meters make the "
+         "full noise V, so the guarantee holds with 20% of the feeder colluding or dummies."),
+        ("noise per meter and reading", f"discrete Gaussian, variance {v:,} Wh^2 (sd {math.sqrt(v):,.0f} Wh)",
+         "Drawn exactly on the meter with integer arithmetic; hourly feeder sums are one decryption of the "
+         "hour's four intervals of every home."),
+        ("bills", "exact per band, whole weeks or more",
+         "Interim bills only up to fixed cut dates, every band on >= 7 days of every difference and >= 24 "
+         "readings per band per bill and difference: no exact quantity finer than a week leaves the "
+         "decryption role. Bills are not covered by the epsilon above."),
     ]
     body = "".join(f"<tr><th>{html.escape(a)}</th><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
                    for a, b, c in rows)
@@ -159,7 +183,8 @@ def build_report(out_dir: Path | str) -> Path:
     bills = pd.read_csv(out / "bills.csv")
     interval_s = int(run.get("interval_s", 900))
     dp = run.get("dp", {})
-    sd = discrete_laplace_std(dp.get("epsilon_milli", 1000) / 1000, int(dp.get("clamp_wh", 1)))
+    ok = load.dropna(subset=["dp_sum_wh"])
+    sd = release_noise_std(dp, float(ok["contributors"].median()) if not ok.empty else 1.0, interval_s)
     summary = run.get("summary", {})
     kpis = "".join(f'<div class="k"><b>{html.escape(str(v))}</b>{html.escape(k)}</div>'
                    for k, v in summary.items())
@@ -178,7 +203,7 @@ def build_report(out_dir: Path | str) -> Path:
         _img(error_plot(load, sd), "DP error histogram"),
         "<h2>Privacy parameters</h2>",
         privacy_html(run),
-        scaling_html(load, sd),
+        scaling_html(load, run),
         "<h2>Bills</h2>",
         f"<p>Tariff: {html.escape(str(run.get('tariff', '')))}. Computed from decrypted per-band totals; "
         "exact to the minor unit.</p>",

@@ -294,7 +294,8 @@ def _finish(cfg: DemoConfig, ws: Workspace, out: Path, truth_full: dict, expecte
     t1 = t0 + expected_k * cfg.interval_s
     store = open_store(ws.db)
     try:
-        bills, loads = decrypt_all(ws.role_dir, ws.registry, store, ws.tariff, cfg.k_min, ws.feeders(), t0, t1)
+        bills, loads = decrypt_all(ws.role_dir, ws.registry, store, ws.tariff, cfg.k_min, ws.feeders(), t0, t1,
+                                   cfg.min_band_readings)
         stats = gateway_stats(store)
     finally:
         store.close()

@@ -25,6 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from meterveil.host.audit import signing
+from meterveil.host.backoffice.dp import DEFAULT_GAMMA, honest_m, share_variance
 from meterveil.host.backoffice.tariff import DEFAULT_TARIFF, Tariff, TariffError, load_tariff
 from meterveil.host.common.files import write_private
 from meterveil.host.common.pubkey import E2EPublic, load_e2e, write_public
@@ -54,7 +55,7 @@ class DemoError(RuntimeError):
 class DemoConfig:
     meters: int = 24
     feeders: int = 2
-    days: float = 1.0
+    days: float = 2.0  # from a Sunday: a weekend day and a weekday
     interval_min: int = 15
     broker: str | None = None
     tariff: Path = DEFAULT_TARIFF
@@ -64,6 +65,7 @@ class DemoConfig:
     epsilon: float = 1.0
     max_household_kw: float = 2.0
     k_min: int = 5
+    min_band_readings: int | None = None  # the policy's floor per bill band (None: the default, 28)
     seed: int = 1
     start: date | None = None             # local date in the tariff's zone; None = auto
     start_hour: int = 0                   # local hour the simulation starts on that day
@@ -132,7 +134,9 @@ class Workspace:
 
 
 def choose_start(tz: ZoneInfo, days: float, now: datetime | None = None, start_hour: int = 0) -> datetime:
-    """Local midnight on the 1st of the latest month that has ended and whose run ends before now.
+    """Local midnight on the first Sunday of the latest month that has ended and whose run ends
+    before now (on its 1st if the run would not fit otherwise): a run of two days or more then holds a
+    weekend day and a weekday.
 
     Why: bills cover whole calendar months from their first day, the gateway rejects readings from
     the future, and a month that has ended can be billed and exported as a whole (an export covers
@@ -145,6 +149,9 @@ def choose_start(tz: ZoneInfo, days: float, now: datetime | None = None, start_h
         start = datetime(y, mo, 1, tzinfo=tz)
         month_end = datetime(y + mo // 12, mo % 12 + 1, 1, tzinfo=tz)
         if start + timedelta(seconds=days * 86400 + start_hour * 3600) <= now and month_end <= now:
+            sunday = start + timedelta(days=(6 - start.weekday()) % 7)
+            if sunday + timedelta(seconds=days * 86400 + start_hour * 3600) <= month_end:
+                return sunday
             return start
         y, mo = (y, mo - 1) if mo > 1 else (y - 1, 12)
     raise DemoError(f"--days {days} is too long")
@@ -157,8 +164,7 @@ def dp_params(cfg: DemoConfig, feeder_sizes: dict[str, int]) -> DpParams:
         if n < cfg.k_min:
             raise DemoError(f"feeder {feeder} has {n} meters < k_min={cfg.k_min}: its loads could never be "
                             f"decrypted; use more --meters or fewer --feeders")
-        margin = max(1, math.ceil(0.1 * n))
-        out.m[feeder] = max(cfg.k_min, n - margin)
+        out.m[feeder] = max(cfg.k_min, honest_m(n, DEFAULT_GAMMA))  # gamma of the feeder may collude
     return out
 
 
@@ -181,7 +187,8 @@ def meter_config(plan: MeterPlan, dp: DpParams, cfg: DemoConfig, start: datetime
         "master_key": plan.key.hex(),
         "feeder": plan.feeder,
         "interval_s": cfg.interval_s,
-        "dp": {"epsilon_milli": dp.epsilon_milli, "clamp_wh": dp.clamp_wh, "m": dp.m[plan.feeder]},
+        "dp": {"epsilon_milli": dp.epsilon_milli, "clamp_wh": dp.clamp_wh, "m": dp.m[plan.feeder],
+               "noise_var": share_variance(dp.epsilon_milli / 1000, dp.clamp_wh, dp.m[plan.feeder], cfg.interval_s)},
         "calibration": dict(CALIBRATION),
         "broker": {"url": broker_url, "username": plan.meter_id if password else None,
                    "password": password, "client_id": plan.meter_id},

@@ -322,18 +322,20 @@ class Console:
         chart, band_note = None, ""
         released = [f for f in loads if f["status"] == "ok"]
         if released:
-            stds: dict[tuple[int, int, int, int], float] = {}  # one variance per parameter set, not per point
+            stds: dict[tuple[int, ...], float] = {}  # one variance per parameter set, not per point
             band = []
             for f in released:
-                k = (f["epsilon_milli"], f["clamp_wh"], f["m"], f["contributors"])
-                if k not in stds:
-                    stds[k] = dp.sum_variance(k[0] / 1000, k[1], k[2], k[3]) ** 0.5
+                k = (f["epsilon_milli"], f["clamp_wh"], f["m"], f["contributors"], f["interval_len"])
+                if k not in stds:  # every reading of the cell carries one share: contributors x intervals
+                    shares = k[3] * max(1, k[4] // dp.INTERVAL_S)
+                    stds[k] = (shares * dp.share_variance(k[0] / 1000, k[1], k[2])) ** 0.5
                 band.append(1.96 * stds[k])
             chart = series_chart([f["interval_start"] for f in released], [f["analytics_sum_wh"] for f in released],
                                  band, y_label="Wh per interval", title=f"feeder {req.params.get('feeder')}")
             band_note = (f"Shaded: 95% band of the differential-privacy noise (±1.96 σ, σ ≈ {band[0] / 1.96:.0f} Wh "
-                         f"per interval with {released[0]['contributors']} contributors, "
-                         f"ε = {released[0]['epsilon_milli'] / 1000:g} per reading, clamp {released[0]['clamp_wh']} Wh).")
+                         f"per cell with {released[0]['contributors']} contributors, "
+                         f"ε = {released[0]['epsilon_milli'] / 1000:g} per household-day, "
+                         f"clamp {released[0]['clamp_wh']} Wh).")
         return chart, band_note, len(released)
 
     # -- household ----------------------------------------------------------------------------------

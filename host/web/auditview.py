@@ -15,6 +15,7 @@ from typing import Any
 from meterveil.host.audit import anchors, signing
 from meterveil.host.audit.chain import AuditError, AuditLog
 from meterveil.host.audit.ledger import Ledger
+from meterveil.host.backoffice import dp
 
 
 class AuditView:
@@ -50,8 +51,7 @@ class AuditView:
             rows = log._db.execute(
                 "SELECT seq, ts, actor, action, query, decision, reason FROM audit_log ORDER BY seq DESC LIMIT ?",
                 (limit,)).fetchall()
-            spend = sorted(((f, d, n, s) for (f, d), (n, s) in self._ledger.released_per_day().items()),
-                           key=lambda r: (r[1], r[0]), reverse=True)
+            spend = sorted(_spend_per_day(self._ledger), key=lambda r: (r[1], r[0]), reverse=True)
         entries = [{"seq": r[0], "ts": r[1][:19].replace("T", " "), "actor": r[2], "action": r[3],
                     "query": _short_query(r[4]), "decision": r[5], "reason": r[6]} for r in rows]
         return {"entries": entries, "head": head, "spend": spend[:200], "budget": self._ledger.daily_budget_milli}
@@ -92,3 +92,14 @@ def _short_query(text: str) -> str:
     if "meters" in q:
         parts.append(f"{len(q['meters'])} meters")
     return ", ".join(parts) or text[:120]
+
+
+def _spend_per_day(ledger: Ledger) -> list[tuple[str, str, int, float]]:
+    """(feeder, UTC day, intervals released, household-day epsilon with the policy's gamma colluding),
+    composed the way the decryption role and privacy-report account it."""
+    out = []
+    for (feeder, day), cells in ledger.released_cells().items():
+        clamp = max(c.clamp_wh for c in cells)
+        eps = dp.household_day_epsilon(clamp, [(c.intervals, c.noise_var) for c in cells])
+        out.append((feeder, day, sum(c.intervals for c in cells), eps))
+    return out
