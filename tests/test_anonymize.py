@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections import Counter
 
@@ -36,8 +37,9 @@ def households(n: int, seed: int = 0) -> pd.DataFrame:
 
 
 def min_class_independent(table: pd.DataFrame) -> int:
-    """Smallest equivalence class, counted without pandas groupby machinery of the module."""
-    counts = Counter(tuple(str(v) for v in row) for row in table[QI].itertuples(index=False))
+    """Smallest equivalence class over every released column (attributes and kWh bins), counted
+    without the module's groupby machinery."""
+    counts = Counter(tuple(str(v) for v in row) for row in table.itertuples(index=False))
     return min(counts.values())
 
 
@@ -49,11 +51,26 @@ def test_k_anonymity_holds_by_independent_count(k):
     assert res.suppressed <= 0.05 * len(df)
     assert min_class_independent(res.table) >= k
     assert res.k_achieved == min_class_independent(res.table)
-    assert res.table.groupby(QI).size().min() >= k  # and by an independent groupby
     # generalisation is reported and consistent with the values present
     if res.levels["occupants"] == 1:
         assert set(res.table["occupants"]) <= {"1-2", "3-4", "5+"}
-    assert set(res.generalised) == set(QI)
+    assert set(res.generalised) == set(QI) | {an.KWH}
+
+
+def test_kwh_is_a_quasi_identifier_released_in_top_coded_bins():
+    """A known bill must not find its row: kWh leaves only as a bin, and the largest consumers (the
+    easiest to recognise) share one top-coded bin."""
+    df = households(250)
+    df.loc[0, "kwh_2026-01"] = 4321
+    res = an.k_anonymize(df, 5, levels={**{q: 3 if q == "occupants" else 2 for q in QI}, an.KWH: 0})
+    cols = an.kwh_columns(res.table)
+    assert cols == ["kwh_2026-01", "kwh_2026-02"]
+    width = an.KWH_BIN_KWH[0]
+    for c in cols:
+        for label in res.table[c]:
+            assert label == f"{an.KWH_TOP_KWH}+" or int(label.split("-")[1]) - int(label.split("-")[0]) == width - 1
+    assert not any(str(v) == "4321" for v in res.table.to_numpy().ravel())
+    assert an.HIERARCHIES[an.KWH][0](4321) == an.HIERARCHIES[an.KWH][0](an.KWH_TOP_KWH) == f"{an.KWH_TOP_KWH}+"
 
 
 def test_raw_table_is_not_k_anonymous_so_generalisation_was_needed():
@@ -68,33 +85,113 @@ def test_too_few_rows_release_nothing():
     assert len(res.table) == 0 and res.suppressed == 4 and res.k_achieved == 0
 
 
-def test_synthetic_preserves_marginals_and_copies_nothing():
+def test_fixed_levels_are_used_and_every_small_class_suppressed():
+    df = households(120)
+    levels = {"home_type": 0, "occupants": 0, "tariff_type": 0, "region": 0, an.KWH: 0}
+    res = an.k_anonymize(df, 5, levels=levels)  # finest levels: most classes are small
+    assert res.levels == levels and res.fixed and res.suppressed > 0.05 * len(df)
+    assert len(res.table) == 0 or min_class_independent(res.table) >= 5
+
+
+# -- several exports of overlapping populations ------------------------------------------------------
+def _exports(population: pd.DataFrame, subsets: list[list[str]], month_sets: list[list[str]], k: int,
+             with_history: bool) -> list[dict[str, tuple]]:
+    """Run successive exports; each returns meter_id -> released row. with_history=False is the old
+    behaviour: levels searched per export, earlier exports ignored."""
+    import hashlib
+
+    from meterveil.host.audit.ledger import ExportRelease
+    from meterveil.host.decryption.export import anonymize_with_history
+
+    def digest(row):
+        return hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()
+
+    earlier, out = [], []
+    for seq, (ids, months) in enumerate(zip(subsets, month_sets, strict=True), start=1):
+        table = population.loc[ids, [*QI, *months]]
+        if with_history:
+            kres, digests, scheme = anonymize_with_history(table, k, 0.05, seq, earlier, digest)
+            earlier.append(ExportRelease(seq, "k-anonymous", scheme, digests))
+        else:
+            kres = an.k_anonymize(table, k, seed=seq)
+        out.append({mid: tuple(str(v) for v in row) for mid, row in kres.released.iterrows()})
+    return out
+
+
+def _smallest_linked_set(exports: list[dict[str, tuple]]) -> int:
+    """The linking adversary: for every two exports and every household released in both, the
+    households released in both with the same row in each (it cannot tell them apart). Smallest."""
+    worst = 10 ** 9
+    for a, b in itertools.combinations(exports, 2):
+        both = set(a) & set(b)
+        sig = Counter((a[m], b[m]) for m in both)
+        if both:
+            worst = min(worst, min(sig[(a[m], b[m])] for m in both))
+    return worst
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exports_of_overlapping_populations_never_link_below_k(seed):
+    rng = np.random.default_rng(seed)
+    pop = households(240, seed=seed)
+    pop["kwh_2026-03"] = pop["kwh_2026-02"] + rng.integers(-40, 40, len(pop))
+    pop.index = [f"m{i:04d}" for i in range(len(pop))]
+    ids = list(pop.index)
+    subsets = [sorted(rng.choice(ids, 190, replace=False)), sorted(rng.choice(ids, 150, replace=False)),
+               ids[:90]]
+    months = [["kwh_2026-01", "kwh_2026-02"], ["kwh_2026-02", "kwh_2026-03"], ["kwh_2026-01"]]
+    k = 5
+    linked = _exports(pop, subsets, months, k, with_history=True)
+    assert all(len(e) > 0 for e in linked)
+    assert all(min(Counter(e.values()).values()) >= k for e in linked)  # each one k-anonymous
+    assert _smallest_linked_set(linked) >= k
+    # the old behaviour (levels per population, no history) links below k on the same data
+    assert _smallest_linked_set(_exports(pop, subsets, months, k, with_history=False)) < k
+
+
+# -- differentially private synthetic households --------------------------------------------------
+def test_dp_synthetic_rows_are_on_the_public_domain_and_outliers_do_not_echo():
+    from meterveil.host.backoffice import dp_synth
+
+    df = households(300)
+    df.loc[0, "occupants"] = 12
+    df.loc[0, "kwh_2026-01"] = 5000
+    res = dp_synth.synthesize(df, 1000, epsilon=1.0, seed=1)
+    assert len(res.table) == 1000 and list(res.table.columns) == list(df.columns)
+    assert set(res.table["occupants"]) <= set(dp_synth.OCCUPANT_BUCKETS)
+    assert set(res.table["kwh_2026-01"]) <= set(dp_synth.kwh_domain())
+    for col, vocab in an.ATTRIBUTE_VALUES.items():
+        assert set(res.table[col]) <= set(vocab)
+    assert res.report()["epsilon"] == 1.0 and res.report()["delta"] == 0.0
+    # noise scale is (number of measured marginals) / epsilon, as the docstring's accounting says
+    assert res.model["noise_scale_households"] == pytest.approx(len(res.model["marginals"]) / 1.0)
+
+
+def test_dp_synthetic_keeps_the_measured_marginals_when_the_budget_is_large():
+    from meterveil.host.backoffice import dp_synth
+
     df = households(400)
-    res = an.synthesize(df, 2000, k=5, seed=1)
-    assert len(res.table) == 2000
-    real_rows = {tuple(str(v) for v in r) for r in df.astype({"occupants": str}).itertuples(index=False)}
-    synth_rows = {tuple(str(v) for v in r) for r in res.table.itertuples(index=False)}
-    assert not (real_rows & synth_rows) and res.copies == 0
-    u = res.utility
-    assert max(u["marginal_tvd"].values()) < 0.06
-    for col in ("kwh_2026-01", "kwh_2026-02"):
-        assert u["numeric"][col]["ks"] < 0.08
-    assert u["corr_kwh_occupants"]["synth"] > 0.5 * u["corr_kwh_occupants"]["real"] > 0
-    assert res.model["pairwise"]  # home_type -> occupants/tariff is backed by >= k per cell somewhere
+    loose = dp_synth.synthesize(df, 4000, epsilon=200.0, seed=2)
+    tight = dp_synth.synthesize(df, 4000, epsilon=0.05, seed=2)
+    assert max(loose.utility["marginal_tvd"].values()) < 0.06
+    assert max(tight.utility["marginal_tvd"].values()) > max(loose.utility["marginal_tvd"].values())
 
 
-def test_synthetic_drops_pairwise_when_no_cell_reaches_k():
-    df = households(12)
-    res = an.synthesize(df, 50, k=50, seed=2)
-    assert res.model["pairwise"] == {} and res.model["kwh_conditioned_on"] is None
+def test_dp_synthetic_noise_is_calibrated():
+    """The discrete Laplace draws have the variance of scale b: 2 e^(-1/b) / (1 - e^(-1/b))^2."""
+    from meterveil.host.backoffice import dp_synth
+
+    b = 6.0
+    x = dp_synth._discrete_laplace((200_000,), b, np.random.default_rng(3))
+    q = np.exp(-1 / b)
+    assert x.dtype.kind == "i" and abs(x.mean()) < 0.1
+    assert x.var() == pytest.approx(2 * q / (1 - q) ** 2, rel=0.03)
 
 
 def test_distances():
     a = pd.Series(["x"] * 50 + ["y"] * 50)
     assert an.tvd(a, a) == 0
     assert an.tvd(pd.Series(["x"] * 10), pd.Series(["y"] * 10)) == 1
-    assert an.ks_statistic(np.arange(100), np.arange(100) + 1000) == 1
-    assert an.wasserstein1(np.zeros(10), np.full(10, 3.0)) == pytest.approx(3.0)
 
 
 # -- the audited export end to end ----------------------------------------------------------------
@@ -139,17 +236,18 @@ def test_export_k_anonymous_via_cli(utility, capsys):
     out = d / "hh.csv"
     assert main(["export", "households", "--db", str(d / "s.db"), *role_args(d),
                  "--k", "5", "--out", str(out), "--actor", "researcher-desk", "--seed", "3"]) == 0
-    table = pd.read_csv(out, dtype={"occupants": str})
+    table = pd.read_csv(out, dtype=str)
     assert "meter_id" not in table.columns
     assert list(table.columns[:4]) == QI and {"kwh_2026-01", "kwh_2026-02"} <= set(table.columns)
-    assert table.groupby(QI, dropna=False).size().min() >= 5  # independent groupby on the file
+    assert min_class_independent(table) >= 5  # independent count on the file, kWh bins included
     report = json.loads((d / "hh.csv.report.json").read_text())
     assert report["k_achieved"] >= 5 and report["rows"] == len(table)
     assert report["rows"] + report["suppressed"] == 60
-    # the released kWh are the decrypted monthly totals (whole kWh), as a multiset
-    expect = sorted(round(v["kwh_2026-01"] / 1000) for v in truth.values())
-    got = sorted(table["kwh_2026-01"].tolist())
-    assert set(got) <= set(expect) and len(got) == report["rows"]
+    # the released kWh are the decrypted monthly totals, binned at the level the report names
+    binned = an.HIERARCHIES[an.KWH][report["levels"][an.KWH]]
+    expect = Counter(binned(round(v["kwh_2026-01"] / 1000)) for v in truth.values())
+    got = Counter(table["kwh_2026-01"])
+    assert all(got[b] <= expect[b] for b in got) and sum(got.values()) == report["rows"]
     with AuditLog(audit_db(d / "s.db")) as log:
         entries = list(log.entries())
         assert log.verify(signing.load_verify(d / "decryption")).ok
@@ -164,58 +262,51 @@ def test_export_synthetic_and_refusals(utility):
     d, _ = utility
     out = d / "syn.csv"
     assert main(["export", "households", "--db", str(d / "s.db"), *role_args(d), "--k", "5",
-                 "--synthetic", "300", "--out", str(out), "--seed", "4"]) == 0
+                 "--synthetic", "300", "--epsilon", "3", "--out", str(out), "--seed", "4"]) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 300 and "meter_id" not in rows[0]
     rep = json.loads((d / "syn.csv.report.json").read_text())
-    assert rep["copies_of_real_rows"] == 0 and "marginal_tvd" in rep["utility"]
+    assert rep["epsilon"] == 3.0 and rep["epsilon_spent_total"] == 3.0 and "marginal_tvd" in rep["utility"]
+    # the deployment's synthetic exports share one cap: 3 + 2 > 4 is refused and audited, nothing written
+    assert main(["export", "households", "--db", str(d / "s.db"), *role_args(d), "--synthetic", "300",
+                 "--epsilon", "2", "--out", str(d / "syn2.csv")]) == 2
+    assert not (d / "syn2.csv").exists()
     assert main(["export", "households", "--db", str(d / "s.db"), *role_args(d), "--k", "1",
                  "--out", str(d / "bad.csv")]) == 2
     assert not (d / "bad.csv").exists()
     with AuditLog(audit_db(d / "s.db")) as log:
-        last = list(log.entries())[-1]
-    assert last.action == "export-households" and last.decision == "refuse"
+        exports = [e for e in log.entries() if e.action == "export-households"]
+    assert [e.decision for e in exports[-2:]] == ["refuse", "refuse"]
+    assert "cap" in exports[-2].reason
 
 
-# -- copies are found by value, not by text ("1" vs "1.0") -----------------------------------------
-def _few_values(n: int, seed: int) -> pd.DataFrame:
-    """Few categories and whole kWh 5..24: synthetic rows often equal a real row numerically."""
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame({"home_type": rng.choice(["flat", "detached"], n), "occupants": rng.integers(1, 3, n),
-                         "tariff_type": ["flat"] * n, "region": rng.choice(["north", "south"], n),
-                         "kwh_2026-01": rng.integers(5, 25, n)})
-
-
-def _numeric_keys(table: pd.DataFrame) -> set[tuple]:
-    """Row identities computed here, independently: text for categories, float for kWh."""
-    return {(str(r.home_type), str(r.occupants), str(r.tariff_type), str(r.region), float(r[4]))
-            for r in table.itertuples(index=False)}
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_synthetic_copies_are_detected_numerically_and_redrawn(seed):
-    df = _few_values(60, seed)
-    res = an.synthesize(df, 50, k=5, seed=seed)
-    assert res.redraws > 0  # copies occurred (as numbers) and were redrawn
-    assert res.copies == 0 and not (_numeric_keys(df) & _numeric_keys(res.table))
-    assert res.table["kwh_2026-01"].dtype.kind == "i"  # whole kWh written like the real ones ("12", not "12.0")
-
-
-def test_synthetic_copies_that_cannot_be_avoided_are_counted():
-    df = pd.DataFrame({"home_type": ["flat"] * 20, "occupants": [1] * 20, "tariff_type": ["flat"] * 20,
-                       "region": ["north"] * 20, "kwh_2026-01": [1] * 20})  # every draw is (..., 1)
-    res = an.synthesize(df, 50, k=5, seed=0)
-    assert res.copies == 50 and res.report()["copies_of_real_rows"] == 50
-    assert res.utility["corr_kwh_occupants"] == {"real": None, "synth": None}
-
-
-def test_row_keys_ignore_float_formatting():
-    a = pd.DataFrame({"home_type": ["flat"], "kwh": [0.1 + 0.2]})
-    b = pd.DataFrame({"home_type": ["flat"], "kwh": [0.3]})
-    c = pd.DataFrame({"home_type": ["flat"], "kwh": [1]})
-    d = pd.DataFrame({"home_type": ["flat"], "kwh": [1.0]})
-    assert an._row_keys(a, ["kwh"], 1) == an._row_keys(b, ["kwh"], 1)
-    assert an._row_keys(c, ["kwh"], 0) == an._row_keys(d, ["kwh"], 0)
+def test_second_export_keeps_the_first_exports_levels_and_k(utility, tmp_path):
+    """Two exports of overlapping populations (two registries): the second uses the levels the first
+    fixed, refuses a smaller k, and no household shares its pair of rows with fewer than k others."""
+    d, _ = utility
+    full = MeterRegistry.load(d / "registry" / "meters.json")
+    recs = list(full)
+    regs = []
+    for name, part in (("a", recs[:45]), ("b", recs[15:])):
+        r = MeterRegistry.load(tmp_path / name / "meters.json")
+        for rec in part:
+            r.put(rec, save=False)
+        r.save()
+        regs.append(tmp_path / name / "meters.json")
+    args = ["export", "households", "--db", str(d / "s.db"), "--role-dir", str(d / "decryption")]
+    assert main([*args, "--registry", str(regs[0]), "--k", "5", "--out", str(tmp_path / "a.csv")]) == 0
+    assert main([*args, "--registry", str(regs[1]), "--k", "3", "--out", str(tmp_path / "x.csv")]) == 2
+    assert main([*args, "--registry", str(regs[1]), "--k", "5", "--out", str(tmp_path / "b.csv")]) == 0
+    ra, rb = (json.loads((tmp_path / f"{x}.csv.report.json").read_text()) for x in "ab")
+    assert rb["levels"] == ra["levels"] and rb["levels_fixed"] and rb["earlier_exports"] >= 1
+    with AuditLog(audit_db(d / "s.db")) as log:
+        allowed = [e for e in log.entries() if e.action == "export-households" and e.decision == "allow"
+                   and e.query.get("mode") == "k-anonymous"]
+    a, b = allowed[-2].query["released"], allowed[-1].query["released"]
+    both = set(a) & set(b)
+    assert both
+    pairs = Counter((a[m], b[m]) for m in both)
+    assert min(pairs[(a[m], b[m])] for m in both) >= 5
 
 
 def test_provisioning_vocabulary_matches_the_hierarchies():

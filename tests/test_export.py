@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -22,6 +23,8 @@ from test_billing import IV, TARIFFS, fill_store, pool_encrypt
 
 from meterveil.host.audit import signing
 from meterveil.host.audit.chain import AuditLog
+from meterveil.host.backoffice.anonymize import HIERARCHIES, KWH
+from meterveil.host.backoffice.dp_synth import kwh_domain
 from meterveil.host.backoffice.tariff import load_tariff
 from meterveil.host.cli.main import main
 from meterveil.host.common import packing
@@ -106,9 +109,12 @@ def test_export_months_are_the_billed_periods_and_equal_the_bills(ws, capsys):
     totals = bill(d)
     assert export(d, d / "h.csv") == 0
     out, err = capsys.readouterr()
-    table = pd.read_csv(d / "h.csv")
+    table = pd.read_csv(d / "h.csv", dtype=str)
     assert kwh_columns(table) == ["kwh_2026-11"]  # not a 5.5-hour UTC October
-    assert sorted(table["kwh_2026-11"]) == sorted(round(v / 1000) for v in totals.values())
+    levels = json.loads((d / "h.csv.report.json").read_text())["levels"]
+    binned = HIERARCHIES[KWH][levels[KWH]]  # kWh is a quasi-identifier: released as the bill's bin
+    got, billed = Counter(table["kwh_2026-11"]), Counter(binned(round(v / 1000)) for v in totals.values())
+    assert all(got[b] <= billed[b] for b in got) and sum(got.values()) == len(table) > 0
     rep = json.loads((d / "h.csv.report.json").read_text())
     assert rep["timezone"] == "Asia/Kolkata" and "earlier bills" in rep["timezone_source"]
     assert rep["months"] == ["2026-11"] and rep["refused_by_decryption_role"] == {}
@@ -218,9 +224,9 @@ def test_keys_errors_are_precise(ws, capsys):
     assert _bill_entries(d) == 0
 
 
-def test_synthetic_export_refused_when_rows_can_only_copy_real_ones(tmp_path, base, capsys):
-    """Every household alike (same attributes, 1 kWh each): any synthetic row equals a real row
-    numerically (1 == 1.0), so the export must be refused, not reported as "copies: 0"."""
+def test_synthetic_export_of_identical_households_is_dp_and_audited(tmp_path, base, capsys):
+    """Every household alike: a synthetic row can only equal a real one, which is no leak under DP
+    (the old copy check refused it); the export states its epsilon in the report and the audit log."""
     _, pub = base
     d = tmp_path
     priv = load_private(base[0] / "decryption")
@@ -231,8 +237,9 @@ def test_synthetic_export_refused_when_rows_can_only_copy_real_ones(tmp_path, ba
         reg.put(MeterRecord(mid, "F1", 1000, 1000, 5, same), save=False)
     reg.save()
     fill_store(d / "s.db", pub, [(mid, "F1", T0 + s * IV, 250 if s < 4 else 0, 0) for mid in METERS for s in range(96)])
-    assert export(d, d / "syn.csv", "--synthetic", "50") == 2
-    assert "50 synthetic rows still copy real rows" in capsys.readouterr().err
-    assert not (d / "syn.csv").exists()
+    assert export(d, d / "syn.csv", "--synthetic", "50", "--epsilon", "0.5") == 0
+    assert "epsilon 0.5 (delta 0)" in capsys.readouterr().out
+    rows = pd.read_csv(d / "syn.csv", dtype=str)
+    assert len(rows) == 50 and set(rows["kwh_2026-11"]) <= set(kwh_domain())
     last = audit_entries(d)[-1]
-    assert (last.action, last.decision) == ("export-households", "refuse")
+    assert (last.action, last.decision, last.query["epsilon"]) == ("export-households", "allow", 0.5)

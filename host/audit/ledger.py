@@ -16,7 +16,10 @@ What it remembers (from ``allow`` entries and bookkeeping entries):
   count of the last decrypted bill, every window billed (its end, readings digest, readings per
   band), and the cell labels of every partition;
 - ``policy``: the daily DP budget;
-- ``membership``: per (feeder, month), the frozen set of meters whose readings make its sums.
+- ``membership``: per (feeder, month), the frozen set of meters whose readings make its sums;
+- ``export-households``: every allowed export in order (the export ledger): its mode, the deployment's
+  generalisation scheme (k-anonymous) or epsilon (synthetic), and per released household a keyed
+  digest of its released row, so a later export keeps every household's anonymity set across exports.
 """
 
 from __future__ import annotations
@@ -70,6 +73,17 @@ class BilledWindow:
     band_readings: dict[str, int]
 
 
+@dataclass(frozen=True)
+class ExportRelease:
+    """One allowed household export."""
+
+    seq: int
+    mode: str  # "k-anonymous" | "synthetic"
+    scheme: dict  # k-anonymous: {"k": int, "levels": {key: level}}; synthetic: {}
+    released: dict[str, str]  # meter_id -> keyed digest of its released row (k-anonymous)
+    epsilon: float = 0.0  # synthetic
+
+
 @dataclass
 class Ledger:
     releases: dict[tuple[str, int], Release] = field(default_factory=dict)
@@ -78,6 +92,7 @@ class Ledger:
     partitions: dict[str, tuple[int, ...]] = field(default_factory=dict)
     membership: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     daily_budget_milli: int | None = None
+    exports: list[ExportRelease] = field(default_factory=list)
     seq: int = 0
 
     def apply_all(self, entries: Iterable[AuditEntry]) -> None:
@@ -111,6 +126,10 @@ class Ledger:
             self.daily_budget_milli = None if q["daily_budget_milli"] is None else int(q["daily_budget_milli"])
         elif e.action == "membership":
             self.membership.setdefault((str(q["feeder"]), str(q["month"])), tuple(str(m) for m in q["meters"]))
+        elif e.action == "export-households" and "mode" in q:
+            self.exports.append(ExportRelease(
+                e.seq, str(q["mode"]), dict(q.get("scheme") or {}),
+                {str(m): str(d) for m, d in (q.get("released") or {}).items()}, float(q.get("epsilon") or 0.0)))
 
     def day_releases(self, feeder: str, day: str) -> list[Release]:
         return [r for (f, _), r in sorted(self.releases.items()) if f == feeder and r.day == day]

@@ -1,5 +1,12 @@
 """Household exports: monthly kWh decrypted through the decryption role, anonymised, audited.
 
+Two kinds, both safe to publish twice: a k-anonymous table whose generalisation (attributes and
+monthly kWh bins) is fixed by the deployment's first export and whose classes are split by what
+earlier exports released (the export ledger, folded from the audit log: `audit/ledger.py`), so any
+number of exports of overlapping populations leave every household in a set of >= k identical
+histories; or a synthetic table that is epsilon-DP (`backoffice/dp_synth.py`), the deployment's
+synthetic exports sharing EXPORT_EPSILON_CAP.
+
 Why the export goes through the decryption role: monthly kWh per household are bill totals, which
 only the role may decrypt (each decryption is audited as a "bill" entry); the export itself is one
 more audit entry naming k, what was generalised or synthesised, and an HMAC of the file written.
@@ -36,6 +43,9 @@ log = logging.getLogger(__name__)
 
 EXPORT_TARIFF_NAME = "export-monthly-kwh"
 MIN_EXPORT_K = 2
+# Every household is in every synthetic export, so their epsilons add up (basic composition); the
+# deployment's synthetic exports together stay within this.
+EXPORT_EPSILON_CAP = 4.0
 
 
 def export_tariff(zone: str):
@@ -196,14 +206,13 @@ def _refusal_summary(refusals: dict[str, list[tuple[str, str]]]) -> dict[str, An
 
 
 def run_export(db: str | Path, role_dir: str | Path, out: str | Path, *, registry: str | Path, k: int = 5,
-               synthetic: int | None = None, max_suppress: float = 0.05, seed: int | None = None,
+               synthetic: int | None = None, epsilon: float = 1.0, max_suppress: float = 0.05, seed: int | None = None,
                actor: str | None = None, tariff: str | Path | None = None) -> ExportResult:
     """Decrypt monthly totals through the role, anonymise, write CSV + report, audit the export.
 
     Everything that can be checked without the key (store, registry and attributes, output path,
     time zone) is checked before anything is decrypted.
     """
-    from meterveil.host.backoffice import anonymize
     from meterveil.host.decryption.policy import Policy, PolicyError
     from meterveil.host.decryption.session import check_role_dir, close_role, open_role
     from meterveil.host.store.base import open_store
@@ -227,9 +236,14 @@ def run_export(db: str | Path, role_dir: str | Path, out: str | Path, *, registr
         store.close()
         raise
     query: dict[str, Any] = {"k": k, "synthetic": synthetic, "max_suppress": max_suppress, "timezone": zone}
+    if synthetic is not None:
+        query["epsilon"] = epsilon
     try:
-        if k < MIN_EXPORT_K or (synthetic is not None and synthetic < 1):
-            reason = f"refused: k={k} < {MIN_EXPORT_K}" if k < MIN_EXPORT_K else "refused: --synthetic must be >= 1"
+        bad = (f"refused: k={k} < {MIN_EXPORT_K}" if k < MIN_EXPORT_K else
+               "refused: --synthetic must be >= 1" if synthetic is not None and synthetic < 1 else
+               "refused: --epsilon must be > 0" if synthetic is not None and not epsilon > 0 else None)
+        if bad is not None:
+            reason = bad
             role.record("export-households", query, "refuse", reason)
             raise PolicyError(reason)
         attrs, skipped = attributes_table(reg)
@@ -249,42 +263,87 @@ def run_export(db: str | Path, role_dir: str | Path, out: str | Path, *, registr
             raise PolicyError("the decryption role refused the monthly totals of every household; nothing "
                               "exported:\n  " + "\n  ".join(describe_refusals(refusals)))
         kwh = kwh[~incomplete].astype("int64")
-        table = attrs.join(kwh, how="inner").reset_index(drop=True)  # meter ids dropped here
+        table = attrs.join(kwh, how="inner")  # still keyed by meter id: the ledger needs it, the CSV never
         months = [c.removeprefix("kwh_") for c in kwh.columns]
         query.update(households=len(table), months=months, skipped_no_attributes=skipped)
-        if synthetic is not None:
-            res = anonymize.synthesize(table, synthetic, k=k, seed=seed)
-            if res.copies:
-                role.record("export-households", query, "refuse",
-                             f"refused: {res.copies} synthetic rows copy real ones")
-                raise PolicyError(f"{res.copies} synthetic rows still copy real rows after redrawing "
-                                  f"(the real table has too little variety); nothing exported")
-            released, report = res.table, {"mode": "synthetic", **res.report()}
-        else:
-            kres = anonymize.k_anonymize(table, k, max_suppress=max_suppress, seed=seed)
-            if len(kres.table) == 0:
-                role.record("export-households", query, "refuse",
-                             f"refused: {len(table)} households cannot reach k={k}")
-                raise PolicyError(f"{len(table)} households cannot be made {k}-anonymous")
-            released, report = kres.table, {"mode": "k-anonymous", **kres.report()}
-        report.update(households_in=len(table), months=months, timezone=zone, timezone_source=zone_source,
-                      skipped_no_attributes=skipped, refused_by_decryption_role=refused_summary,
-                      months_dropped_all_refused=[c.removeprefix("kwh_") for c in dropped_months],
-                      households_left_out_refused=int(incomplete.sum()))
-        write_private(out, released.to_csv(index=False))
-        digest = hashlib.sha256(out.read_bytes()).hexdigest()
-        report["sha256"] = digest
-        write_private(report_path, json.dumps(report, indent=1, default=str) + "\n")
-        summary = {key: report[key] for key in ("mode", "rows") if key in report}
-        for key in ("k_achieved", "suppressed", "generalised", "copies_of_real_rows"):
-            if key in report:
-                summary[key] = report[key]
-        role.record("export-households", {**query, **summary}, "allow",
-                     f"ok: {report['mode']} export of {len(released)} rows",
-                     role.result_hash({"sha256": digest}))
-        return ExportResult(out, report, released, refusals, tuple(warnings))
+        with role.decision() as ledger:  # read the export ledger and record this export atomically
+            if synthetic is not None:
+                released, report, extra = _synthetic(role, ledger, query, table, synthetic, epsilon, seed)
+            else:
+                released, report, extra = _k_anonymous(role, ledger, query, table, k, max_suppress, seed)
+            query.update(extra)
+            report.update(households_in=len(table), months=months, timezone=zone, timezone_source=zone_source,
+                          skipped_no_attributes=skipped, refused_by_decryption_role=refused_summary,
+                          months_dropped_all_refused=[c.removeprefix("kwh_") for c in dropped_months],
+                          households_left_out_refused=int(incomplete.sum()))
+            return _write_and_record(role, query, report, released, out, report_path, refusals, warnings)
     finally:
         close_role(role)
         store.close()
 
 
+def anonymize_with_history(table: pd.DataFrame, k: int, max_suppress: float, seed: int | None,
+                           earlier: list, digest) -> tuple[Any, dict[str, str], dict[str, Any]]:
+    """(KAnonResult, meter_id -> digest of its released row, the deployment's scheme).
+
+    `table` is keyed by meter id; `earlier` the allowed k-anonymous exports (audit/ledger.py
+    ExportRelease, oldest first), the first of which fixed the scheme; `digest(row)` a keyed hash.
+    A class is the households with the same generalised row now and the same rows (or absence) in
+    every earlier export, so linking any exports never narrows a household below k.
+    """
+    from meterveil.host.backoffice import anonymize
+
+    scheme = earlier[0].scheme if earlier else None
+    history = pd.Series({mid: json.dumps([[x.seq, x.released[mid]] for x in earlier if mid in x.released])
+                         for mid in table.index}, dtype=object)
+    kres = anonymize.k_anonymize(table, k, max_suppress=max_suppress, seed=seed,
+                                 levels=None if scheme is None else scheme["levels"], history=history)
+    digests = {str(mid): digest({str(c): str(v) for c, v in row.items()}) for mid, row in kres.released.iterrows()}
+    return kres, digests, scheme if scheme is not None else {"k": k, "levels": kres.levels}
+
+
+def _k_anonymous(role, ledger, query, table, k, max_suppress, seed):
+    """k-anonymous rows under the deployment's fixed levels, classes split by earlier exports."""
+    from meterveil.host.decryption.policy import PolicyError
+
+    earlier = [x for x in ledger.exports if x.mode == "k-anonymous"]
+    if earlier and k < int(earlier[0].scheme["k"]):
+        reason = f"refused: k={k} is below the deployment's k={earlier[0].scheme['k']} (fixed by the first export)"
+        role.record("export-households", query, "refuse", reason)
+        raise PolicyError(reason)
+    kres, digests, scheme = anonymize_with_history(table, k, max_suppress, seed, earlier, role.result_hash)
+    if len(kres.table) == 0:
+        role.record("export-households", query, "refuse", f"refused: {len(table)} households cannot reach k={k}")
+        raise PolicyError(f"{len(table)} households cannot be made {k}-anonymous")
+    extra = {"mode": "k-anonymous", "scheme": scheme, "released": digests}
+    return kres.table, {"mode": "k-anonymous", **kres.report(), "deployment_k": int(scheme["k"]),
+                        "earlier_exports": len(earlier)}, extra
+
+
+def _synthetic(role, ledger, query, table, n, epsilon, seed):
+    """DP synthetic rows; the deployment's synthetic exports share one epsilon cap."""
+    from meterveil.host.backoffice import dp_synth
+    from meterveil.host.decryption.policy import PolicyError
+
+    spent = sum(x.epsilon for x in ledger.exports if x.mode == "synthetic")
+    if spent + epsilon > EXPORT_EPSILON_CAP + 1e-9:
+        reason = (f"refused: epsilon {epsilon} would bring the synthetic exports to {spent + epsilon:g} "
+                  f"> cap {EXPORT_EPSILON_CAP:g} (every household is in every export)")
+        role.record("export-households", query, "refuse", reason)
+        raise PolicyError(reason)
+    res = dp_synth.synthesize(table.reset_index(drop=True), n, epsilon=epsilon, seed=seed)
+    extra = {"mode": "synthetic", "epsilon": epsilon}
+    return res.table, {"mode": "synthetic", **res.report(), "epsilon_spent_total": round(spent + epsilon, 6),
+                       "epsilon_cap": EXPORT_EPSILON_CAP}, extra
+
+
+def _write_and_record(role, query, report, released, out, report_path, refusals, warnings) -> ExportResult:
+    """CSV and report (0600), then the audit entry that names the file's hash and the ledger's rows."""
+    write_private(out, released.to_csv(index=False))
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    report["sha256"] = digest
+    write_private(report_path, json.dumps(report, indent=1, default=str) + "\n")
+    summary = {key: report[key] for key in ("rows", "k_achieved", "suppressed", "generalised") if key in report}
+    role.record("export-households", {**query, **summary}, "allow",
+                f"ok: {report['mode']} export of {len(released)} rows", role.result_hash({"sha256": digest}))
+    return ExportResult(out, report, released, refusals, tuple(warnings))

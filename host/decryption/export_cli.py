@@ -18,7 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "of earlier bills in the audit log, else tariffs/tou3.toml")
     h.add_argument("--k", type=int, default=5, help="every quasi-identifier combination appears >= k times (default 5)")
     h.add_argument("--max-suppress", type=float, default=0.05, help="largest fraction of households suppressed (default 0.05)")
-    h.add_argument("--synthetic", type=int, default=None, metavar="N", help="write N synthetic records instead")
+    h.add_argument("--synthetic", type=int, default=None, metavar="N",
+                   help="write N differentially private synthetic records instead")
+    h.add_argument("--epsilon", type=float, default=1.0,
+                   help="DP budget of a synthetic export (default 1; all synthetic exports share a cap of 4)")
     h.add_argument("--seed", type=int, default=None, help="seed for shuffling/synthesis: tests only (a known seed lets anyone undo the row shuffle)")
     h.add_argument("--out", required=True, help="CSV to write (folder created if missing); a JSON report goes next "
                                                 "to it (OUT.report.json)")
@@ -34,7 +37,7 @@ def export_households_cmd(args: argparse.Namespace) -> int:
     from meterveil.host.decryption.policy import PolicyError
 
     try:
-        res = run_export(args.db, args.role_dir, args.out, registry=args.registry, k=args.k, synthetic=args.synthetic,
+        res = run_export(args.db, args.role_dir, args.out, registry=args.registry, k=args.k, synthetic=args.synthetic, epsilon=args.epsilon,
                          max_suppress=args.max_suppress, seed=args.seed, actor=args.actor, tariff=args.tariff)
     except (PolicyError, AuditError, KeyFileError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -52,15 +55,16 @@ def export_households_cmd(args: argparse.Namespace) -> int:
     if r["mode"] == "k-anonymous":
         print(f"{r['rows']} of {r['households_in']} households, k={r['k']} achieved k={r['k_achieved']}, "
               f"{r['suppressed']} suppressed, {r['classes']} classes -> {res.out}")
+        print(f"  levels {'fixed by the first export' if r['levels_fixed'] else 'chosen now and fixed for later exports'}"
+              f" ({r['earlier_exports']} earlier)")
         for col, what in r["generalised"].items():
             print(f"  {col}: {what}")
     else:
-        u = r["utility"]
         print(f"{r['rows']} synthetic records from {r['households_in']} households -> {res.out}; "
-              f"copies of real rows: {r['copies_of_real_rows']}; pairwise kept: {r['model']['pairwise']}")
-        print(f"  marginal TVD: {u['marginal_tvd']}")
-        for col, d in u["numeric"].items():
-            print(f"  {col}: KS {d['ks']}, W1 {d['w1_kwh']} kWh")
+              f"epsilon {r['epsilon']:g} (delta 0), synthetic exports so far {r['epsilon_spent_total']:g} "
+              f"of {r['epsilon_cap']:g}")
+        print(f"  measured: {', '.join(r['model']['marginals'])}")
+        print(f"  marginal TVD vs the real table: {r['utility']['marginal_tvd']}")
     print(f"  months {', '.join(r['months'])} (billing periods in {r['timezone']}, from {r['timezone_source']})")
     print(f"report: {res.out}.report.json (audited)")
     return 0

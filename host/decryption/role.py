@@ -201,6 +201,12 @@ class DecryptionRole:
         self.record("policy", {"daily_budget_milli": given, "previous": stored}, "allow", "daily DP budget set")
         return given
 
+    @contextmanager
+    def decision(self) -> Iterator[Ledger]:
+        """One decision made outside this class (an export): the lock held, the ledger up to date."""
+        with self._tx():
+            yield self.ledger
+
     def record(self, action: str, query: dict[str, Any], decision: str, reason: str, result_hash: str = ""):
         entry = self.audit.append(self.actor, action, query, decision, reason, result_hash)
         self._refresh()
