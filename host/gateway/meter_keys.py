@@ -82,7 +82,7 @@ class MeterKey:
     previous_key: Secret | None = field(default=None, repr=False)
     rotated_at: int | None = None
 
-    def usable_previous(self, now: float, grace_s: float = PREVIOUS_KEY_GRACE_S) -> bytes | None:
+    def usable_previous(self, now: float, grace_s: float = PREVIOUS_KEY_GRACE_S) -> Secret | None:
         if self.previous_key is None or self.rotated_at is None:
             return self.previous_key
         return self.previous_key if now - self.rotated_at <= grace_s else None
