@@ -78,7 +78,7 @@ def _meters(args: argparse.Namespace) -> list[MeterSpec]:
         # readings are the meter's own Paillier ciphertexts, not the kind 1 frames made here)
         ids = sorted(m for m in reg.ids() if not reg.get(m).end_to_end)[:args.meters]
         if len(ids) < args.meters:
-            raise ToolError(f"only {len(ids)} proxy meters registered, {args.meters} asked (use --register to add "
+            raise ToolError(f"only {len(ids)} meters registered in proxy mode, {args.meters} asked (use --register to add "
                             f"synthetic ones)")
     out = []
     for mid in ids:
