@@ -21,7 +21,7 @@ from meterveil.host.common import packing
 from meterveil.host.common.registry import MODE_E2E, MODE_PROXY
 from meterveil.host.gateway.encryptor import make_encryptor
 from meterveil.host.gateway.ingest import Gateway, Message
-from meterveil.host.gateway.meter_keys import E2EKeys, KeyedRegistry, frame_keys
+from meterveil.host.gateway.meter_keys import PREVIOUS_KEY_GRACE_S, E2EKeys, KeyedRegistry, frame_keys
 from meterveil.host.store.base import SCHEME_PACKED_E2E_V1, SCHEME_PACKED_V1, open_store
 from meterveil.protocol import e2e, errors, frame, household, opener
 from meterveil.protocol import paillier as mpaillier
@@ -114,7 +114,8 @@ def test_the_gateway_key_file_holds_no_e2e_master_key(gw):
     assert entries["m0001"]["key"] == PROXY_MASTER.hex()  # a proxy meter's readings are the gateway's to open
     # rotation keeps both keys reduced, the previous one for the grace period
     new_master = bytes([3]) * 32
-    rotated = reg.rotate("m0002", new_master)
+    t0 = 1_800_000_000
+    rotated = reg.rotate("m0002", new_master, now=t0)
     assert rotated.key == E2EKeys.from_master(new_master) and rotated.previous_key == E2EKeys.from_master(E2E_MASTER)
     assert_no_value_keys(reg.keys.path.parent, {"m0002": (new_master, HOUSEHOLD)})
     entry = json.loads(reg.keys.path.read_text())["meters"]["m0002"]
@@ -123,6 +124,12 @@ def test_the_gateway_key_file_holds_no_e2e_master_key(gw):
     assert E2E_MASTER.hex() not in reg.keys.path.read_text()
     with pytest.raises(ValueError, match="must be given"):
         reg.rotate("m0002")  # a master made here could never reach the meter's config
+    # past the grace period the previous pair is dropped; the entry stays reduced
+    assert reg.get("m0002", now=t0 + PREVIOUS_KEY_GRACE_S).previous_key is not None
+    assert reg.get("m0002", now=t0 + PREVIOUS_KEY_GRACE_S + 1).previous_key is None
+    reg.keys.save(now=t0 + PREVIOUS_KEY_GRACE_S + 1)
+    assert json.loads(reg.keys.path.read_text())["meters"]["m0002"]["previous_mac_key"] is None
+    assert_no_value_keys(reg.keys.path.parent, {"m0002": (new_master, HOUSEHOLD)})
 
 
 def test_a_gateway_loaded_from_the_reduced_key_file_stores_values_the_secret_key_bills(tmp_path):
