@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from meterveil.host.common.pubkey import make_hs
 from meterveil.host.common.registry import MODE_E2E, MeterRegistry
 from meterveil.host.gateway.encryptor import ReadingEncryptor, make_encryptor
 from meterveil.host.gateway.ingest import Gateway, IngestConfig, Message
-from meterveil.host.gateway.meter_keys import KEYS_NAME, KeyedRegistry, MeterKeys
+from meterveil.host.gateway.meter_keys import KEYS_NAME, KeyedRegistry, MeterKeys, frame_keys
 from meterveil.host.store.base import Batch, StoredReading, open_store
 from meterveil.protocol import e2e, frame
 
@@ -56,7 +57,7 @@ def make_frames(reg: KeyedRegistry, n: int) -> list[Message]:
         fields = {"billing_wh": 100 + i % 900, "analytics_wh": (i % 400) - 150, "flags": 0, "samples": 900,
                   "clipped": 0, "missing_s": 0}
         out.append(Message(frame.topic(rec.meter_id, "reading"),
-                           frame.seal(frame.derive_keys(rec.key), header, fields)))
+                           frame.seal(frame_keys(rec.key), header, fields)))
     return out
 
 
@@ -77,7 +78,7 @@ def make_e2e_frames(reg: KeyedRegistry, pub: paillier.PaillierPublicKey, n: int)
         fields = {"billing_wh": 100 + i % 900, "analytics_wh": (i % 400) - 150, "flags": 0, "samples": 900,
                   "clipped": 0, "missing_s": 0}
         out.append(Message(frame.topic(rec.meter_id, "reading"),
-                           e2e.seal(frame.derive_keys(rec.key), hkeys, header, fields, pub.n, rhos[i % 8],
+                           e2e.seal(frame_keys(rec.key), hkeys, header, fields, pub.n, rhos[i % 8],
                                     bytes(16))))
     return out
 
@@ -99,7 +100,7 @@ def run_gateway(enc: ReadingEncryptor, reg: KeyedRegistry, msgs: list[Message], 
 
 def run_minimal(enc: ReadingEncryptor, reg: KeyedRegistry, msgs: list[Message], db: Path) -> tuple[float, float, int]:
     store = open_store(db)
-    keys = {r.meter_id: frame.derive_keys(r.key) for r in reg}
+    keys = {r.meter_id: frame_keys(r.key) for r in reg}
     nbytes = (enc.pub.nsquare.bit_length() + 7) // 8
     c0, t0 = time.process_time(), time.perf_counter()
     batch = Batch()
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(METERS):
             reg.add(f"b{i:03d}", feeder=f"F{i % 5}", epsilon_milli=1000, clamp_wh=1000, m=10, save=False)
             reg.add(f"e{i:03d}", feeder=f"F{i % 5}", epsilon_milli=1000, clamp_wh=1000, m=10, save=False,
-                    mode=MODE_E2E)
+                    mode=MODE_E2E, key=os.urandom(32))
         # rounds interleave the strategies so that load from other processes hits all of them alike
         for rnd in range(rounds):
             for label, name, opts, n, runner in plan:

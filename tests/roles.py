@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
 from meterveil.host.audit import signing
 from meterveil.host.audit.chain import AuditLog
-from meterveil.host.common.pubkey import write_public
+from meterveil.host.common.pubkey import secret_keys_in, write_public
 from meterveil.host.common.registry import MeterRecord, MeterRegistry
 from meterveil.host.decryption import secret_key
 from meterveil.host.decryption.policy import Policy
 from meterveil.host.decryption.role import DecryptionRole
 from meterveil.host.decryption.session import role_paths
+from meterveil.host.gateway.meter_keys import KEYS_NAME
 from meterveil.host.store.base import open_store
+from meterveil.protocol import e2e, frame
+
+# What the gateway's key file may hold for an end-to-end meter (host/gateway/meter_keys.py).
+E2E_ENTRY_FIELDS = {"mac_key", "status_key", "previous_mac_key", "previous_status_key", "rotated_at"}
 
 
 def split_keys(root: Path, pub, priv) -> tuple[Path, Path]:
@@ -24,6 +30,22 @@ def split_keys(root: Path, pub, priv) -> tuple[Path, Path]:
         secret_key.write_secret(role, priv)
         signing.generate(role)
     return gw, role
+
+
+def assert_no_value_keys(keys_dir: Path, meters: dict[str, tuple[bytes, bytes]]) -> None:
+    """The gateway's keys folder holds, for each end-to-end meter, its MAC key and status key and nothing a
+    reading value could be recovered from: not its master key (which derives all of the meter's keys), not
+    its household key or a key derived from it, no Paillier secret key. `meters`: id -> (master, household)."""
+    entries = json.loads((Path(keys_dir) / KEYS_NAME).read_text())["meters"]
+    everything = b"".join(p.read_bytes() for p in Path(keys_dir).rglob("*") if p.is_file())
+    assert secret_keys_in(keys_dir) == []
+    for mid, (master, household) in meters.items():
+        entry = entries[mid]
+        assert set(entry) <= E2E_ENTRY_FIELDS and "key" not in entry, f"{mid}: {sorted(entry)}"
+        status, mac = frame.derive_keys(master)
+        assert (bytes.fromhex(entry["status_key"]), bytes.fromhex(entry["mac_key"])) == (status, mac)
+        for secret in (master, household, *e2e.household_keys(household)):
+            assert secret.hex().encode() not in everything and secret not in everything, mid
 
 
 def role_dir_for(db: Path, priv) -> Path:

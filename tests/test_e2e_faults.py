@@ -20,7 +20,8 @@ the counter of that TRUTH line, and nothing else is stored except (precisely) a 
 SIGKILL cut off between its outbox append and its TRUTH line (read back from the killed meter's
 outbox on disk); the gateway counted no rejection; every bill of the real CLI equals a bill
 computed here from the TRUTH energies with a 3-band ToU tariff (own band lookup, Decimal, half up
-per line), to the paisa.
+per line), to the paisa. In E2E mode the gateway runs with a key file holding each meter's MAC key
+and status key only (checked before it starts): what it stores, the decryption role bills exactly.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as paho
 import pytest
+from roles import assert_no_value_keys
 
 from meterveil.host.backoffice.tariff import DEFAULT_TARIFF
 from meterveil.host.common.pubkey import secret_keys_in
@@ -258,6 +260,8 @@ def test_faults_end_to_end(tmp_path, mosquitto, mode):
     assert secret_keys_in(ws.keys_dir) == [] and secret_keys_in(ws.role_dir)
     gateway_files = b"".join(p.read_bytes() for d in (ws.keys_dir, ws.registry.parent) for p in d.iterdir())
     assert all(p.household_key.hex().encode() not in gateway_files for p in ws.meters if p.household_key)
+    if mode == "e2e":  # the gateway below runs with MAC and status keys only: no master key, no household key
+        assert_no_value_keys(ws.keys_dir, {p.meter_id: (p.key, p.household_key) for p in ws.meters})
     build_firmware()
 
     gw = GatewayProc(mosquitto.url, ws.db, ws.keys_dir, ws.registry, tmp_path / "gateway.log")

@@ -2,6 +2,10 @@
 
 Why check first: a pilot's CSV of 200 meters with one typo on line 150 must not leave 149 meters
 half-registered; either the whole file is sound or nothing is written.
+
+End-to-end rows (a ``mode`` column, or ``--mode e2e`` for rows without one) get their household card in
+CARD_DIR/<meter_id>/ and their complete config in METER_OUT/<meter_id>/, both outside the workspace,
+exactly as a single `provision --mode e2e`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+from meterveil.host.common.pubkey import KeyFileError, ensure_e2e
+from meterveil.host.common.registry import MODE_E2E
 
 from . import mqtt_auth
 from .fileio import ToolError
@@ -23,6 +30,7 @@ from .provision import (
     Provisioned,
     check_attribute,
     check_spec,
+    e2e_outputs,
     open_registry,
     provision_one,
 )
@@ -96,9 +104,21 @@ class Progress:
 
 
 def provision_batch(workspace: Path, csv_path: Path, defaults: MeterSpec, *, broker_url: str | None = None,
-                    registry: Path | None = None, progress: Progress | None = None) -> list[Provisioned]:
+                    registry: Path | None = None, progress: Progress | None = None, card_dir: Path | None = None,
+                    meter_out: Path | None = None) -> list[Provisioned]:
     ws = Workspace(Path(workspace))
     specs = read_batch(csv_path, defaults)
+    if any(s.mode == MODE_E2E for s in specs):  # what a single e2e provision checks, before any row is written
+        e2e_rows = ", ".join(s.meter_id for s in specs if s.mode == MODE_E2E)
+        try:
+            card_dir, meter_out = e2e_outputs(ws, card_dir, meter_out)
+        except ToolError as e:
+            raise ToolError(f"{csv_path}: end-to-end rows ({e2e_rows}): {e}; nothing was provisioned") from None
+        try:
+            ensure_e2e(ws.keys_dir)
+        except (KeyFileError, FileNotFoundError) as e:
+            raise ToolError(f"{csv_path}: end-to-end rows need the utility public key in {ws.keys_dir} "
+                            f"(meterveil keys init): {e}; nothing was provisioned") from None
     reg = open_registry(ws, registry)
     users = mqtt_auth.read_passwd(ws.passwd)
     taken = [s.meter_id for s in specs if s.meter_id in reg or s.meter_id in users
@@ -109,6 +129,9 @@ def provision_batch(workspace: Path, csv_path: Path, defaults: MeterSpec, *, bro
     bar = progress or Progress(len(specs))
     done = []
     for spec in specs:
-        done.append(provision_one(workspace, spec, broker_url=broker_url, registry=registry))
+        e2e = spec.mode == MODE_E2E
+        done.append(provision_one(workspace, spec, broker_url=broker_url, registry=registry,
+                                  card_dir=card_dir if e2e else None,
+                                  meter_out=meter_out / spec.meter_id if e2e and meter_out else None))
         bar.step(spec.meter_id)
     return done

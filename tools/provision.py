@@ -7,7 +7,8 @@ firmware's own check) before touching any store; then registry -> broker passwor
 
 Key rotation (--rotate-key) replaces the master key and the broker password, keeps the old key as
 the registry's previous_key (frames still in the meter's outbox open), and appends a line without
-key material to DIR/rotation.log.
+key material to DIR/rotation.log. For an end-to-end meter the gateway's key file gets only the MAC and
+status-frame keys the master derives (host/gateway/meter_keys.py); the master goes into its config alone.
 
 Household attributes (--attr home_type=flat --attr occupants=3 --attr tariff_type=tou
 --attr region=north, or the same columns in a batch CSV) go into the registry entry's attributes;
@@ -31,7 +32,7 @@ from typing import Any
 from meterveil.host.backoffice.dp import share_variance
 from meterveil.host.common.pubkey import KeyFileError, ensure_e2e
 from meterveil.host.common.registry import METER_ID_RE, MODE_E2E, MODE_PROXY, MODES, REGISTRY_NAME
-from meterveil.host.gateway.meter_keys import MASTER_KEY_BYTES, KeyedRegistry
+from meterveil.host.gateway.meter_keys import MASTER_KEY_BYTES, E2EKeys, KeyedRegistry, Secret
 from meterveil.host.household.card import HouseholdCard, new_key, write_card
 
 from . import meter_config, mqtt_auth
@@ -115,11 +116,13 @@ class Provisioned:
     meter_id: str
     config: Path
     rotated: bool
+    end_to_end: bool = False
 
 
-def key_id(key: bytes) -> str:
-    """A public fingerprint for logs: never the key, never a prefix of it."""
-    return hashlib.sha256(b"meterveil key id" + key).hexdigest()[:16]
+def key_id(key: Secret) -> str:
+    """A public fingerprint for logs: never the key, never a prefix of it (an E2E meter's key as the
+    gateway keeps it: its MAC key stands for it)."""
+    return hashlib.sha256(b"meterveil key id" + (key.mac_key if isinstance(key, E2EKeys) else key)).hexdigest()[:16]
 
 
 def check_spec(spec: MeterSpec) -> None:
@@ -128,6 +131,8 @@ def check_spec(spec: MeterSpec) -> None:
                         f"(it is also the MQTT user name)")
     if not spec.feeder:
         raise ToolError(f"{spec.meter_id}: --feeder is required")
+    if spec.mode not in MODES:
+        raise ToolError(f"{spec.meter_id}: mode must be one of {', '.join(MODES)}, got {spec.mode!r}")
     if spec.m < 1 or spec.epsilon_milli < 1 or spec.clamp_wh < 1:
         raise ToolError(f"{spec.meter_id}: --epsilon-milli, --clamp-wh and --m must be positive")
     if spec.sim_profile is not None and not Path(spec.sim_profile).is_file():
@@ -204,7 +209,7 @@ def _commit_config(ws: Workspace, meter_id: str, stage: Path) -> Path:
     return final_dir / "config.json"
 
 
-def _log_rotation(ws: Workspace, meter_id: str, old: bytes, new: bytes) -> None:
+def _log_rotation(ws: Workspace, meter_id: str, old: Secret, new: Secret) -> None:
     entry = {"time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "meter_id": meter_id,
              "old_key_id": key_id(old), "new_key_id": key_id(new), "broker_password": "rotated",
              "by": getpass.getuser()}
@@ -221,6 +226,14 @@ def _outside(ws: Workspace, path: Path, what: str) -> Path:
         raise ToolError(f"{what} {path} is inside the utility's workspace: the household key must not stay "
                         f"with the utility; choose a folder outside {ws.root}")
     return p
+
+
+def e2e_outputs(ws: Workspace, card_dir: Path | None, meter_out: Path | None) -> tuple[Path, Path]:
+    """Where an end-to-end meter's household card and complete config go: given, and outside the workspace."""
+    if card_dir is None or meter_out is None:
+        raise ToolError("an end-to-end meter needs --card-dir (the household card) and --meter-out (the "
+                        "complete config for the meter), both outside the workspace")
+    return _outside(ws, card_dir, "--card-dir"), _outside(ws, meter_out, "--meter-out")
 
 
 def _redact_household_key(config: Path, fingerprint: str) -> None:
@@ -266,13 +279,8 @@ def provision_one(workspace: Path, spec: MeterSpec, *, broker_url: str | None = 
             raise ToolError(f"meter {spec.meter_id} already exists in {', '.join(where)}; use --rotate-key to "
                             f"replace its key, or choose another id")
     check_spec(spec)
-    if spec.mode not in MODES:
-        raise ToolError(f"mode must be one of {', '.join(MODES)}")
     if spec.mode == MODE_E2E:
-        if card_dir is None or meter_out is None:
-            raise ToolError("an end-to-end meter needs --card-dir (the household card) and --meter-out (the "
-                            "complete config for the meter), both outside the workspace")
-        card_dir, meter_out = _outside(ws, card_dir, "--card-dir"), _outside(ws, meter_out, "--meter-out")
+        card_dir, meter_out = e2e_outputs(ws, card_dir, meter_out)
     key = os.urandom(MASTER_KEY_BYTES)
     password = mqtt_auth.new_password()
     calibration = dict(meter_config.DEFAULT_CALIBRATION, volts=spec.volts, rated_amps=spec.rated_amps)
@@ -302,7 +310,7 @@ def provision_one(workspace: Path, spec: MeterSpec, *, broker_url: str | None = 
             if card is not None:  # the utility cannot re-use the old household key: it never had it
                 reg.registry.put(replace(existing.record, household_fingerprint=card.fingerprint),
                                  replace_existing=True)
-            _log_rotation(ws, spec.meter_id, existing.key, key)
+            _log_rotation(ws, spec.meter_id, existing.key, reg.get(spec.meter_id).key)
         else:
             household = {k: check_attribute(k, v) for k, v in spec.attributes.items()}
             reg.add(spec.meter_id, feeder=spec.feeder, epsilon_milli=spec.epsilon_milli, clamp_wh=spec.clamp_wh,
@@ -321,7 +329,7 @@ def provision_one(workspace: Path, spec: MeterSpec, *, broker_url: str | None = 
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return Provisioned(spec.meter_id, _commit_config(ws, spec.meter_id, stage), rotate_key)
+    return Provisioned(spec.meter_id, _commit_config(ws, spec.meter_id, stage), rotate_key, card is not None)
 
 
 def _spec_from_config(cfg: dict[str, Any], spec: MeterSpec) -> MeterSpec:
@@ -394,11 +402,13 @@ def register(sub) -> None:
     p.add_argument("--sim-speed", type=float, default=1.0, help="unix-port meter: simulated seconds per second")
     p.add_argument("--sim-start", type=int, default=None, help="unix-port meter: simulated start (unix time)")
     p.add_argument("--mode", choices=MODES, default=MODE_PROXY,
-                   help="proxy (the gateway encrypts) or e2e (the meter encrypts; needs --card-dir, --meter-out)")
+                   help="proxy (the gateway encrypts) or e2e (the meter encrypts; needs --card-dir, --meter-out); "
+                        "with --batch: the mode of rows without a mode column")
     p.add_argument("--card-dir", type=Path, default=None,
-                   help="e2e: where the household card goes (outside the workspace)")
+                   help="e2e: where the household card goes, CARD_DIR/<meter_id>/ (outside the workspace)")
     p.add_argument("--meter-out", type=Path, default=None,
-                   help="e2e: where the meter's complete config goes (outside the workspace)")
+                   help="e2e: where the meter's complete config goes (outside the workspace; with --batch "
+                        "METER_OUT/<meter_id>/)")
     p.add_argument("--attr", action="append", default=[], metavar="KEY=VALUE",
                    help="household attribute for `export households`, repeatable: home_type=flat|terraced|"
                         "semi-detached|detached, occupants=1-20, tariff_type=flat|tou|ev, "
@@ -427,8 +437,11 @@ def _cli(args) -> int:
         from .batch import provision_batch
 
         done = provision_batch(args.workspace, args.batch, defaults, broker_url=args.broker_url,
-                               registry=args.registry)
+                               registry=args.registry, card_dir=args.card_dir, meter_out=args.meter_out)
         print(f"provisioned {len(done)} meters; configs in {ws.root / 'meters'}")
+        if any(d.end_to_end for d in done):
+            print(f"end to end: each such meter's config is in {args.meter_out}/<meter_id>/, its household card "
+                  f"in {args.card_dir}/<meter_id>/ (the workspace keeps the card's fingerprint only)")
     else:
         if not args.meter_id:
             raise ToolError("give a METER_ID (or --batch CSV)")

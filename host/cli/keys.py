@@ -92,8 +92,7 @@ def _split_registry(args: argparse.Namespace) -> int:
             reg.put(MeterRecord.from_json(mid, meta), replace_existing=True, save=False)
     except (KeyError, TypeError, ValueError) as e:
         raise ToolError(f"{old}: {e}") from None
-    keys.save()
-    reg.save()
+    KeyedRegistry(reg, keys).save()  # an end-to-end meter's entry keeps its MAC and status keys only
     print(json.dumps({"meters": len(reg), "meter_keys": str(keys.path), "registry": str(reg.path),
                       "next": f"delete {old} (it still holds every master key)"}))
     return 0

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from meterveil.host.backoffice.tariff import TariffError, load_tariff
+from meterveil.host.common.registry import MODE_E2E
 from meterveil.host.demo import report
 from meterveil.host.demo.broker import EmbeddedBroker, meter_acls
 from meterveil.host.demo.gateway import DemoGateway, gateway_stats
@@ -233,7 +234,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                          username=GATEWAY_USER if embedded else None,
                          password=ws.broker_users.get(GATEWAY_USER)).start()
         fleet = Fleet(ws.meters, heapsize=cfg.heapsize, log_dir=root / "logs")
-        timeout = cfg.timeout_s or (120 + 3.0 * cfg.meters * max(cfg.days, 0.25))
+        # E2E meters spend ~6x the CPU per reading (they Paillier-encrypt; docs/DEMO.md "Measured")
+        per_meter_day = 18.0 if cfg.mode == MODE_E2E else 3.0
+        timeout = cfg.timeout_s or (120 + per_meter_day * cfg.meters * max(cfg.days, 0.25))
         log.info("demo: %d meters on %d feeders, %d intervals each, block %d s, timeout %.0f s",
                  cfg.meters, cfg.feeders, expected_k, block_s, timeout)
         t_run = time.monotonic()

@@ -34,7 +34,8 @@ meter too, and logged once per (meter, reason) per ``log_interval_s``):
    this function's locals.
 
 End-to-end meters (registry ``mode: e2e``) send kind 3 frames; a kind from the other mode is
-``mode_mismatch``. For kind 3, step 5 verifies the MAC without decrypting anything (there is no AES
+``mode_mismatch``, decided from the header before anything is opened (for an E2E meter the gateway holds
+only the MAC key and the key of its status frames, meter_keys.py, so it could not open a kind 1 anyway). For kind 3, step 5 verifies the MAC without decrypting anything (there is no AES
 body), step 7 checks what the header and the public flags say (clock, interval, future, stale,
 missing_s) but no value: the value is the meter's Paillier ciphertext, which must be a unit below n^2
 (``bad_ciphertext``) and is stored as received, next to the household's sealed copy. Value range checks
@@ -70,9 +71,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meterveil.host.common.noise_bound import noise_share_bound
-from meterveil.host.common.registry import MODE_E2E, rated_max_wh
+from meterveil.host.common.registry import rated_max_wh
 from meterveil.host.gateway.encryptor import ReadingEncryptor
-from meterveil.host.gateway.meter_keys import KeyedMeter, KeyedRegistry
+from meterveil.host.gateway.meter_keys import KeyedMeter, KeyedRegistry, frame_keys
 from meterveil.host.store.base import (
     SCHEME_PACKED_E2E_V1,
     SCHEME_PACKED_V1,
@@ -309,8 +310,8 @@ class Gateway:
         """((key, previous key), derived keys, derived previous keys or None), cached per meter."""
         cached = self._keys.get(rec.meter_id)
         if cached is None or cached[0] != (rec.key, rec.previous_key):  # a retired previous key drops out
-            prev = frame.derive_keys(rec.previous_key) if rec.previous_key else None
-            cached = ((rec.key, rec.previous_key), frame.derive_keys(rec.key), prev)
+            prev = frame_keys(rec.previous_key) if rec.previous_key is not None else None
+            cached = ((rec.key, rec.previous_key), frame_keys(rec.key), prev)
             self._keys[rec.meter_id] = cached
         return cached
 
@@ -349,9 +350,11 @@ class Gateway:
                 self._check_unverified(header)
             raise
         e2e_frame = header["kind"] == frame.KIND_READING_PAILLIER
-        if e2e_frame != (rec.mode == MODE_E2E) and header["kind"] != frame.KIND_STATUS:
-            # An E2E meter never shows the gateway a value; a proxy meter's kind 3 has nothing to check it by.
-            raise Rejected("mode_mismatch", f"kind {header['kind']} from a {rec.mode} meter")
+        if e2e_frame != rec.end_to_end and header["kind"] != frame.KIND_STATUS:
+            # An E2E meter never shows the gateway a value (refused before anything is opened: the gateway
+            # has no key for it anyway); a proxy meter's kind 3 has nothing to check it by.
+            mode = "e2e" if rec.end_to_end else rec.mode
+            raise Rejected("mode_mismatch", f"kind {header['kind']} from a {mode} meter")
         if e2e_frame:
             return self._process_e2e(msg, rec, payload, topic_meter, header)
         rec, opened = self._open(rec, payload, topic_meter)
