@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 MECHANISMS = ("central", "ours", "ours_no_collusion_margin", "previous", "local")
 
-FULL = {"n_list": [10, 30, 100, 300, 1000, 3000, 10000], "eps_list": [0.5, 1.0, 2.0], "clamp_list": [250, 500, 1000],
+FULL = {"n_list": [10, 30, 100, 300, 1000, 3000, 10000], "eps_list": [0.5, 1.0, 2.0], "clamp_list": [250, 400, 500, 1000],
         "gamma": 0.2, "pool_households": 300, "pool_days": 7, "trials": 20, "noise_reps": 50, "seed": 7,
         "firmware_cell": [100, 1.0, 500]}
 SMALL = {"n_list": [10, 100, 1000], "eps_list": [1.0], "clamp_list": [500], "gamma": 0.2,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from meterveil.host.backoffice.tariff import DEFAULT_TARIFF
 from meterveil.host.demo.run import print_summary, run_demo
-from meterveil.host.demo.setup import DEFAULT_HEAPSIZE, DemoConfig, DemoError
+from meterveil.host.demo.setup import DEFAULT_HEAPSIZE, E2E_HEAPSIZE, DemoConfig, DemoError
 
 log = logging.getLogger("meterveil.demo")
 
@@ -96,7 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=None, help="seconds before giving up (default: scaled)")
     p.add_argument("--sampling", choices=("sparse", "dense"), default="sparse")
     p.add_argument("--block-s", type=int, default=None, help="sparse: seconds per ADC block (default auto)")
-    p.add_argument("--heapsize", default=DEFAULT_HEAPSIZE, help="MicroPython heap per meter (-X heapsize)")
+    p.add_argument("--heapsize", default=None,
+                   help=f"MicroPython heap per meter (-X heapsize; default {DEFAULT_HEAPSIZE}, {E2E_HEAPSIZE} in e2e mode)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--web", action="store_true", help="then start the web console on the workspace and print "
                                                       "generated logins (one per role, one household)")

@@ -47,6 +47,7 @@ from meterveil.host.demo.setup import (
     DemoConfig,
     DemoError,
     Workspace,
+    meter_heapsize,
     provision,
     write_meter_configs,
 )
@@ -233,7 +234,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         gw = DemoGateway(ws.keys_dir, ws.registry, ws.db, url, mqtt_v5=not embedded,
                          username=GATEWAY_USER if embedded else None,
                          password=ws.broker_users.get(GATEWAY_USER)).start()
-        fleet = Fleet(ws.meters, heapsize=cfg.heapsize, log_dir=root / "logs")
+        fleet = Fleet(ws.meters, heapsize=meter_heapsize(cfg), log_dir=root / "logs")
         # E2E meters spend ~6x the CPU per reading (they Paillier-encrypt; docs/DEMO.md "Measured")
         per_meter_day = 18.0 if cfg.mode == MODE_E2E else 3.0
         timeout = cfg.timeout_s or (120 + per_meter_day * cfg.meters * max(cfg.days, 0.25))

@@ -40,6 +40,15 @@ MARKER = ".meterveil-demo"  # only directories carrying it are ever wiped
 GATEWAY_USER = "gateway"
 # The same heap the firmware tests use (docs/FIRMWARE.md, Memory): one number for both.
 DEFAULT_HEAPSIZE = firmware_runner.DEFAULT_HEAPSIZE
+# An end-to-end meter on the 64-bit unix port, bytecode loaded into the heap, also holds Paillier
+# bignums and its obfuscator pipeline: 128k fragments within a day (a ~1 KB block goes missing while
+# ~30 KB are free); 192k leaves ~96 KB free at the low point. The board target is tracked by
+# tests/test_fw_heap.py.
+E2E_HEAPSIZE = "192k"
+
+
+def meter_heapsize(cfg) -> str:
+    return cfg.heapsize or (E2E_HEAPSIZE if cfg.mode == MODE_E2E else DEFAULT_HEAPSIZE)
 
 # A 100 A single-phase supply on a 2000:1 CT into 15 ohm: 1.06 V peak at rated current, inside
 # the 12-bit ADC's +-1.65 V around mid-rail with headroom for harmonics.
@@ -73,7 +82,7 @@ class DemoConfig:
     timeout_s: float | None = None
     sim_mode: str = "sparse"
     block_s: int | None = None            # sparse block length; None = auto (demo.auto_block_s)
-    heapsize: str = DEFAULT_HEAPSIZE       # MicroPython heap per meter
+    heapsize: str | None = None            # MicroPython heap per meter (None: by mode, meter_heapsize)
     progress: bool = True
     mode: str = MODE_PROXY                  # proxy: the gateway encrypts; e2e: the meters do
 
