@@ -23,7 +23,8 @@ METERS, FEEDERS, HOURS = 4, 2, 4
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo-e2e")
     cfg = DemoConfig(meters=METERS, feeders=FEEDERS, days=HOURS / 24, start=_recent_weekday(), start_hour=6,
-                     out=out, progress=False, timeout_s=900, mode="e2e", k_min=2)
+                     out=out, progress=False, timeout_s=900, mode="e2e", k_min=2,
+                     min_band_readings=1)  # a 4-hour run; the per-band floor is tested in test_billing
     return cfg, run_demo(cfg), out
 
 
