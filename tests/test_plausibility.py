@@ -89,7 +89,7 @@ def test_an_impossible_feeder_sum_is_refused_and_audited(tmp_path, keypair):
     store = open_store(db)
     role = role_for(db, priv)
     try:
-        loads = role.feeder_load(store, "F1", t0, t0 + 2 * IV)
+        loads = role.feeder_load(store, "F1", t0, t0 + 2 * IV, release_s=IV)  # one cell per interval
         assert [x.status for x in loads][0] == "ok" and loads[0].analytics_sum_wh == 6 * 150
         assert "physically impossible" in loads[1].status and loads[1].analytics_sum_wh is None
         assert any("physically impossible" in r for r in _audit_refusals(role))
