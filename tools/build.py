@@ -101,10 +101,20 @@ def board_sources(root: Path, sim: bool = False) -> list[tuple[Path, str]]:
     return pairs
 
 
+def source_name(device_path: str) -> str:
+    """The file name a module's tracebacks show: its dotted import name ("meter.app").
+
+    The import system interns that name anyway, while a path ("lib/meter/app.py") would be one more
+    interned string per module in the meter's RAM (qstr pools: docs/FIRMWARE.md "Memory").
+    """
+    mod = device_path.removeprefix("/lib/").removesuffix(".mpy").removesuffix("/__init__")
+    return mod.replace("/", ".")
+
+
 def compile_module(src: Path, dest: Path, device_path: str, arch: str | None) -> None:
     """mpy-cross one source to `dest`; the one compile step for `meterveil build` and the unix runner."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [*mpy_cross_cmd(), "-o", str(dest), "-s", device_path.lstrip("/").replace(".mpy", ".py")]
+    cmd = [*mpy_cross_cmd(), "-o", str(dest), "-s", source_name(device_path)]
     if arch:
         cmd.append(f"-march={arch}")
     cmd.append(str(src))

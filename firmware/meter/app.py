@@ -329,6 +329,8 @@ class Meter:
         try:
             import micropython
             r["mem_peak"] = micropython.mem_peak()
+            # prints "qstr pool: n_pool=.., n_qstr=.." (the interned names; the host reads it)
+            micropython.qstr_info()
         except (ImportError, AttributeError):
             pass
         return r

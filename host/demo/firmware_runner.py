@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,7 +75,8 @@ def _sources() -> list[tuple[Path, str, str]]:
 
 
 def default_cache_dir() -> Path:
-    tag = hashlib.sha256(str(REPO.resolve()).encode()).hexdigest()[:10]
+    # the version after the path: bump it when compile_module's output changes for the same source
+    tag = hashlib.sha256(f"{REPO.resolve()}|2".encode()).hexdigest()[:10]
     return Path(tempfile.gettempdir()) / f"meterveil-mpy-{os.getuid()}-{tag}"
 
 
@@ -103,6 +105,8 @@ def build_firmware(cache_dir: Path | None = None) -> Path:
 
 
 ROMFS_IMAGE = "app.romfs"
+# micropython.qstr_info(): dynamic qstr pools and the interned names they hold
+_QSTR_INFO = re.compile(r"qstr pool: n_pool=(\d+), n_qstr=(\d+)")
 _GC_BLOCK = 32  # bytes per GC block on the 64-bit unix port; each block also costs 3 bits of tables
 
 
@@ -295,8 +299,14 @@ class MeterProcess:
         return self.tagged("TRUTH")
 
     def heap(self) -> dict | None:
+        """The last HEAP report, with `qstrs` (interned names at that point) when the port printed them."""
         h = self.tagged("HEAP")
-        return h[-1] if h else None
+        if not h:
+            return None
+        pools = [m for m in map(_QSTR_INFO.search, self.output.splitlines()) if m]
+        if pools:
+            h[-1]["qstr_pools"], h[-1]["qstrs"] = int(pools[-1][1]), int(pools[-1][2])
+        return h[-1]
 
     def __enter__(self) -> MeterProcess:
         return self.start()
