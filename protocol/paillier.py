@@ -24,7 +24,7 @@ except ImportError:  # CPython
 VALUE_BITS = const(32)
 SLOT_BITS = const(256)
 ANALYTICS_OFFSET = 1 << 31  # 2^(VALUE_BITS - 1): analytics may be negative (not const: above a 32-bit small int)
-MIN_EXP_BITS = const(224)  # 2 x 112-bit security: generic attacks on a short exponent cost 2^(l/2)
+_MIN_EXP_BITS = const(224)  # 2 x 112-bit security: generic attacks on a short exponent cost 2^(l/2)
 
 
 def pack(billing_wh, analytics_wh):
@@ -38,17 +38,10 @@ def pack(billing_wh, analytics_wh):
     return billing_wh + ((analytics_wh + ANALYTICS_OFFSET) << SLOT_BITS)
 
 
-def bit_length(x):
-    # MicroPython ints have no bit_length(); x >= 0.
-    if x == 0:
-        return 0
-    h = "%x" % x
-    return 4 * (len(h) - 1) + len(bin(int(h[0], 16))) - 2
-
-
 def nsq_len(n):
-    # Byte length of a ciphertext mod n^2 on the wire (fixed per key: sizes reveal nothing).
-    return 2 * ((bit_length(n) + 7) // 8)
+    # Byte length of a ciphertext mod n^2 on the wire (fixed per key: sizes reveal nothing): twice
+    # the bytes of n, counted in hex digits (MicroPython ints have no bit_length()).
+    return 2 * ((len("%x" % n) + 1) // 2)
 
 
 def draw_exponent(exp_bits, rand=os.urandom):
@@ -68,20 +61,21 @@ class Obfuscator:
     # block for a 4096-bit product often is not there), and it costs fewer digit operations.
     # The exponent is forgotten as it is consumed (`a` shrinks to what is left).
     def __init__(self, hs, n, exp_bits, a=None):
-        if exp_bits < MIN_EXP_BITS:
-            raise ValueError("exp_bits below %d" % MIN_EXP_BITS)
+        if exp_bits < _MIN_EXP_BITS:
+            raise ValueError("exp_bits below %d" % _MIN_EXP_BITS)
         self.n = n
-        self.h0, self.h1 = hs % n, hs // n
+        self.h = (hs % n, hs // n)
         self.left = exp_bits   # exponent bits still to process
         self.a = draw_exponent(exp_bits) if a is None else a
-        self.x0, self.x1 = 1, 0
+        self.x = (1, 0)
 
     def done(self):
         return self.left == 0
 
     def step(self, bits):
         n = self.n
-        x0, x1, h0, h1 = self.x0, self.x1, self.h0, self.h1
+        x0, x1 = self.x
+        h0, h1 = self.h
         a = self.a
         k = bits if bits < self.left else self.left
         left = self.left
@@ -96,7 +90,7 @@ class Obfuscator:
                 q, r = divmod(x0 * h0, n)
                 x1 = (q + x0 * h1 + x1 * h0) % n
                 x0 = r
-        self.x0, self.x1 = x0, x1
+        self.x = (x0, x1)
         self.left = left
         self.a = a & ((1 << left) - 1)
         return left == 0
@@ -104,7 +98,7 @@ class Obfuscator:
     def value(self):
         if self.left:
             raise ValueError("obfuscator not finished")
-        return self.x0 + self.x1 * self.n
+        return self.x[0] + self.x[1] * self.n
 
 
 def encrypt(n, plain, rho):

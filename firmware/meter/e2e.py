@@ -23,32 +23,7 @@ except ImportError:  # CPython (tests)
     def const(x):
         return x
 
-POOL = const(2)  # obfuscators kept ready: one for the next reading, one for a seal right after boot
-
-
-def validate(errs, e, check_int):
-    # The config's "e2e" section: n, hs, household_key as hex, exp_bits and step_ms as integers.
-    # Here rather than in config.py: every name a module holds stays interned on a meter, and a
-    # proxy meter never loads this module.
-    if not isinstance(e, dict):
-        errs.append(("e2e", "must be an object"))
-        return
-    for k in e:
-        if k not in ("n", "hs", "exp_bits", "household_key", "step_ms") and not k.startswith("_"):
-            errs.append(("e2e." + k, "unknown field"))
-    for k, lo, hi in (("n", 256, 768), ("hs", 1, 1536), ("household_key", 64, 64)):
-        v = e.get(k)
-        ok = isinstance(v, str) and lo <= len(v) <= hi
-        if ok:
-            try:
-                int(v, 16)
-            except ValueError:
-                ok = False
-        if not ok:
-            errs.append(("e2e." + k, "must be %d-%d hex digits" % (lo, hi)))
-    check_int(errs, e, "exp_bits", "e2e.exp_bits", 224, 4096)
-    if "step_ms" in e:
-        check_int(errs, e, "step_ms", "e2e.step_ms", 1, 100)
+_POOL = const(2)  # obfuscators kept ready: one for the next reading, one for a seal right after boot
 
 
 def _crc(text):
@@ -67,9 +42,9 @@ class E2E:
         self.log = log
         self.ready = []    # [(slot, value)] loaded from flash or finished since boot
         self.work = None   # the obfuscator being computed, step by step
-        self.stalls = 0    # seals that had to compute an obfuscator on the spot
+        self.e2e_stalls = 0  # seals that had to compute an obfuscator on the spot
         self.rand = os.urandom  # the app hands over its DRBG once it is seeded
-        for slot in range(POOL):
+        for slot in range(_POOL):
             v = self._load(slot)
             if v is not None:
                 self.ready.append((slot, v))
@@ -92,13 +67,10 @@ class E2E:
         persist.remove(self._path(slot))
         return None
 
-    def busy(self):
-        return self.work is not None
-
     def step(self):
         # Call once per ADC block: works on the next obfuscator for about step_ms (one exponent
         # bit, at most two multiplications, past the budget), so sampling waits that long at most.
-        if len(self.ready) >= POOL:
+        if len(self.ready) >= _POOL:
             return
         if self.work is None:
             self.work = paillier.Obfuscator(self.hs, self.n, self.exp_bits,
@@ -120,7 +92,7 @@ class E2E:
         if not self.ready:
             # Only when two seals come faster than one obfuscator (first boot, a long outage
             # sealed at once): a stall, counted and logged rather than a lost reading.
-            self.stalls += 1
+            self.e2e_stalls += 1
             self.log("e2e: no obfuscator ready, computing one now")
             return paillier.obfuscator_now(self.hs, self.n, self.exp_bits,
                                            paillier.draw_exponent(self.exp_bits, self.rand))
@@ -130,7 +102,7 @@ class E2E:
         return v
 
     def heap_report(self, r):
-        r["e2e_stalls"] = self.stalls
+        r["e2e_stalls"] = self.e2e_stalls
 
     def seal(self, keys, header, fields, iv):
         return e2e.seal(keys, self.hkeys, header, fields, self.n, self._take(), iv)

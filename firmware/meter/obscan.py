@@ -7,9 +7,9 @@ from meter import persist
 from meter.outbox import HDR
 
 try:
-    from protocol.frame import INTERVAL_START_OFF, KIND_OFF, KIND_READING
+    from protocol import frame
 except ImportError:  # CPython tests with only firmware/ on the path
-    from meterveil.protocol.frame import INTERVAL_START_OFF, KIND_OFF, KIND_READING
+    from meterveil.protocol import frame
 
 
 def recover(ob, feed=None):
@@ -84,8 +84,8 @@ def _scan(ob, s, start, feed):
             if feed and not count & 63:
                 feed()
             mv = ob._mv
-            i = INTERVAL_START_OFF
-            if n > i + 4 and mv[KIND_OFF] == KIND_READING:  # big-endian u32
+            i = frame.INTERVAL_START_OFF
+            if n > i + 4 and mv[frame.KIND_OFF] == frame.KIND_READING:  # big-endian u32
                 t = (mv[i] << 24) | (mv[i + 1] << 16) | (mv[i + 2] << 8) | mv[i + 3]
                 if t > ob.newest_reading:
                     ob.newest_reading = t
