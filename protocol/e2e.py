@@ -21,8 +21,9 @@ PUBLIC_FLAGS = const(3)     # frame.FLAG_CLOCK_UNSYNCED | frame.FLAG_PARTIAL_INT
 OVERHEAD = const(36)
 
 
-def body_len(nsq_bytes):
-    return OVERHEAD + nsq_bytes
+def body_len(size):
+    # size: bytes of a ciphertext mod n^2 (paillier.nsq_len)
+    return OVERHEAD + size
 
 
 def household_keys(household_key):

@@ -41,7 +41,7 @@ IV_LEN = const(16)
 TAG_LEN = const(16)
 MIN_FRAME = const(72)   # header + IV + tag, empty body
 MAX_FRAME = const(1024)
-MAX_BODY = const(952)   # MAX_FRAME - MIN_FRAME, a multiple of 16
+_MAX_BODY = const(952)   # MAX_FRAME - MIN_FRAME, a multiple of 16
 
 READING_FMT = ">IiHIHH"
 STATUS_FMT = ">IIIIIIIHHBBB"
@@ -54,7 +54,7 @@ FLAG_CLAMPED = const(4)
 FLAG_ADC_CLIPPED = const(8)
 
 HKDF_SALT = b"meterveil/v1/hkdf-salt"
-_U16 = 0xFFFF
+_U16 = const(0xFFFF)
 _U32 = 0xFFFFFFFF
 
 

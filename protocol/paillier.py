@@ -101,14 +101,14 @@ class Obfuscator:
         return self.x[0] + self.x[1] * self.n
 
 
-def encrypt(n, plain, rho):
+def encrypt(n, m, rho):
     # Paillier with g = n + 1: (1 + m*n) * rho mod n^2, rho an n-th residue (here hs^a).
     # In base-n digits rho = r0 + r1*n: (1 + m n)(r0 + r1 n) = r0 + (r1 + m r0) n  (mod n^2),
     # so no number above 2*bits(n) + bits(m) bits is formed.
-    if not 0 <= plain < n:
+    if not 0 <= m < n:
         raise ValueError("plaintext outside [0, n)")
     r1, r0 = divmod(rho, n)
-    return r0 + (r1 + plain * r0) % n * n
+    return r0 + (r1 + m * r0) % n * n
 
 
 def obfuscator_now(hs, n, exp_bits, a=None):

@@ -23,10 +23,10 @@ except ImportError:  # CPython
         return x
 
 FW_VERSION = (0, 1, 0)
-_MAX_GAP_INTERVALS = 2  # a clock step larger than this restarts measuring (NTP step, RTC reset)
+_MAX_GAP_INTERVALS = const(2)  # a clock step larger than this restarts measuring (NTP step, RTC reset)
 # The running interval is checkpointed to flash this often (meter clock), so a reset loses at most
 # this much energy instead of the whole interval. 5 min: ~290 small writes a day (flash wear).
-_CHECKPOINT_MS = 300000
+_CHECKPOINT_MS = const(300000)
 _COUNTER_EPOCH_S = 1577836800  # 2020-01-01: frame counters follow seconds since then (u32 until 2156)
 
 

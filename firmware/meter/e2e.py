@@ -37,7 +37,7 @@ class E2E:
         self.hs = int(cfg["hs"], 16)
         self.exp_bits = cfg["exp_bits"]
         self.step_us = 1000 * (cfg.get("step_ms") or 20)
-        self.hkeys = e2e.household_keys(binascii.unhexlify(cfg["household_key"]))
+        self.household_keys = e2e.household_keys(binascii.unhexlify(cfg["household_key"]))
         self.dir = storage_dir
         self.log = log
         self.ready = []    # [(slot, value)] loaded from flash or finished since boot
@@ -105,4 +105,4 @@ class E2E:
         r["e2e_stalls"] = self.e2e_stalls
 
     def seal(self, keys, header, fields, iv):
-        return e2e.seal(keys, self.hkeys, header, fields, self.n, self._take(), iv)
+        return e2e.seal(keys, self.household_keys, header, fields, self.n, self._take(), iv)

@@ -13,18 +13,19 @@ except ImportError:  # CPython (tests)
     def const(x):
         return x
 
-CONNECT = const(0x10)
-CONNACK = const(0x20)
+_CONNECT = const(0x10)
+_CONNACK = const(0x20)
 PUBLISH = const(0x30)
 PUBACK = const(0x40)
-PINGREQ = const(0xC0)
+_PINGREQ = const(0xC0)
 PINGRESP = const(0xD0)
 DISCONNECT = const(0xE0)
-MAX_REMAINING = const(268435455)
-PINGREQ_PKT = b"\xc0\x00"
-DISCONNECT_PKT = b"\xe0\x00"
-CONNACK_REASONS = {1: "unacceptable protocol version", 2: "identifier rejected",
-                   3: "server unavailable", 4: "bad username or password", 5: "not authorized"}
+_MAX_REMAINING = const(268435455)
+_PINGREQ_PKT = const(b"\xc0\x00")
+_DISCONNECT_PKT = const(b"\xe0\x00")
+# CONNACK return codes 1-5 (one string: module-level names stay interned on a meter)
+_CONNACK_REASONS = const("unacceptable protocol version/identifier rejected/server unavailable/"
+                         "bad username or password/not authorized")
 
 
 def parse_url(url):
@@ -70,7 +71,7 @@ def varlen_size(n):
 
 
 def put_varlen(buf, i, n):
-    if n < 0 or n > MAX_REMAINING:
+    if n < 0 or n > _MAX_REMAINING:
         raise MQTTError("bad_length", "remaining length %d" % n)
     while True:
         b = n & 0x7F
@@ -109,7 +110,7 @@ def encode_connect(buf, client_id, keepalive_s, username=None, password=None,
         rem += 2 + len(pw)
     if 1 + varlen_size(rem) + rem > len(buf):
         raise MQTTError("too_big", "CONNECT of %d bytes" % rem)
-    buf[0] = CONNECT
+    buf[0] = _CONNECT
     i = put_varlen(buf, 1, rem)
     i = put_str(buf, i, b"MQTT")
     buf[i] = 4  # protocol level 3.1.1
@@ -171,7 +172,7 @@ def check_connack(body):
         raise MQTTError("bad_connack", "length %d" % len(body))
     code = body[1]
     if code:
-        raise MQTTError("refused", CONNACK_REASONS.get(code, "code %d" % code))
+        raise MQTTError("refused", _CONNACK_REASONS.split("/")[code - 1] if 1 <= code <= 5 else "code %d" % code)
     return body[0] & 1  # session present
 
 
@@ -196,7 +197,7 @@ class Session:
                            will_topic, will_msg, 1, False, clean)
         await self._send(n)
         t, _, body = await self.read_packet()
-        if t != CONNACK:
+        if t != _CONNACK:
             raise MQTTError("bad_connack", "packet type 0x%02x" % t)
         return check_connack(body)
 
@@ -205,11 +206,11 @@ class Session:
         await self._send(n, payload)
 
     async def ping(self):
-        self.w.write(PINGREQ_PKT)
+        self.w.write(_PINGREQ_PKT)
         await self.w.drain()
 
     async def disconnect(self):
-        self.w.write(DISCONNECT_PKT)
+        self.w.write(_DISCONNECT_PKT)
         await self.w.drain()
 
     async def read_packet(self):

@@ -22,7 +22,7 @@ except ImportError:  # CPython (tests)
         return x
 
 HDR = const(6)  # record header: <HI payload length, crc32
-MAX_RECORD = const(1024)  # protocol.frame.MAX_FRAME
+_MAX_RECORD = const(1024)  # protocol.frame.MAX_FRAME
 
 
 def _crc(lenb, payload):
@@ -41,7 +41,7 @@ class Outbox:
         self.max_bytes = max_bytes
         self._log = log
         self._hdr = bytearray(HDR)
-        self._mv = memoryview(buf or bytearray(MAX_RECORD))  # record buffer (MAX_RECORD bytes)
+        self._mv = memoryview(buf or bytearray(_MAX_RECORD))  # record buffer (_MAX_RECORD bytes)
         self.torn = 0      # torn tails dropped at boot (power cut mid-append)
         self.corrupt = 0   # segments cut short by a bad record that was not at the tail
         # Recovery (scan the segments, drop torn tails) runs once: its code lives in obscan.py,
@@ -66,7 +66,7 @@ class Outbox:
         if f.readinto(self._hdr) != HDR:
             return -1
         n, crc = struct.unpack("<HI", self._hdr)
-        if n == 0 or n > MAX_RECORD or off + HDR + n > size:
+        if n == 0 or n > _MAX_RECORD or off + HDR + n > size:
             return -1
         mv = self._mv[:n]
         if f.readinto(mv) != n:
@@ -120,7 +120,7 @@ class Outbox:
         # Durable when this returns (file closed; the OS has it even if the process dies).
         # Header and payload are written separately: no concatenated copy on the heap.
         n = len(frame)
-        if n == 0 or n > MAX_RECORD:
+        if n == 0 or n > _MAX_RECORD:
             raise OutboxError("record of %d bytes" % n)
         rec = HDR + n
         while self._bytes + rec > self.max_bytes and self._segs and self._segs[0] != self._head:

@@ -8,7 +8,7 @@ except ImportError:  # CPython (tests)
     def const(x):
         return x
 
-COUNTER_BLOCK = const(64)  # counters reserved per flash write: one write per 64 frames
+_COUNTER_BLOCK = const(64)  # counters reserved per flash write: one write per 64 frames
 
 
 def exists(path):
@@ -84,9 +84,9 @@ def write_ints(path, values):
 class FrameCounter:
     # Frame counters must never repeat, even across power loss (the gateway drops replays).
     # The file holds an upper bound: every counter below it may have been used. Before a counter
-    # at or above the bound is handed out, the bound moves COUNTER_BLOCK ahead on flash first. A
+    # at or above the bound is handed out, the bound moves _COUNTER_BLOCK ahead on flash first. A
     # reboot resumes at the stored bound, skipping at most one block of unused counters.
-    def __init__(self, path, block=COUNTER_BLOCK):
+    def __init__(self, path, block=_COUNTER_BLOCK):
         self.path = path
         self.block = block
         vals = read_ints(path, 1)

@@ -206,6 +206,8 @@ class MeterProcess:
             self.cmd += ["--drain-timeout", str(drain_timeout)]
         self.cmd += list(extra_args)
         self.env = firmware_env(compiled, env)
+        if romfs:  # as on a board: the meter's modules come from /rom only (and no source-tree paths
+            self.env["MICROPYPATH"] = ".frozen"  # on sys.path, each an interned name in its RAM)
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []        # all runs of this object, in order
