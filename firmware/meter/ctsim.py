@@ -2,9 +2,14 @@
 # the real sensing code runs in CI. MicroPython and CPython, no numpy.
 #
 # Interface (docs/CONTRACTS.md, refined):
-#   sim = SimADC(profile_path, mains_hz, cal, seed=1, harmonics=(), power_factor=None,
-#                noise_rms_codes=0.8, bias_offset_codes=0.0, drift_codes=0.0, drift_period_s=3600,
-#                epoch_ms=0, period_s=0, gain=1.0)
+#   sim = SimADC(profile_path, mains_hz, seed=1, parts=None, tolerance=0.0, harmonics=(),
+#                power_factor=1.0, noise_rms_codes=0.8, bias_offset_codes=0.0, drift_codes=0.0,
+#                drift_period_s=3600, epoch_ms=0, period_s=0, gain=1.0)
+#     parts: the simulated hardware, {"ct_turns", "burden_ohm", "vref_mv", "adc_bits", "volts"}
+#       (true mains voltage); missing keys take simboot.PARTS (the reference design). tolerance:
+#       CT ratio, burden and reference each off by a seeded uniform draw in +-tolerance; the values
+#       as built are sim.parts. The meter's Calibration is never consulted: the simulator and the
+#       meter reach codes <-> watts by separate arithmetic, so an error in either shows.
 #     profile: CSV "seconds,watts" (header line optional), piecewise constant from each row to
 #       the next; before the first row the first value, after the last the last value, unless
 #       period_s > 0 (then profile time wraps: (t_ms - epoch_ms) mod period_s).
@@ -18,9 +23,10 @@
 #
 # Model (docs/SENSING.md): "true energy" is the integral of the profile's watts. The CT-only
 # meter computes P = volts * pf * I_rms, so the simulator turns P into a current whose total rms
-# (fundamental and harmonics) is P / (volts * pf_load). With pf_load == cal.power_factor the meter
-# model is exact and what remains is the sensing chain: sampling, offset removal, noise,
-# quantisation, clipping. A board with a voltage channel would measure real power instead.
+# (fundamental and harmonics) is P / (volts_true * pf_load). With nominal parts, the provisioned
+# voltage and pf, the meter model is exact and what remains is the sensing chain and the meter's
+# arithmetic: sampling, offset removal, noise, quantisation, clipping, calibration maths. A board
+# with a voltage channel would measure real power instead.
 import math
 
 try:
@@ -50,14 +56,14 @@ def __getattr__(name):
 
 
 class SimADC:
-    def __init__(self, profile_path, mains_hz, cal, seed=1, harmonics=(), power_factor=None,
-                 noise_rms_codes=0.8, bias_offset_codes=0.0, drift_codes=0.0, drift_period_s=3600,
-                 epoch_ms=0, period_s=0, gain=1.0):
+    def __init__(self, profile_path, mains_hz, seed=1, parts=None, tolerance=0.0, harmonics=(),
+                 power_factor=1.0, noise_rms_codes=0.8, bias_offset_codes=0.0, drift_codes=0.0,
+                 drift_period_s=3600, epoch_ms=0, period_s=0, gain=1.0):
         import meter
         from meter import simboot
-        simboot.setup(self, profile_path, mains_hz, cal, seed, harmonics, power_factor,
-                      noise_rms_codes, bias_offset_codes, drift_codes, drift_period_s, epoch_ms,
-                      period_s, gain)
+        simboot.setup(self, profile_path, mains_hz, seed, parts, tolerance, harmonics,
+                      power_factor, noise_rms_codes, bias_offset_codes, drift_codes,
+                      drift_period_s, epoch_ms, period_s, gain)
         meter.drop("meter.simboot")
 
     def _level(self, t_ms):
@@ -119,6 +125,14 @@ class SimADC:
         top = self.top
         noise = self._noise
         tab = self._tab
+        # Noise: the table read from a random offset per block, wrapping at its end (every entry
+        # equally often: the noise power is the table's, whatever the block length).
+        r = self._rng  # xorshift32 (same stream on MicroPython and CPython)
+        r ^= (r << 13) & 0xFFFFFFFF
+        r ^= r >> 17
+        r ^= (r << 5) & 0xFFFFFFFF
+        self._rng = r
+        j = r % _NLEN
         k = 0
         while k < n:
             mw, t_next = self._level(t_ms + k * 1000 // fs_hz)
@@ -131,12 +145,8 @@ class SimADC:
                     k_end = ke
             if k_end <= k:
                 k_end = k + 1
-            r = self._rng  # xorshift32 (same stream on MicroPython and CPython)
-            r ^= (r << 13) & 0xFFFFFFFF
-            r ^= r >> 17
-            r ^= (r << 5) & 0xFFFFFFFF
-            self._rng = r
-            j = r % (_NLEN - 1)
+            if j >= _NLEN:
+                j = 0
             stop = k_end if k_end - k <= _NLEN - j else k + _NLEN - j
             for kk in range(k, stop):
                 # Linear interpolation in the cycle table: plain nearest-entry lookup biases

@@ -51,13 +51,20 @@ class UnixHAL:
         self._anchor(sim)
         from meter import ctsim, sensing
         self.block_samples = sensing.cycle_samples(self.fs_hz, mains, cycles)
-        cal = self.cal = sensing.Calibration(cfg["calibration"])  # shared with app.Meter
+        self.cal = sensing.Calibration(cfg["calibration"])  # shared with app.Meter
         period = sim.get("period_s") or 0
-        kw = sim.get("adc") or {}
+        kw = dict(sim.get("adc") or {})
+        # The simulated parts are the ones the config names (nominal values, not the meter's
+        # derived constants) unless sim.adc.parts says otherwise; sim.adc.mains_hz sets the
+        # true mains frequency (the meter samples for the nominal one).
+        if "parts" not in kw:
+            c = cfg["calibration"]
+            kw["parts"] = {k: c[k] for k in ("ct_turns", "burden_ohm", "vref_mv", "adc_bits", "volts")}
+        true_mains = kw.pop("mains_hz", mains)
         # Daily profiles (period_s > 0) line up with UTC time of day; one-off profiles start
         # with the simulation.
         epoch = 0 if period else self._anchor_sim
-        self.adc = ctsim.SimADC(sim["profile"], mains, cal, sim["seed"], epoch_ms=epoch,
+        self.adc = ctsim.SimADC(sim["profile"], true_mains, sim["seed"], epoch_ms=epoch,
                                 period_s=period, **kw)
         self._last_feed = None
         self.max_feed_gap_ms = 0

@@ -5,9 +5,13 @@
 #   cal = Calibration(cfg)          cfg = config "calibration" section; required keys
 #       ct_turns, burden_ohm, adc_bits, vref_mv, volts, power_factor, rated_amps;
 #       optional: noise_rms_codes (ADC noise floor measured with no load, removed in quadrature;
-#       default 0), creep_ma (rms current below which power reads 0; default 0), gain (trim from a
-#       reference-meter calibration; default 1.0). Bad values raise CalibrationError(field).
-#   block_power_mw(buf, n, cal, stats=None) -> int mW   (stats: list, stats[0] += clipped samples)
+#       default calboot.NOISE_RMS_CODES), creep_ma (starting current: rms below it reads 0;
+#       default calboot.CREEP_MA), gain (trim from a reference-meter calibration; default 1.0).
+#       Bad values raise CalibrationError(field).
+#   block_power_mw(buf, n, cal, stats=None) -> int mW
+#       stats: [clipped, over_rated] list: stats[0] += samples at the ADC rails, stats[1] += 1 when
+#       the block's rms current exceeds rated_amps. Creep suppression: 0 unless the noise-corrected
+#       mean square exceeds both the starting current and CREEP_Z noise standard deviations.
 #   block_rms_q(buf, n, cal) -> int                      rms current in codes * 2**12 (calibration)
 #   cycle_samples(fs_hz, mains_hz, cycles) -> int        whole-cycle block length (sparse mode)
 #   EnergyAccumulator(): .add(power_mw, duration_ms), .take_wh() -> int, .peek_mwh() -> int
@@ -97,14 +101,27 @@ def block_rms_q(buf, n, cal, stats=None):
     return (q << (2 * _FRAC)) + (((var_n2 - q * nn) << (2 * _FRAC)) // nn)
 
 
+def _creep_threshold(cal, n):
+    # Mean-square threshold for n-sample blocks: the starting current, or CREEP_Z standard
+    # deviations of the noise-only variance estimate (noise^2 * sqrt(2/n)), whichever is larger.
+    # Cached per block length: computed once, not per block.
+    t = (cal.noise_z_q << 4) // _isqrt(n << 8)  # sqrt(n) to 1/16
+    cal.thr_q = t if t > cal.creep_ms_q else cal.creep_ms_q
+    cal.thr_n = n
+
+
 def block_power_mw(buf, n, cal, stats=None):
     # Mean power of the block: volts * pf * I_rms (the CT-only model; docs/SENSING.md).
+    if n <= 0:
+        return 0
     ms_q = block_rms_q(buf, n, cal, stats) - cal.noise_q
-    if ms_q <= 0:
+    if n != cal.thr_n:
+        _creep_threshold(cal, n)
+    if ms_q <= cal.thr_q:
         return 0
     rms_q = _isqrt(ms_q)
-    if rms_q < cal.creep_q:
-        return 0
+    if stats is not None and rms_q > cal.rated_q:
+        stats[1] += 1
     return (rms_q * cal.k_mw + (1 << (_KBITS - 1))) >> _KBITS
 
 

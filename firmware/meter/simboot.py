@@ -1,5 +1,5 @@
-# Boot-only half of the CT simulator (ctsim.py): profile parsing, parameter checks and the noise
-# table. SimADC.__init__ runs setup() once, then the module is unloaded (meter.drop): the
+# Boot-only half of the CT simulator (ctsim.py): profile parsing, the simulated parts, parameter
+# checks and the noise table. SimADC.__init__ runs setup() once, then the module is unloaded (meter.drop): the
 # meter's 64 KB heap keeps only the sampling path. MicroPython and CPython.
 import array
 import math
@@ -66,25 +66,64 @@ def load_profile(path):
     return ts, ws
 
 
-def setup(sim, profile_path, mains_hz, cal, seed, harmonics, power_factor, noise_rms_codes,
-          bias_offset_codes, drift_codes, drift_period_s, epoch_ms, period_s, gain):
+# The reference hardware (docs/SENSING.md): a 2000:1 CT clamp, a 33 ohm burden, a 12-bit ADC with
+# a 3.3 V reference, 230 V mains. The simulator's own numbers: the meter's calibration is never read.
+PARTS = {"ct_turns": 2000, "burden_ohm": 33.0, "vref_mv": 3300, "adc_bits": 12, "volts": 230.0}
+_TOLERANCED = ("ct_turns", "burden_ohm", "vref_mv")
+
+
+def _xorshift(r):
+    r ^= (r << 13) & 0xFFFFFFFF
+    r ^= r >> 17
+    r ^= (r << 5) & 0xFFFFFFFF
+    return r
+
+
+def true_parts(parts, tolerance, seed):
+    # The parts as built: nominal values (PARTS, overridden by `parts`), each of CT ratio, burden
+    # and reference voltage off by a uniform draw in +-tolerance (relative), from the seed.
+    out = dict(PARTS)
+    for k in parts or ():
+        if k not in PARTS:
+            raise ValueError("unknown part " + k)
+        out[k] = parts[k]
+    r = (seed * 2246822519 + 7) & 0xFFFFFFFF or 1
+    for k in _TOLERANCED:
+        r = _xorshift(r)
+        out[k] = out[k] * (1.0 + tolerance * ((r & 0xFFFF) / 32767.5 - 1.0))
+    return out
+
+
+def setup(sim, profile_path, mains_hz, seed, parts, tolerance, harmonics, power_factor,
+          noise_rms_codes, bias_offset_codes, drift_codes, drift_period_s, epoch_ms, period_s, gain):
     # Fills in a SimADC (ctsim.py documents the parameters).
     if not (40 <= mains_hz <= 70):
         raise ValueError("mains_hz out of range")
     if not (0 <= noise_rms_codes <= 20):
         raise ValueError("noise_rms_codes out of range [0, 20]")
+    if not (0 <= tolerance < 0.5):
+        raise ValueError("tolerance out of range [0, 0.5)")
+    if power_factor is None:
+        power_factor = 1.0
+    if not (0 < power_factor <= 1):
+        raise ValueError("power_factor out of range (0, 1]")
+    hw = sim.parts = true_parts(parts, tolerance, seed)
+    bits = hw["adc_bits"]
     sim.ts, sim.ws = load_profile(profile_path)
     sim.mains_mhz = int(mains_hz * 1000 + 0.5)
-    pf = cal.power_factor if power_factor is None else power_factor
     sim.epoch_ms = epoch_ms
     sim.period_ms = int(period_s * 1000)
-    sim.top = cal.full_scale
-    sim.bias_q = int((cal.mid + bias_offset_codes) * 256)   # codes * 2**8
+    sim.top = (1 << bits) - 1
+    sim.bias_q = int(((1 << (bits - 1)) + bias_offset_codes) * 256)   # codes * 2**8, mid-rail
     sim.drift_q = drift_codes * 256
     sim.drift_period_ms = drift_period_s * 1000
-    # amps rms -> codes rms (Q8); gain models a CT ratio / burden tolerance the meter does
-    # not know about (calibration error), 1.0 = ideal parts.
-    sim.q_per_watt = gain * 256 / (cal.volts * pf * cal.amps_per_code)
+    # The physical chain, step by step: W -> primary A rms (true mains voltage, the load's pf) ->
+    # secondary A (true turns) -> volts across the true burden -> codes (true reference).
+    # gain: any further CT error the meter does not know about (1.0 = none).
+    amps_per_watt = 1.0 / (hw["volts"] * power_factor)
+    pin_volts_per_amp = hw["burden_ohm"] / hw["ct_turns"]
+    codes_per_volt = (1 << bits) / (hw["vref_mv"] / 1000.0)
+    sim.q_per_watt = gain * 256 * amps_per_watt * pin_volts_per_amp * codes_per_volt
     # Harmonics as (order, amp, phase rad); the current shape is scaled so that its rms,
     # fundamental and harmonics together, is exactly 1.
     ms = 1.0
@@ -96,9 +135,11 @@ def setup(sim, profile_path, mains_hz, cal, seed, harmonics, power_factor, noise
     sim._norm = math.sqrt(2.0 / ms)
     # xorshift32 state: identical streams on MicroPython and CPython for a given seed.
     r = (seed * 2654435761 + 1) & 0xFFFFFFFF or 1
-    # Gaussian-ish (Irwin-Hall, 12 uniforms) noise in codes * 2**8, int16 to spare the heap.
+    # Gaussian-ish (Irwin-Hall, 12 uniforms) noise in codes * 2**8, int16 to spare the heap. The
+    # table is normalised to zero mean and exactly noise_rms_codes: the noise power is a property
+    # of the board, the same for every seed (a no-load calibration with another seed measures it).
     tab = array.array("h", bytes(2048))   # 1024 entries (ctsim._NLEN)
-    sig = noise_rms_codes * 256
+    s1 = s2 = 0
     for i in range(1024):
         acc = 0
         for _ in range(12):
@@ -106,8 +147,16 @@ def setup(sim, profile_path, mains_hz, cal, seed, harmonics, power_factor, noise
             r ^= r >> 17
             r ^= (r << 5) & 0xFFFFFFFF
             acc += r & 0xFFFF
-        v = int((acc / 65536.0 - 6.0) * sig)
-        tab[i] = -32767 if v < -32767 else (32767 if v > 32767 else v)
+        v = (acc - 393216) >> 4   # sigma = 4096: |v| <= 24576 fits int16
+        tab[i] = v
+        s1 += v
+        s2 += v * v
+    mean = s1 / 1024.0
+    sd = math.sqrt(s2 / 1024.0 - mean * mean)
+    k = noise_rms_codes * 256 / sd
+    for i in range(1024):
+        v = (tab[i] - mean) * k
+        tab[i] = int(v + (0.5 if v >= 0 else -0.5))
     sim._noise = tab
     sim._rng = r
     sim._lvl_mw = -1
