@@ -64,7 +64,7 @@ FS = %(fs)d
 CAL = {"ct_turns": 2000, "burden_ohm": 33.0, "adc_bits": 12, "vref_mv": 3300, "volts": 230.0,
        "power_factor": 1.0, "rated_amps": 30.0, "noise_rms_codes": 0.85}
 cal = sensing.Calibration(CAL)
-sim = None if mode == "tail" else ctsim.SimADC(prof, MAINS, cal, 7, harmonics=((3, 0.3, 0), (5, 0.15, 180)), epoch_ms=0)
+sim = None if mode == "tail" else ctsim.SimADC(prof, MAINS, 7, harmonics=((3, 0.3, 0), (5, 0.15, 180)), epoch_ms=0)
 if sparse:
     n = sensing.cycle_samples(FS, MAINS, %(sparse_cycles)d)
     step = 1000
@@ -73,7 +73,7 @@ else:
     step = %(block_ms)d
 buf = array.array("H", bytes(2 * n))
 acc = sensing.EnergyAccumulator()
-stats = [0]
+stats = [0, 0]
 T0 = 1763856000000
 
 

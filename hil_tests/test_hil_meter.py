@@ -174,7 +174,7 @@ def test_sensing_reads_a_known_load(target, request, tmp_path):
         profile = target.scratch + "/reference.csv"
         source = (f"import os\ntry:\n    os.mkdir({target.scratch!r})\nexcept OSError:\n    pass\n"
                   f"with open({profile!r}, 'w') as f:\n    f.write('seconds,watts\\n0,{watts}\\n')\n"
-                  f"from meter import ctsim\nsim = ctsim.SimADC({profile!r}, 50, sensing.Calibration(cal), seed=3)\n"
+                  f"from meter import ctsim\nsim = ctsim.SimADC({profile!r}, 50, seed=3)\n"
                   "def block(buf, n, t):\n    sim.read_block(buf, t, n, 2000)\n    return 2000\n")
     else:  # the board's own ADC, its /config.json calibration, a documented resistive load
         source = ("from meter import hal_board\nimport json\n"

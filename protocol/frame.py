@@ -52,6 +52,8 @@ FLAG_CLOCK_UNSYNCED = const(1)
 FLAG_PARTIAL_INTERVAL = const(2)
 FLAG_CLAMPED = const(4)
 FLAG_ADC_CLIPPED = const(8)
+FLAG_OVER_RATED = const(16)         # rms current above the CT's rated_amps in some block
+FLAG_CLIPPED_SATURATED = const(32)  # more clipped samples than the u16 `clipped` field holds
 
 HKDF_SALT = b"meterveil/v1/hkdf-salt"
 _U16 = const(0xFFFF)

@@ -1,4 +1,5 @@
-"""`meterveil calibrate`: trim a meter's gain against a known resistive load, write it to its config.
+"""`meterveil calibrate`: trim a meter's gain against a known resistive load, or measure its no-load
+noise floor (--zero); write the result to its config.
 
 Why a gain trim: CT ratio and burden resistor tolerances (1-5 %) scale every reading; one
 measurement against a known load (a kettle or heater of known wattage on a known voltage) fixes
@@ -6,6 +7,11 @@ that. The same MicroPython snippet runs on the board (through mpremote, firmware
 and on the unix port, where the HAL replays a constant-power profile through the simulated CT with
 a deliberate tolerance (--sim-gain): the tool must find and undo it. Steps: measure with gain 1.0,
 gain = reference / measured, re-measure with the new gain, print the residual error.
+
+Why --zero: the ADC's own noise reads as current. With the CT unloaded (clamp off the cable, or
+nothing switched on downstream) the mean square of the codes is the noise floor the meter removes
+in quadrature (`noise_rms_codes`); it also sets the creep threshold. Without it the meter uses a
+deliberately high default (docs/SENSING.md).
 """
 
 from __future__ import annotations
@@ -39,18 +45,20 @@ else:
 hal = HAL(cfg, {storage}{hal_kw})
 n = getattr(hal, "block_samples", 0) or 400
 buf = array.array("H", bytes(2 * n))
-stats = [0]
+stats = [0, 0]
 total_mw = 0
 rms_q = 0
+ms_q = 0
 samples = 0
 for i in range({blocks}):
     got, fs_hz, covers_ms = hal.read_block(buf, n)
     total_mw += sensing.block_power_mw(buf, got, cal, stats)
     rms_q += sensing.block_rms_codes_q(buf, got, cal)
+    ms_q += sensing.block_rms_q(buf, got, cal)
     samples += got
     if hasattr(hal, "wdt_feed"):
         hal.wdt_feed()
-print("MVCAL", json.dumps({{"mean_mw": total_mw // {blocks}, "rms_codes_q": rms_q // {blocks},
+print("MVCAL", json.dumps({{"mean_mw": total_mw // {blocks}, "rms_codes_q": rms_q // {blocks}, "ms_q": ms_q // {blocks},
                           "clipped": stats[0], "samples": samples, "rated_rms_codes": cal.rated_rms_codes}}))
 """
 
@@ -62,6 +70,7 @@ class Measurement:
     samples: int
     rms_codes: float
     rated_rms_codes: float
+    noise_codes: float = 0.0  # sqrt of the mean block mean square: the floor, when nothing is on
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,8 @@ def _parse(out: str) -> Measurement:
     if line is None:
         raise ToolError(f"the measurement printed no result:\n{out.strip()[-1500:]}")
     d = json.loads(line[6:])
-    return Measurement(d["mean_mw"], d["clipped"], d["samples"], d["rms_codes_q"] / 4096.0, d["rated_rms_codes"])
+    return Measurement(d["mean_mw"], d["clipped"], d["samples"], d["rms_codes_q"] / 4096.0, d["rated_rms_codes"],
+                       d["ms_q"] ** 0.5 / 4096.0)
 
 
 def _snippet(cfg: dict[str, Any], *, board: bool, storage: str, blocks: int) -> str:
@@ -137,9 +147,9 @@ def _without_secrets(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _with_gain(cfg: dict[str, Any], gain: float) -> dict[str, Any]:
+def _with_calibration(cfg: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(cfg))
-    out["calibration"]["gain"] = gain
+    out["calibration"].update(over)
     return out
 
 
@@ -147,6 +157,11 @@ def _check_measurement(m: Measurement, reference_watts: float) -> None:
     if m.clipped:
         raise ToolError(f"{m.clipped} of {m.samples} ADC samples clipped: the load exceeds what this CT and "
                         f"burden can measure; use a smaller reference load or a larger rated_amps CT")
+    # Before the power check: a small load reads 0 W under the creep threshold.
+    if m.rms_codes < 0.05 * m.rated_rms_codes:
+        raise ToolError(f"the reference load uses {100 * m.rms_codes / m.rated_rms_codes:.1f}% of the CT's rated "
+                        f"current: too small to calibrate against ADC noise (or not switched on); use a load "
+                        f"of at least 5% of the rating (10-50% is best)")
     if m.mean_mw <= 0:
         raise ToolError("the meter measured no power: is the load switched on, and is the CT clamp around ONE "
                         "conductor (not the whole cable)?")
@@ -154,10 +169,61 @@ def _check_measurement(m: Measurement, reference_watts: float) -> None:
     if not GAIN_MIN <= ratio <= GAIN_MAX:
         raise ToolError(f"the meter reads {m.mean_mw / 1000:.1f} W for a {reference_watts:g} W reference: off by "
                         f"more than 2x; check --reference-watts, the burden resistor and ct_turns in the config")
-    if m.rms_codes < 0.05 * m.rated_rms_codes:
-        raise ToolError(f"the reference load uses {100 * m.rms_codes / m.rated_rms_codes:.1f}% of the CT's rated "
-                        f"current: too small to calibrate against ADC noise; use a load of at least 5% of the "
-                        f"rating (10-50% is best)")
+
+
+def _load(workspace: Path, meter_id: str, port: str | None) -> tuple[Path, dict[str, Any]]:
+    ws = Workspace(Path(workspace))
+    path = ws.meter_config(meter_id)
+    if not path.is_file():
+        raise ToolError(f"{path} not found: provision {meter_id} first (meterveil provision {meter_id} ...)")
+    if port:
+        check_port(port)
+    return path, json.loads(path.read_text())
+
+
+def _on_target(port: str | None, run):
+    """run() directly on the unix port; on a board inside a maintenance boot, restarted after."""
+    if not port:
+        return run()
+    enter_maintenance(port)
+    try:
+        return run()
+    finally:
+        restart_meter(port)  # also after a failed measurement: the meter must not stay stopped
+
+
+def _measurer(cfg: dict[str, Any], port: str | None, work: Path, watts: float, sim_adc: dict[str, Any],
+              blocks: int):
+    """measure(calibration overrides, seed) on the board, or on the unix port with the simulated CT
+    carrying a constant `watts` (its parts are the config's nominal ones; sim_adc: SimADC options)."""
+    run_cfg = _without_secrets(cfg)
+    if port:
+        run_cfg.pop("sim", None)
+
+        def measure(over: dict[str, Any], seed: int) -> Measurement:
+            return measure_board(_with_calibration(run_cfg, over), port, blocks)
+        return measure
+    profile = work / "reference.csv"
+    profile.write_text(f"seconds,watts\n0,{watts:g}\n")
+    run_cfg["sim"] = {"profile": str(profile), "speed": 1, "mains_hz": 50, "mode": "sparse",
+                      "block_s": 1, "seed": 7, "start_time": None, "fs_hz": None,
+                      "adc": dict(sim_adc)}
+    run_cfg.setdefault("interval_s", 900)
+
+    def measure_sim(over: dict[str, Any], seed: int) -> Measurement:
+        c = _with_calibration(run_cfg, over)
+        c["sim"]["seed"] = seed  # the check pass sees fresh noise, not the fitted samples
+        return measure_unix(_with_config_defaults(c), work, blocks)
+    return measure_sim
+
+
+def _save(path: Path, cfg: dict[str, Any], port: str | None) -> None:
+    write_secret(path, meter_config.dumps(cfg), overwrite=True)
+    meter_config.validate_file(path, board="sim" not in cfg, label=cfg.get("meter_id"))
+    if port:
+        from .provision import push_to_board
+
+        push_to_board(path, port, log=lambda s: None, restart=False)  # restarted by _on_target
 
 
 def calibrate(workspace: Path, meter_id: str, reference_watts: float, *, port: str | None = None,
@@ -165,60 +231,60 @@ def calibrate(workspace: Path, meter_id: str, reference_watts: float, *, port: s
     """Measure, compute the gain, write it to the meter's config (and push it with --port)."""
     if reference_watts <= 0:
         raise ToolError(f"--reference-watts {reference_watts:g}: give the load's real power in watts (> 0)")
-    ws = Workspace(Path(workspace))
-    path = ws.meter_config(meter_id)
-    if not path.is_file():
-        raise ToolError(f"{path} not found: provision {meter_id} first (meterveil provision {meter_id} ...)")
-    cfg = json.loads(path.read_text())
-    if port:
-        check_port(port)
-        enter_maintenance(port)
-        try:
-            return _calibrate(path, cfg, reference_watts, port, blocks, sim_gain)
-        finally:
-            restart_meter(port)  # also after a failed measurement: the meter must not stay stopped
-    return _calibrate(path, cfg, reference_watts, port, blocks, sim_gain)
+    path, cfg = _load(workspace, meter_id, port)
+
+    def run() -> CalibrationResult:
+        with tempfile.TemporaryDirectory(prefix="mv-cal-") as tmp:
+            measure = _measurer(cfg, port, Path(tmp), reference_watts, {"gain": sim_gain}, max(10, blocks))
+            raw = measure({"gain": 1.0}, 7)
+            _check_measurement(raw, reference_watts)
+            gain = round(reference_watts * 1000.0 / raw.mean_mw, 5)
+            after = measure({"gain": gain}, 8)
+        _save(path, _with_calibration(cfg, {"gain": gain}), port)
+        return CalibrationResult(gain, raw.mean_mw / 1000.0, after.mean_mw / 1000.0, reference_watts, path)
+    return _on_target(port, run)
 
 
-def _calibrate(path: Path, cfg: dict[str, Any], reference_watts: float, port: str | None, blocks: int,
-               sim_gain: float) -> CalibrationResult:
-    with tempfile.TemporaryDirectory(prefix="mv-cal-") as tmp:
-        work = Path(tmp)
-        blocks = max(10, blocks)
-        if port:
-            run_cfg = _without_secrets(cfg)
-            run_cfg.pop("sim", None)
+@dataclass(frozen=True)
+class ZeroResult:
+    noise_rms_codes: float
+    noise_amps: float         # the floor as primary current: what an empty flat would read without it
+    phantom_watts: float      # what the meter reads unloaded before (with its old floor) ...
+    after_watts: float        # ... and after the new floor
+    config: Path
 
-            def measure(gain: float, seed: int) -> Measurement:
-                return measure_board(_with_gain(run_cfg, gain), port, blocks)
-        else:
-            profile = work / "reference.csv"
-            profile.write_text(f"seconds,watts\n0,{reference_watts:g}\n")
-            run_cfg = _without_secrets(cfg)
-            run_cfg["sim"] = {"profile": str(profile), "speed": 1, "mains_hz": 50, "mode": "sparse",
-                              "block_s": 1, "seed": 7, "start_time": None, "fs_hz": None,
-                              "adc": {"gain": sim_gain}}
-            run_cfg.setdefault("interval_s", 900)
 
-            def measure(gain: float, seed: int) -> Measurement:
-                # SimADC derives codes from the configured calibration, trim included; scale its
-                # tolerance by the trim so the simulated CT stays physically the same part.
-                c = _with_gain(run_cfg, gain)
-                c["sim"]["adc"] = {"gain": sim_gain * gain}
-                c["sim"]["seed"] = seed  # the check pass sees fresh noise, not the fitted samples
-                return measure_unix(_with_config_defaults(c), work, blocks)
-        raw = measure(1.0, 7)
-        _check_measurement(raw, reference_watts)
-        gain = round(reference_watts * 1000.0 / raw.mean_mw, 5)
-        after = measure(gain, 8)
-    new_cfg = _with_gain(cfg, gain)
-    write_secret(path, meter_config.dumps(new_cfg), overwrite=True)
-    meter_config.validate_file(path, board="sim" not in new_cfg, label=cfg.get("meter_id"))
-    if port:
-        from .provision import push_to_board
+# A floor above this share of the rated current is not ADC noise: something is drawing current.
+ZERO_MAX_RATED_SHARE = 0.02
 
-        push_to_board(path, port, log=lambda s: None, restart=False)  # restarted by the caller
-    return CalibrationResult(gain, raw.mean_mw / 1000.0, after.mean_mw / 1000.0, reference_watts, path)
+
+def calibrate_zero(workspace: Path, meter_id: str, *, port: str | None = None, blocks: int = 60,
+                   sim_noise: float | None = None) -> ZeroResult:
+    """Measure the no-load noise floor with the CT unloaded, write calibration.noise_rms_codes."""
+    path, cfg = _load(workspace, meter_id, port)
+
+    def run() -> ZeroResult:
+        with tempfile.TemporaryDirectory(prefix="mv-cal0-") as tmp:
+            sim_adc = {} if sim_noise is None else {"noise_rms_codes": sim_noise}
+            measure = _measurer(cfg, port, Path(tmp), 0.0, sim_adc, max(10, blocks))
+            raw = measure({}, 7)
+            _check_zero(raw)
+            noise = round(raw.noise_codes, 4)
+            after = measure({"noise_rms_codes": noise}, 8)
+        _save(path, _with_calibration(cfg, {"noise_rms_codes": noise}), port)
+        amps = noise / raw.rated_rms_codes * float(cfg["calibration"]["rated_amps"])
+        return ZeroResult(noise, amps, raw.mean_mw / 1000.0, after.mean_mw / 1000.0, path)
+    return _on_target(port, run)
+
+
+def _check_zero(m: Measurement) -> None:
+    if m.clipped:
+        raise ToolError(f"{m.clipped} of {m.samples} ADC samples clipped with the CT meant to be unloaded: "
+                        f"check the wiring (is the burden resistor fitted, the input biased to mid-rail?)")
+    if m.noise_codes > ZERO_MAX_RATED_SHARE * m.rated_rms_codes:
+        raise ToolError(f"the unloaded CT reads {m.noise_codes:.1f} codes rms, "
+                        f"{100 * m.noise_codes / m.rated_rms_codes:.1f}% of the rated current: that is a load, not "
+                        f"ADC noise; take the clamp off the cable (or switch everything off) and run --zero again")
 
 
 def _with_config_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -229,26 +295,37 @@ def _with_config_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("calibrate", help="trim a meter's gain against a known resistive load",
+    p = sub.add_parser("calibrate", help="trim a meter's gain against a known load, or measure its noise floor",
                        description=__doc__.splitlines()[0])
     p.add_argument("--workspace", required=True, type=Path, help="pilot workspace holding the meter's config")
     p.add_argument("--meter", required=True, metavar="METER_ID", help="which meter's config to update")
-    p.add_argument("--reference-watts", required=True, type=float,
-                   help="real power of the reference load (resistive: kettle, heater, incandescent lamp)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--reference-watts", type=float,
+                      help="real power of the reference load (resistive: kettle, heater, incandescent lamp)")
+    what.add_argument("--zero", action="store_true",
+                      help="measure the ADC noise floor with the CT unloaded; writes calibration.noise_rms_codes")
     p.add_argument("--port", default=None, help="measure on the board on this port (else: unix-port simulation)")
     p.add_argument("--blocks", type=int, default=60,
                    help="ADC blocks per measurement (whole mains cycles each; default 60)")
     p.add_argument("--sim-gain", type=float, default=1.0,
                    help="unix port only: CT tolerance to simulate, e.g. 1.05 reads 5%% high before calibration")
+    p.add_argument("--sim-noise", type=float, default=None,
+                   help="unix port only, with --zero: the simulated ADC's noise in codes rms (default 0.8)")
     p.set_defaults(func=_cli)
 
 
 def _cli(args) -> int:
-    res = calibrate(args.workspace, args.meter, args.reference_watts, port=args.port, blocks=args.blocks,
-                    sim_gain=args.sim_gain)
-    print(f"reference {res.reference_watts:g} W; before calibration the meter read {res.raw_watts:.2f} W")
-    print(f"calibration.gain = {res.gain} written to {res.config}")
-    print(f"after calibration it reads {res.calibrated_watts:.2f} W: residual error {res.residual_pct:+.3f}%")
+    if args.zero:
+        z = calibrate_zero(args.workspace, args.meter, port=args.port, blocks=args.blocks, sim_noise=args.sim_noise)
+        print(f"no-load floor {z.noise_rms_codes:.4f} codes rms ({1000 * z.noise_amps:.1f} mA at the primary)")
+        print(f"calibration.noise_rms_codes = {z.noise_rms_codes} written to {z.config}")
+        print(f"unloaded, the meter read {z.phantom_watts:.2f} W before and {z.after_watts:.2f} W after")
+    else:
+        res = calibrate(args.workspace, args.meter, args.reference_watts, port=args.port, blocks=args.blocks,
+                        sim_gain=args.sim_gain)
+        print(f"reference {res.reference_watts:g} W; before calibration the meter read {res.raw_watts:.2f} W")
+        print(f"calibration.gain = {res.gain} written to {res.config}")
+        print(f"after calibration it reads {res.calibrated_watts:.2f} W: residual error {res.residual_pct:+.3f}%")
     if args.port:
         print(f"config pushed to {args.port} and verified; the board restarted the meter with it")
     return 0

@@ -19,8 +19,25 @@ from .build import REPO_ROOT
 from .fileio import ToolError
 
 FIRMWARE = REPO_ROOT / "firmware"
+
+
+def _calboot():
+    """The firmware's calibration defaults (firmware/meter/calboot.py), loaded by path: one source."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_meter_calboot", FIRMWARE / "meter" / "calboot.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_CAL = _calboot()
+# Written into every new config so that the value is visible and `calibrate --zero` replaces it:
+# the noise floor is a deliberately high guess until measured, the creep threshold the starting
+# current (docs/SENSING.md).
 DEFAULT_CALIBRATION: dict[str, Any] = {"ct_turns": 2000, "burden_ohm": 33.0, "adc_bits": 12, "vref_mv": 3300,
-                                       "volts": 230.0, "power_factor": 1.0, "rated_amps": 30.0}
+                                       "volts": 230.0, "power_factor": 1.0, "rated_amps": 30.0,
+                                       "noise_rms_codes": _CAL.NOISE_RMS_CODES, "creep_ma": _CAL.CREEP_MA}
 CA_NAME = "ca.der"  # next to config.json, on the board and in the workspace
 # Which command-line option sets a config field (for error messages).
 FIELD_OPTIONS = {"wifi.ssid": "--wifi-ssid", "wifi.password": "--wifi-password", "feeder": "--feeder",

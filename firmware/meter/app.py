@@ -91,7 +91,8 @@ class Meter:
         self.last_interval = max(st[_ST_LAST], self.outbox.newest_reading)
         self.pub = Publisher(hal, cfg, self.outbox, self._will_frame, self.log, bufs[1])
         self.buf = array.array("H", bytes(2 * hal.block_samples))
-        self.stats = [0, 0]  # clipped samples of the block; longest gap between two ADC blocks (us)
+        # sensing: clipped samples of the block, over-rated blocks; longest gap between two ADC blocks (us)
+        self.stats = [0, 0, 0]
         self.truth = cfg["run"]["truth"] and hasattr(hal, "true_energy_mwh")
         self.readings = 0          # sealed by this boot
         self.statuses = 0
@@ -174,6 +175,11 @@ class Meter:
             flags |= frame.FLAG_CLAMPED
         if clipped:
             flags |= frame.FLAG_ADC_CLIPPED
+            if clipped > 0xFFFF:
+                flags |= frame.FLAG_CLIPPED_SATURATED
+        if self.stats[1]:  # blocks above rated current since the last reading (sensing counts)
+            flags |= frame.FLAG_OVER_RATED
+            self.stats[1] = 0
         fields = {"billing_wh": energy, "analytics_wh": analytics, "flags": flags,
                   "samples": samples, "clipped": _cap16(clipped), "missing_s": _cap16(missing)}
         hdr = self._header(frame.KIND_READING, start_s, self.interval_s)
@@ -231,8 +237,8 @@ class Meter:
             t0 = hal.now_ms()
             if b_end is not None:
                 g = ticks_diff(ticks_us(), b_end)  # nothing is sampled between two blocks
-                if g > stats[1]:
-                    stats[1] = g
+                if g > stats[2]:
+                    stats[2] = g
             n, _fs, cov = hal.read_block(buf, nbuf)
             b_end = ticks_us()
             t1 = hal.now_ms()
@@ -323,7 +329,7 @@ class Meter:
     def heap_report(self):
         r = {"min_free_after_gc": self.min_free, "free_now": self.hal.free_heap(),
              "code_from": __file__.rsplit("/", 2)[0],  # "/rom": bytecode runs in place from ROMFS
-             "max_block_gap_ms": self.stats[1] // 1000}
+             "max_block_gap_ms": self.stats[2] // 1000}
         if self.e2e:
             self.e2e.heap_report(r)
         try:
