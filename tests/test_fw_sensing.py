@@ -6,6 +6,7 @@ import array
 import json
 import math
 import random
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +22,9 @@ sys.path.insert(0, str(REPO / "firmware"))
 sys.path.insert(0, str(MPY_DIR))
 
 from meter import ctsim, sensing  # noqa: E402
-from mpyrun import run_cpython, run_mpy  # noqa: E402
+from mpyrun import micropython_bin, mpy_env, run_cpython, run_mpy  # noqa: E402
+
+from meterveil.protocol import frame  # noqa: E402
 
 CAL = {"ct_turns": 2000, "burden_ohm": 33.0, "adc_bits": 12, "vref_mv": 3300, "volts": 230.0,
        "power_factor": 1.0, "rated_amps": 30.0}
@@ -276,6 +279,52 @@ def test_cpython_and_micropython_agree(tmp_path):
     mp = run_mpy("sensing_check.py", spec, tmp_path, "agree")["cases"][0]
     cp = run_cpython("sensing_check.py", tmp_path, "agree")["cases"][0]
     assert cp["mwh"] == mp["mwh"] and cp["samples"] == mp["samples"]
+
+
+# ------------------------------------------------- the real meter loop (app.Meter, unix HAL)
+
+
+def run_meter(tmp: Path, name: str, profile: str, intervals: int, calibration: dict, **sim) -> list[dict]:
+    """Run firmware/main.py with the network cut (readings stay in the outbox); its TRUTH lines."""
+    from fwutil import meter_config
+
+    d = tmp / name
+    (d / "state").mkdir(parents=True)
+    (d / "state" / "netcut").write_text("")
+    sim = dict({"profile": profile, "period_s": 0, "speed": 10000000, "mode": "sparse", "block_s": 1}, **sim)
+    cfg = meter_config(d, "mqtt://127.0.0.1:9", calibration=calibration, sim=sim)
+    proc = subprocess.run([micropython_bin(), str(REPO / "firmware" / "main.py"), str(cfg), "--intervals",
+                           str(intervals), "--drain-timeout", "0.5", "--storage", str(d / "state")],
+                          env=mpy_env(), cwd=d, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr  # 3: outbox not drained (no network)
+    return [json.loads(ln[6:]) for ln in proc.stdout.splitlines() if ln.startswith("TRUTH ")]
+
+
+def test_meter_loop_registers_nothing_in_a_day_with_nothing_connected(tmp_path):
+    # The whole firmware, a day of 15-minute readings, the CT unloaded, the noise floor as
+    # `calibrate --zero` measures it on this simulated board: every reading is 0 Wh.
+    from meterveil.tools import meter_config
+
+    cal = dict(meter_config.DEFAULT_CALIBRATION, noise_rms_codes=0.85)
+    truth = run_meter(tmp_path, "day", str(PROFILES / "zero.csv"), 96, cal)
+    assert len(truth) == 96 and [t["energy_wh"] for t in truth] == [0] * 96
+    assert all(t["flags"] & ~frame.FLAG_PARTIAL_INTERVAL == 0 for t in truth)
+
+
+def test_meter_loop_flags_over_rated_current_and_saturated_clip_count(tmp_path):
+    from meterveil.tools import meter_config
+
+    cal = dict(meter_config.DEFAULT_CALIBRATION)
+    over = run_meter(tmp_path, "over", flat_profile(tmp_path, 150), 1, cal)[0]
+    assert over["flags"] & frame.FLAG_OVER_RATED and not over["flags"] & frame.FLAG_ADC_CLIPPED
+    assert abs(over["energy_wh"] * 1000 / over["true_mwh"] - 1) < 0.01
+    # 300% of rated clips ~3/4 of 256 samples a block (6.4 kHz, two cycles): ~170,000 in an
+    # interval, more than the u16 field holds; the flag says so
+    clip = run_meter(tmp_path, "clip", flat_profile(tmp_path, 300), 1, cal, fs_hz=6400)[0]
+    want = frame.FLAG_OVER_RATED | frame.FLAG_ADC_CLIPPED | frame.FLAG_CLIPPED_SATURATED
+    assert clip["flags"] & want == want
+    normal = run_meter(tmp_path, "normal", flat_profile(tmp_path, 50), 1, cal)[0]
+    assert normal["flags"] & want == 0
 
 
 # ---------------------------------------------------------------- CPython, plain lists
