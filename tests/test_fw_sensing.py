@@ -513,12 +513,16 @@ def test_sim_codes_follow_its_own_parts(tmp_path):
 def test_sim_part_tolerances_are_seeded_draws(tmp_path):
     p = tmp_path / "f.csv"
     p.write_text("0,1000\n")
-    a = ctsim.SimADC(str(p), 50, seed=5, tolerance=0.02).parts
-    assert a == ctsim.SimADC(str(p), 50, seed=5, tolerance=0.02).parts
-    assert a != ctsim.SimADC(str(p), 50, seed=6, tolerance=0.02).parts
+    a = ctsim.true_parts(None, 0.02, 5)
+    assert a == ctsim.true_parts(None, 0.02, 5) and a != ctsim.true_parts(None, 0.02, 6)
     for k, nominal in (("ct_turns", 2000), ("burden_ohm", 33.0), ("vref_mv", 3300)):
         assert a[k] != nominal and abs(a[k] / nominal - 1) <= 0.02
-    assert ctsim.SimADC(str(p), 50).parts["burden_ohm"] == 33.0  # no tolerance: nominal
+    assert ctsim.true_parts(None, 0.0, 5) == ctsim.PARTS  # no tolerance: nominal
+    # the simulator is built from exactly these parts: its codes scale with burden / (turns * vref)
+    nominal = _codes_rms(ctsim.SimADC(str(p), 50, seed=5, noise_rms_codes=0.0))
+    drawn = _codes_rms(ctsim.SimADC(str(p), 50, seed=5, tolerance=0.02, noise_rms_codes=0.0))
+    ratio = a["burden_ohm"] / 33.0 * 2000 / a["ct_turns"] * 3300 / a["vref_mv"]
+    assert abs(drawn / nominal - ratio) < 1e-3
 
 
 def test_sim_noise_power_is_the_same_for_every_seed(tmp_path):

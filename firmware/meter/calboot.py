@@ -35,46 +35,45 @@ def _num(cfg, key, lo, hi, default=None):
     return v
 
 
-def amps_per_code(c):
+def amps_per_code(vref_mv, bits, burden_ohm, ct_turns, gain):
     # Amps at the primary per ADC code: code -> mV at the pin -> secondary A -> primary A.
-    return c.vref_mv / 1000.0 / (1 << c.adc_bits) / c.burden_ohm * c.ct_turns * c.gain
+    return vref_mv / 1000.0 / (1 << bits) / burden_ohm * ct_turns * gain
 
 
 def setup(c, cfg):
+    # Only what sampling, the tools and the tests read stays on the object (the 64 KB heap).
     if not isinstance(cfg, dict):
         raise CalibrationError("*", "calibration section must be an object")
-    c.ct_turns = _num(cfg, "ct_turns", 1, 100000)
-    c.burden_ohm = _num(cfg, "burden_ohm", 0.1, 100000)
+    turns = _num(cfg, "ct_turns", 1, 100000)
+    burden = _num(cfg, "burden_ohm", 0.1, 100000)
     bits = _num(cfg, "adc_bits", 8, 16)
     if not isinstance(bits, int):
         raise CalibrationError("adc_bits", "not an integer")
-    c.adc_bits = bits
-    c.full_scale = (1 << bits) - 1
-    c.mid = 1 << (bits - 1)
-    c.vref_mv = _num(cfg, "vref_mv", 500, 10000)
-    c.volts = _num(cfg, "volts", 50, 500)
-    c.power_factor = _num(cfg, "power_factor", 0.05, 1.0)
+    vref = _num(cfg, "vref_mv", 500, 10000)
+    volts = _num(cfg, "volts", 50, 500)
+    pf = _num(cfg, "power_factor", 0.05, 1.0)
     c.rated_amps = _num(cfg, "rated_amps", 0.1, 1000)
     c.noise_rms_codes = _num(cfg, "noise_rms_codes", 0, 64, NOISE_RMS_CODES)
     c.creep_ma = _num(cfg, "creep_ma", 0, 10000, CREEP_MA)
-    c.gain = _num(cfg, "gain", 0.5, 2.0, 1.0)
+    gain = _num(cfg, "gain", 0.5, 2.0, 1.0)
+    full = (1 << bits) - 1
+    mid = c.mid = 1 << (bits - 1)
     # A sample at either rail is "clipped": with x = code - mid, x*(x+1) reaches mid*(mid-1)
     # exactly at code 0 and at full scale (symmetric test, one add and one compare). A converter
     # that stops being linear before its rails (ESP32 at 11 dB: ~2.45 V of ~3.1 V) sets
     # linear_max_code: swings that far from mid-rail count as clipped too.
-    lim = int(_num(cfg, "linear_max_code", c.mid + 1, c.full_scale, c.full_scale)) - c.mid
-    c.clip_thr = lim * (lim + 1) if lim < c.mid - 1 else c.mid * (c.mid - 1)
-    c.amps_per_code = amps_per_code(c)
-    mw_per_code = c.volts * c.power_factor * c.amps_per_code * 1000.0
-    c.k_mw = int(mw_per_code * (1 << (_KBITS - _FRAC)) + 0.5)
+    lim = int(_num(cfg, "linear_max_code", mid + 1, full, full)) - mid
+    c.clip_thr = lim * (lim + 1) if lim < mid - 1 else mid * (mid - 1)
+    apc = c.amps_per_code = amps_per_code(vref, bits, burden, turns, gain)
+    c.k_mw = int(volts * pf * apc * 1000.0 * (1 << (_KBITS - _FRAC)) + 0.5)
     c.noise_q = int(c.noise_rms_codes * c.noise_rms_codes * (1 << (2 * _FRAC)) + 0.5)
-    creep_q = int(c.creep_ma / 1000.0 / c.amps_per_code * (1 << _FRAC) + 0.5)
+    creep_q = int(c.creep_ma / 1000.0 / apc * (1 << _FRAC) + 0.5)
     c.creep_ms_q = creep_q * creep_q
     # noise^2 * CREEP_Z * sqrt(2); sensing divides by sqrt(n) once per block length (thr_n, thr_q).
     c.noise_z_q = int(c.noise_q * CREEP_Z * 1.4142135623730951 + 0.5)
     c.thr_n = 0
     c.thr_q = 0
-    # rms current above rated_amps (codes * 2**12): the block counts as over-rated.
-    c.rated_q = int(c.rated_amps / c.amps_per_code * (1 << _FRAC) + 0.5)
-    # Peak code swing at rated current for a pure sine; ctsim and tools check headroom with it.
-    c.rated_rms_codes = c.rated_amps / c.amps_per_code
+    # rms current at rated_amps in codes (tools check a reference load against it) and in
+    # codes * 2**12 (a block above it counts as over-rated).
+    c.rated_rms_codes = c.rated_amps / apc
+    c.rated_q = int(c.rated_rms_codes * (1 << _FRAC) + 0.5)

@@ -7,15 +7,15 @@
 #                drift_period_s=3600, epoch_ms=0, period_s=0, gain=1.0)
 #     parts: the simulated hardware, {"ct_turns", "burden_ohm", "vref_mv", "adc_bits", "volts"}
 #       (true mains voltage); missing keys take simboot.PARTS (the reference design). tolerance:
-#       CT ratio, burden and reference each off by a seeded uniform draw in +-tolerance; the values
-#       as built are sim.parts. The meter's Calibration is never consulted: the simulator and the
+#       CT ratio, burden and reference each off by a seeded uniform draw in +-tolerance (the values
+#       as built: ctsim.true_parts(parts, tolerance, seed)). The meter's Calibration is never consulted: the simulator and the
 #       meter reach codes <-> watts by separate arithmetic, so an error in either shows.
 #     profile: CSV "seconds,watts" (header line optional), piecewise constant from each row to
 #       the next; before the first row the first value, after the last the last value, unless
 #       period_s > 0 (then profile time wraps: (t_ms - epoch_ms) mod period_s).
 #     harmonics: ((order, amplitude relative to the fundamental, phase_deg), ...), e.g.
 #       ((3, 0.3, 0), (5, 0.15, 180)).  mains_hz may be fractional (49.95).
-#     power_factor: the load's pf (default: the meter's configured cal.power_factor).
+#     power_factor: the load's pf (1.0: resistive).
 #   sim.read_block(buf, t_ms, n, fs_hz) -> n     raw codes for samples at t_ms + k*1000/fs_hz
 #   sim.true_energy_mwms(t0_ms, t1_ms) -> int    exact integral of the profile (mW*ms)
 #   sim.true_energy_mwh(t0_ms, t1_ms) -> int     the same, rounded to mWh
@@ -48,8 +48,8 @@ _NLEN = const(1024)            # Gaussian noise table (int16), read at a random 
 
 
 def __getattr__(name):
-    # ctsim.load_profile / ctsim.ProfileError (tests, tools) resolve to the boot module.
-    if name in ("load_profile", "ProfileError"):
+    # ctsim.load_profile / ProfileError / true_parts / PARTS (tests, tools) resolve to the boot module.
+    if name in ("load_profile", "ProfileError", "true_parts", "PARTS"):
         from meter import simboot
         return getattr(simboot, name)
     raise AttributeError(name)

@@ -107,7 +107,7 @@ def setup(sim, profile_path, mains_hz, seed, parts, tolerance, harmonics, power_
         power_factor = 1.0
     if not (0 < power_factor <= 1):
         raise ValueError("power_factor out of range (0, 1]")
-    hw = sim.parts = true_parts(parts, tolerance, seed)
+    hw = true_parts(parts, tolerance, seed)  # not kept: the heap holds only the sampling path
     bits = hw["adc_bits"]
     sim.ts, sim.ws = load_profile(profile_path)
     sim.mains_mhz = int(mains_hz * 1000 + 0.5)

@@ -39,9 +39,9 @@ def calibrate_noise(cfg, case):
     return (acc / 10) ** 0.5 / 4096.0
 
 
-def _fault_vref_1024(c):
+def _fault_vref_1024(vref_mv, bits, burden_ohm, ct_turns, gain):
     # mV read as 1/1024 V: a plausible unit slip (-2.3%).
-    return c.vref_mv / 1024.0 / (1 << c.adc_bits) / c.burden_ohm * c.ct_turns * c.gain
+    return vref_mv / 1024.0 / (1 << bits) / burden_ohm * ct_turns * gain
 
 
 FAULTS = {"vref_1024": _fault_vref_1024}
