@@ -41,6 +41,7 @@ def main() -> int:
     results = {
         "ingest": run("ingest.py", ["--quick"] if quick else []),
         "firmware_callgrind": run("firmware_callgrind.py", []),
+        "sensing_accuracy": run("sensing_accuracy.py", ["--hours", "0.25"] if quick else []),
         "privacy_utility": run("privacy_utility.py", ["--small"] if quick else []),
         "attacks": run("attacks.py", ["--small"] if quick else []),
         "qemu32": (run("qemu32.py", []) if (HERE.parent / "build/qemu/fw/firmware.elf").exists()
