@@ -50,11 +50,11 @@ CAL = {"ct_turns": 2000, "burden_ohm": 33.0, "adc_bits": 12, "vref_mv": 3300, "v
 cal = sensing.Calibration(CAL)
 with open("/flash/p.csv", "w") as f:
     f.write("seconds,watts\n0,3000\n")
-sim = ctsim.SimADC("/flash/p.csv", 50, cal, 7, epoch_ms=0)
+sim = ctsim.SimADC("/flash/p.csv", 50, 7, epoch_ms=0)
 n = %(fs)d * %(block_ms)d // 1000
 buf = array.array("H", bytes(2 * n))
 sim.read_block(buf, 0, n, %(fs)d)
-stats = [0]
+stats = [0, 0]
 K = 10
 gc.collect(); t0 = time.ticks_us()
 for _ in range(K):

@@ -105,7 +105,7 @@ def _creep_threshold(cal, n):
     # Mean-square threshold for n-sample blocks: the starting current, or CREEP_Z standard
     # deviations of the noise-only variance estimate (noise^2 * sqrt(2/n)), whichever is larger.
     # Cached per block length: computed once, not per block.
-    t = (cal.noise_z_q << 4) // _isqrt(n << 8)  # sqrt(n) to 1/16
+    t = (cal.noise_z_q // _isqrt(n << 8)) << 4  # sqrt(n) to 1/16; no long int on 32-bit boards
     cal.thr_q = t if t > cal.creep_ms_q else cal.creep_ms_q
     cal.thr_n = n
 
