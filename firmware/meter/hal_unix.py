@@ -58,8 +58,7 @@ class UnixHAL:
         # derived constants) unless sim.adc.parts says otherwise; sim.adc.mains_hz sets the
         # true mains frequency (the meter samples for the nominal one).
         if "parts" not in kw:
-            c = cfg["calibration"]
-            kw["parts"] = {k: c[k] for k in ("ct_turns", "burden_ohm", "vref_mv", "adc_bits", "volts")}
+            kw["parts"] = cfg["calibration"]  # SimADC reads only the part values from it
         true_mains = kw.pop("mains_hz", mains)
         # Daily profiles (period_s > 0) line up with UTC time of day; one-off profiles start
         # with the simulation.

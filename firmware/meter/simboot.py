@@ -2,6 +2,7 @@
 # checks and the noise table. SimADC.__init__ runs setup() once, then the module is unloaded (meter.drop): the
 # meter's 64 KB heap keeps only the sampling path. MicroPython and CPython.
 import array
+import gc
 import math
 
 
@@ -80,13 +81,14 @@ def _xorshift(r):
 
 
 def true_parts(parts, tolerance, seed):
-    # The parts as built: nominal values (PARTS, overridden by `parts`), each of CT ratio, burden
+    # The parts as built: nominal values (PARTS, overridden by those keys of `parts`; a config's
+    # calibration section may be passed as it is), each of CT ratio, burden
     # and reference voltage off by a uniform draw in +-tolerance (relative), from the seed.
     out = dict(PARTS)
-    for k in parts or ():
-        if k not in PARTS:
-            raise ValueError("unknown part " + k)
-        out[k] = parts[k]
+    if parts:
+        for k in PARTS:
+            if k in parts:
+                out[k] = parts[k]
     r = (seed * 2246822519 + 7) & 0xFFFFFFFF or 1
     for k in _TOLERANCED:
         r = _xorshift(r)
@@ -110,6 +112,7 @@ def setup(sim, profile_path, mains_hz, seed, parts, tolerance, harmonics, power_
     hw = true_parts(parts, tolerance, seed)  # not kept: the heap holds only the sampling path
     bits = hw["adc_bits"]
     sim.ts, sim.ws = load_profile(profile_path)
+    gc.collect()  # the parse's garbage goes before the long-lived tables are placed
     sim.mains_mhz = int(mains_hz * 1000 + 0.5)
     sim.epoch_ms = epoch_ms
     sim.period_ms = int(period_s * 1000)
@@ -133,6 +136,8 @@ def setup(sim, profile_path, mains_hz, seed, parts, tolerance, harmonics, power_
         ms += amp * amp
     sim._harm = tuple((o, a, p * math.pi / 180.0) for o, a, p in harmonics)
     sim._norm = math.sqrt(2.0 / ms)
+    # Long-lived tables first, then the boot-only work: what stays is not stranded among garbage.
+    sim._tab = array.array("i", bytes(4 * 257))  # one cycle + wrap entry for interpolation
     # xorshift32 state: identical streams on MicroPython and CPython for a given seed.
     r = (seed * 2654435761 + 1) & 0xFFFFFFFF or 1
     # Gaussian-ish (Irwin-Hall, 12 uniforms) noise in codes * 2**8, int16 to spare the heap. The
@@ -151,14 +156,13 @@ def setup(sim, profile_path, mains_hz, seed, parts, tolerance, harmonics, power_
         tab[i] = v
         s1 += v
         s2 += v * v
-    mean = s1 / 1024.0
-    sd = math.sqrt(s2 / 1024.0 - mean * mean)
-    k = noise_rms_codes * 256 / sd
+    # Integer rescaling (no float per entry): c = 1024 * (v - mean), out = c * kq / 2**24.
+    sd = math.sqrt(s2 / 1024.0 - (s1 / 1024.0) ** 2)
+    kq = int(noise_rms_codes * 256 / (sd * 1024) * (1 << 24) + 0.5)
     for i in range(1024):
-        v = (tab[i] - mean) * k
-        tab[i] = int(v + (0.5 if v >= 0 else -0.5))
+        tab[i] = ((tab[i] * 1024 - s1) * kq + (1 << 23)) >> 24
     sim._noise = tab
     sim._rng = r
     sim._lvl_mw = -1
-    sim._tab = array.array("i", bytes(4 * 257))  # one cycle + wrap entry for interpolation
     sim._cur = 0  # profile row cursor (blocks arrive in time order)
+    gc.collect()
