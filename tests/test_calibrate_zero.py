@@ -36,8 +36,8 @@ def _cal(ws: Workspace, meter_id: str) -> dict:
 def test_provisioning_ships_the_firmware_defaults(ws):
     provision_one(ws.root, MeterSpec("d1", "F1", sim_profile=str(PROFILE)))
     cal = _cal(ws, "d1")
-    assert cal["noise_rms_codes"] == calboot.NOISE_RMS_CODES == meter_config.DEFAULT_CALIBRATION["noise_rms_codes"]
-    assert cal["creep_ma"] == calboot.CREEP_MA == meter_config.DEFAULT_CALIBRATION["creep_ma"]
+    assert cal["noise_rms_codes"] == calboot.DEFAULTS["noise_rms_codes"] == meter_config.DEFAULT_CALIBRATION["noise_rms_codes"]
+    assert cal["creep_ma"] == calboot.DEFAULTS["creep_ma"] == meter_config.DEFAULT_CALIBRATION["creep_ma"]
 
 
 def test_zero_measures_the_floor_and_ends_the_phantom_load(ws):

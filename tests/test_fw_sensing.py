@@ -357,29 +357,26 @@ def test_creep_on_by_default():
     from meter import calboot
 
     cal = sensing.Calibration(CAL)
-    assert cal.noise_rms_codes == calboot.NOISE_RMS_CODES > 0 and cal.creep_ma == calboot.CREEP_MA > 0
+    assert cal.noise_rms_codes == calboot.DEFAULTS["noise_rms_codes"] > 0
+    assert cal.creep_ma == calboot.DEFAULTS["creep_ma"] > 0
     one_code = [2048 + (1 if i % 2 else -1) for i in range(400)]  # 1 code rms = 48.8 mA, 11 W
     assert sensing.block_power_mw(one_code, 400, cal) == 0
     assert sensing.block_power_mw(one_code, 400, sensing.Calibration(dict(CAL, noise_rms_codes=0, creep_ma=0))) > 0
 
 
 def test_creep_threshold_follows_noise_statistics():
-    # The threshold is CREEP_Z standard deviations of the noise-only variance estimate,
+    # The threshold is _CREEP_Z standard deviations of the noise-only variance estimate,
     # noise^2 * sqrt(2/n): 4x the samples, half the threshold (above the starting current).
-    from meter import calboot
-
     cal = sensing.Calibration(dict(CAL, noise_rms_codes=2.0, creep_ma=0))
     thr = {}
     for n in (100, 400):
-        sensing.block_power_mw([2048] * n, n, cal)
-        thr[n] = cal.thr_q / 2**24
-        expect = calboot.CREEP_Z * 4.0 * math.sqrt(2 / n)
+        thr[n] = sensing.creep_threshold_q(cal, n) / 2**24
+        expect = sensing._CREEP_Z * 4.0 * math.sqrt(2 / n)
         assert abs(thr[n] - expect) < 0.01 * expect
     assert abs(thr[100] / thr[400] - 2) < 0.01
     # where noise is tiny, the starting current sets the threshold
     cal = sensing.Calibration(dict(CAL, noise_rms_codes=0.01, creep_ma=20))
-    sensing.block_power_mw([2048] * 400, 400, cal)
-    assert abs(math.sqrt(cal.thr_q) / 4096 * cal.amps_per_code - 0.020) < 1e-4
+    assert abs(math.sqrt(sensing.creep_threshold_q(cal, 400)) / 4096 * cal.amps_per_code - 0.020) < 1e-4
 
 
 def test_over_rated_blocks_counted():
@@ -517,7 +514,8 @@ def test_sim_part_tolerances_are_seeded_draws(tmp_path):
     assert a == ctsim.true_parts(None, 0.02, 5) and a != ctsim.true_parts(None, 0.02, 6)
     for k, nominal in (("ct_turns", 2000), ("burden_ohm", 33.0), ("vref_mv", 3300)):
         assert a[k] != nominal and abs(a[k] / nominal - 1) <= 0.02
-    assert ctsim.true_parts(None, 0.0, 5) == ctsim.PARTS  # no tolerance: nominal
+    reference = {"ct_turns": 2000, "burden_ohm": 33.0, "vref_mv": 3300, "adc_bits": 12, "volts": 230.0}
+    assert ctsim.true_parts(None, 0.0, 5) == reference  # no tolerance: the reference design
     # the simulator is built from exactly these parts: its codes scale with burden / (turns * vref)
     nominal = _codes_rms(ctsim.SimADC(str(p), 50, seed=5, noise_rms_codes=0.0))
     drawn = _codes_rms(ctsim.SimADC(str(p), 50, seed=5, tolerance=0.02, noise_rms_codes=0.0))

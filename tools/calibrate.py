@@ -59,7 +59,7 @@ for i in range({blocks}):
     if hasattr(hal, "wdt_feed"):
         hal.wdt_feed()
 print("MVCAL", json.dumps({{"mean_mw": total_mw // {blocks}, "rms_codes_q": rms_q // {blocks}, "ms_q": ms_q // {blocks},
-                          "clipped": stats[0], "samples": samples, "rated_rms_codes": cal.rated_rms_codes}}))
+                          "clipped": stats[0], "samples": samples, "rated_rms_codes": cal.rated_q / 4096}}))
 """
 
 

@@ -37,7 +37,7 @@ _CAL = _calboot()
 # current (docs/SENSING.md).
 DEFAULT_CALIBRATION: dict[str, Any] = {"ct_turns": 2000, "burden_ohm": 33.0, "adc_bits": 12, "vref_mv": 3300,
                                        "volts": 230.0, "power_factor": 1.0, "rated_amps": 30.0,
-                                       "noise_rms_codes": _CAL.NOISE_RMS_CODES, "creep_ma": _CAL.CREEP_MA}
+                                       **_CAL.DEFAULTS}
 CA_NAME = "ca.der"  # next to config.json, on the board and in the workspace
 # Which command-line option sets a config field (for error messages).
 FIELD_OPTIONS = {"wifi.ssid": "--wifi-ssid", "wifi.password": "--wifi-password", "feeder": "--feeder",

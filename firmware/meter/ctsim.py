@@ -6,7 +6,7 @@
 #                power_factor=1.0, noise_rms_codes=0.8, bias_offset_codes=0.0, drift_codes=0.0,
 #                drift_period_s=3600, epoch_ms=0, period_s=0, gain=1.0)
 #     parts: the simulated hardware, {"ct_turns", "burden_ohm", "vref_mv", "adc_bits", "volts"}
-#       (true mains voltage); missing keys take simboot.PARTS (the reference design). tolerance:
+#       (true mains voltage); missing keys take the reference design's (true_parts(None, 0, seed)). tolerance:
 #       CT ratio, burden and reference each off by a seeded uniform draw in +-tolerance (the values
 #       as built: ctsim.true_parts(parts, tolerance, seed)). The meter's Calibration is never consulted: the simulator and the
 #       meter reach codes <-> watts by separate arithmetic, so an error in either shows.
@@ -48,8 +48,8 @@ _NLEN = const(1024)            # Gaussian noise table (int16), read at a random 
 
 
 def __getattr__(name):
-    # ctsim.load_profile / ProfileError / true_parts / PARTS (tests, tools) resolve to the boot module.
-    if name in ("load_profile", "ProfileError", "true_parts", "PARTS"):
+    # ctsim.load_profile / ProfileError / true_parts (tests, tools) resolve to the boot module.
+    if name in ("load_profile", "ProfileError", "true_parts"):
         from meter import simboot
         return getattr(simboot, name)
     raise AttributeError(name)

@@ -5,13 +5,13 @@
 #   cal = Calibration(cfg)          cfg = config "calibration" section; required keys
 #       ct_turns, burden_ohm, adc_bits, vref_mv, volts, power_factor, rated_amps;
 #       optional: noise_rms_codes (ADC noise floor measured with no load, removed in quadrature;
-#       default calboot.NOISE_RMS_CODES), creep_ma (starting current: rms below it reads 0;
-#       default calboot.CREEP_MA), gain (trim from a reference-meter calibration; default 1.0).
+#       default calboot.DEFAULTS), creep_ma (starting current: rms below it reads 0;
+#       default calboot.DEFAULTS), gain (trim from a reference-meter calibration; default 1.0).
 #       Bad values raise CalibrationError(field).
 #   block_power_mw(buf, n, cal, stats=None) -> int mW
 #       stats: [clipped, over_rated] list: stats[0] += samples at the ADC rails, stats[1] += 1 when
 #       the block's rms current exceeds rated_amps. Creep suppression: 0 unless the noise-corrected
-#       mean square exceeds both the starting current and CREEP_Z noise standard deviations.
+#       mean square exceeds creep_threshold_q(cal, n).
 #   block_rms_q(buf, n, cal) -> int                      rms current in codes * 2**12 (calibration)
 #   cycle_samples(fs_hz, mains_hz, cycles) -> int        whole-cycle block length (sparse mode)
 #   EnergyAccumulator(): .add(power_mw, duration_ms), .take_wh() -> int, .peek_mwh() -> int
@@ -30,6 +30,9 @@ _CARRY = const(0x20000000)  # 2**29: sum of squares is carried out before small 
 _FRAC = const(12)           # rms is kept as codes * 2**12 (1/4096 code resolution)
 _KBITS = const(24)          # power scale factor: mW per code * 2**(_KBITS - _FRAC)
 _MAX_BLOCK = const(65535)   # keeps the plain sum below 2**30 on 32-bit boards
+# A block whose noise-corrected mean square is within _CREEP_Z standard deviations of what noise
+# alone gives (noise^2 * sqrt(2/n)) reads 0: no creep from a random excess of noise.
+_CREEP_Z = const(6)
 
 
 def __getattr__(name):
@@ -101,13 +104,14 @@ def block_rms_q(buf, n, cal, stats=None):
     return (q << (2 * _FRAC)) + (((var_n2 - q * nn) << (2 * _FRAC)) // nn)
 
 
-def _creep_threshold(cal, n):
-    # Mean-square threshold for n-sample blocks: the starting current, or CREEP_Z standard
-    # deviations of the noise-only variance estimate (noise^2 * sqrt(2/n)), whichever is larger.
-    # Cached per block length: computed once, not per block.
-    t = (cal.noise_z_q // _isqrt(n << 8)) << 4  # sqrt(n) to 1/16; no long int on 32-bit boards
-    cal.thr_q = t if t > cal.creep_ms_q else cal.creep_ms_q
-    cal.thr_n = n
+def creep_threshold_q(cal, n):
+    # Mean-square threshold (codes^2 * 2**24) for n-sample blocks: the starting current, or
+    # _CREEP_Z standard deviations of the noise-only variance estimate (noise^2 * sqrt(2/n)),
+    # whichever is larger. Integers only and recomputed per block: a cache would cost attribute
+    # names, interned for good (docs/FIRMWARE.md "Memory"), for ~20 integer steps per block.
+    # sqrt(n/2) to 1/16 and the division before the product: no long int on 32-bit boards.
+    t = ((cal.noise_q // _isqrt(n << 7)) * _CREEP_Z) << 4
+    return t if t > cal.creep_ms_q else cal.creep_ms_q
 
 
 def block_power_mw(buf, n, cal, stats=None):
@@ -115,9 +119,7 @@ def block_power_mw(buf, n, cal, stats=None):
     if n <= 0:
         return 0
     ms_q = block_rms_q(buf, n, cal, stats) - cal.noise_q
-    if n != cal.thr_n:
-        _creep_threshold(cal, n)
-    if ms_q <= cal.thr_q:
+    if ms_q <= creep_threshold_q(cal, n):
         return 0
     rms_q = _isqrt(ms_q)
     if stats is not None and rms_q > cal.rated_q:

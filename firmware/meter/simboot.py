@@ -20,12 +20,12 @@ def _milli(s):
         ip, fp = s.split(".", 1)
     else:
         ip, fp = s, ""
-    fp = (fp + "000")[:3]
+    fp = fp[:3]
     if not ip:
         ip = "0"
-    if not (ip.isdigit() and fp.isdigit()):
+    if not (ip.isdigit() and (fp.isdigit() or not fp)):
         raise ValueError(s)
-    v = int(ip) * 1000 + int(fp)
+    v = int(ip) * 1000 + (int(fp) * 10 ** (3 - len(fp)) if fp else 0)
     return -v if neg else v
 
 
@@ -67,31 +67,24 @@ def load_profile(path):
     return ts, ws
 
 
-# The reference hardware (docs/SENSING.md): a 2000:1 CT clamp, a 33 ohm burden, a 12-bit ADC with
-# a 3.3 V reference, 230 V mains. The simulator's own numbers: the meter's calibration is never read.
-PARTS = {"ct_turns": 2000, "burden_ohm": 33.0, "vref_mv": 3300, "adc_bits": 12, "volts": 230.0}
-_TOLERANCED = ("ct_turns", "burden_ohm", "vref_mv")
-
-
-def _xorshift(r):
-    r ^= (r << 13) & 0xFFFFFFFF
-    r ^= r >> 17
-    r ^= (r << 5) & 0xFFFFFFFF
-    return r
-
-
 def true_parts(parts, tolerance, seed):
-    # The parts as built: nominal values (PARTS, overridden by those keys of `parts`; a config's
-    # calibration section may be passed as it is), each of CT ratio, burden
+    # The parts as built: nominal values (the reference design below, overridden by those keys of
+    # `parts`; a config's calibration section may be passed as it is), each of CT ratio, burden
     # and reference voltage off by a uniform draw in +-tolerance (relative), from the seed.
-    out = dict(PARTS)
+    # The reference hardware (docs/SENSING.md): a 2000:1 CT clamp, a 33 ohm burden, a 12-bit ADC
+    # with a 3.3 V reference, 230 V mains. The simulator's own numbers: the meter's calibration is
+    # never read. A literal, not a module constant: each module-level name stays interned in the
+    # heap (docs/FIRMWARE.md "Memory"); true_parts(None, 0, seed) returns it.
+    out = {"ct_turns": 2000, "burden_ohm": 33.0, "vref_mv": 3300, "adc_bits": 12, "volts": 230.0}
     if parts:
-        for k in PARTS:
+        for k in out:
             if k in parts:
                 out[k] = parts[k]
     r = (seed * 2246822519 + 7) & 0xFFFFFFFF or 1
-    for k in _TOLERANCED:
-        r = _xorshift(r)
+    for k in ("ct_turns", "burden_ohm", "vref_mv"):
+        r ^= (r << 13) & 0xFFFFFFFF  # xorshift32, as for the noise table
+        r ^= r >> 17
+        r ^= (r << 5) & 0xFFFFFFFF
         out[k] = out[k] * (1.0 + tolerance * ((r & 0xFFFF) / 32767.5 - 1.0))
     return out
 
