@@ -104,7 +104,7 @@ elif sc == "adc":
     cfg = board_cfg()
     cal = getattr(hal, "cal", None) or sensing.Calibration(cfg["calibration"])
     buf = array.array("H", bytes(2 * hal.block_samples))
-    stats = [0]
+    stats = [0, 0]  # sensing: clipped samples, over-rated blocks
     n, fs, cov = hal.read_block(buf, len(buf))
     mw = sensing.block_power_mw(buf, n, cal, stats)
     out(n=n, clipped=stats[0], max_code=max(buf), mw=mw)
