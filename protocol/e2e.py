@@ -36,11 +36,11 @@ def household_keys(household_key):
     return enc, mac
 
 
-def household_aad(meter_id, counter, interval_start, interval_len):
+def household_aad(meter_id, counter, interval_start, interval_s):
     # What the household tag binds besides its ciphertext: which meter, which frame, which interval.
     # Built from stored row fields, so the household verifies without the original frame.
     mid = meter_id.encode()
-    return struct.pack(">16sIIH", mid + bytes(16 - len(mid)), counter, interval_start, interval_len)
+    return struct.pack(">16sIIH", mid + bytes(16 - len(mid)), counter, interval_start, interval_s)
 
 
 def seal(keys, hkeys, header, fields, n, rho, iv):

@@ -3,7 +3,13 @@
 # vectors on both runtimes (protocol/vectors.json).
 import hashlib
 
-_BLOCK = 64
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+_BLOCK = const(64)
 
 
 def hmac_sha256(key, msg):

@@ -1,6 +1,7 @@
 # Meter configuration: load config.json, fill defaults, validate every field and name each bad
 # one. Provisioning runs this same code on the unix port (main.py --check), so the meter and the
 # tool can never disagree about what a valid config is. Runs on MicroPython and CPython.
+import binascii
 import json
 
 try:  # imported while the heap is still unfragmented (frame.py may compile from source here)
@@ -175,9 +176,10 @@ def validate(cfg, board=False):
         v = cfg["master_key"]
         ok = isinstance(v, str) and len(v) == 64
         if ok:
-            for c in v:
-                if c not in "0123456789abcdefABCDEF":
-                    ok = False
+            try:  # not a loop over the characters: on MicroPython each one would be interned
+                binascii.unhexlify(v)
+            except ValueError:
+                ok = False
         if not ok:
             errs.append(("master_key", "must be 64 hex digits (32 bytes)"))
     if "feeder" in cfg and (not isinstance(cfg["feeder"], str) or not cfg["feeder"]):
