@@ -109,7 +109,7 @@ def test_obfuscators_in_flash_are_used_once_and_deleted(tmp_path, mosquitto, uti
     pytest.param("64k", marks=pytest.mark.xfail(strict=True, reason=(
         "E2E mode needs ~10 KB more than proxy mode on the 64-bit unix port (its modules, numbers and "
         "600 interned names, within the fifth qstr pool: tests/test_fw_qstr.py): 64k fails at boot "
-        "(a 464-byte block for the Publisher), 72k in an obfuscator step (514-byte big-int blocks), 80k "
+        "(a 464-592-byte block while building the Publisher), 72k in an obfuscator step (514-byte big-int blocks), 80k "
         "runs with ~17 KB free at the low point (docs/FIRMWARE.md \"End-to-end mode\")"))),
 ])
 def test_e2e_meter_heap_budget_from_romfs(tmp_path, mosquitto, utility_key, heapsize):
