@@ -108,7 +108,7 @@ def test_obfuscators_in_flash_are_used_once_and_deleted(tmp_path, mosquitto, uti
     "112k",  # the smallest ROMFS heap guarded in this mode (docs/FIRMWARE.md "End-to-end mode")
     pytest.param("64k", marks=pytest.mark.xfail(strict=True, reason=(
         "E2E mode needs ~10 KB more than proxy mode on the 64-bit unix port (its modules, numbers and "
-        "600 interned names, within the fifth qstr pool: tests/test_fw_qstr.py): 64k fails at boot "
+        "598 interned names, within the fifth qstr pool: tests/test_fw_qstr.py): 64k fails at boot "
         "(a 464-592-byte block while building the Publisher), 72k in an obfuscator step (514-byte big-int blocks), 80k "
         "runs with ~17 KB free at the low point (docs/FIRMWARE.md \"End-to-end mode\")"))),
 ])
