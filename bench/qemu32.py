@@ -12,6 +12,9 @@ the host's speed). Measured on the target in one run:
   tail         one interval's tail: privacy.noise_share, frame.seal, Outbox.append (RAM littlefs)
   heap         the meter loop (unix HAL, network down, 3 intervals): lowest free heap after a
                collection, of the 64 KB
+  e2e          one end-to-end encryption with a 2048-bit key (DJN obfuscator, 1024-bit exponent, then
+               pack and encrypt) and its longest 1-bit step (what sampling can wait for), against the
+               proxy-mode tail above; the ESP32 estimate assumes ESP32_CYCLES_PER_M3_INSTR
 
 Time on an RP2040-class Cortex-M0+ at 133 MHz assumes M0_CYCLES_PER_M3_INSTR cycles per Cortex-M3
 instruction: ARMv6-M needs more instructions for the same C (no IT blocks, no wide immediates,
@@ -33,6 +36,32 @@ from target import QemuTarget  # noqa: E402
 
 M0_HZ = 133_000_000
 M0_CYCLES_PER_M3_INSTR = 1.6
+# Xtensa LX6 runs the same C at roughly one instruction per cycle with similar code density (an
+# assumption, range 0.8-1.5); the mpz digits are 16 bits on both 32-bit targets.
+ESP32_HZ = 240_000_000
+ESP32_CYCLES_PER_M3_INSTR = 1.0
+INTERVAL_S = 900
+
+E2E_DRIVER = r'''
+import gc, time
+from protocol import paillier
+n = %(n)d
+hs = %(hs)d
+a = paillier.draw_exponent(%(bits)d)
+gc.collect(); t0 = time.ticks_us()
+o = paillier.Obfuscator(hs, n, %(bits)d, a)
+worst = 0
+while True:
+    s0 = time.ticks_us()
+    last = o.step(1)
+    worst = max(worst, time.ticks_diff(time.ticks_us(), s0))
+    if last:
+        break
+t1 = time.ticks_us()
+c = paillier.encrypt(n, paillier.pack(1234, 567), o.value())
+t2 = time.ticks_us()
+print("E2E", time.ticks_diff(t1, t0) * 1000, time.ticks_diff(t2, t1) * 1000, worst * 1000, hex(c))
+'''
 FS, BLOCK_MS = 1600, 200
 
 DRIVER = r'''
@@ -179,6 +208,7 @@ def main() -> int:
         r = json.loads(res.lines("BENCH")[0])
         loop = t.run("import ramblock\nramblock.mount('/flash', fresh=True)\n" + LOOP % {"cfg": loop_config()},
                      timeout=600)
+        e2e = _e2e(t)
         heap = [json.loads(x) for x in loop.lines("HEAP")]
         extra = [json.loads(x) for x in loop.lines("LOOP")]
         if loop.returncode or not heap or not extra:
@@ -223,8 +253,39 @@ def main() -> int:
                      "min_free_after_gc": heap[0]["min_free_after_gc"],
                      "low_point_used": extra[0]["heap_total"] - heap[0]["min_free_after_gc"]},
     }
+    enc = e2e["obfuscator"] + e2e["encrypt"]
+    out["e2e_2048"] = {
+        "obfuscator_instructions": e2e["obfuscator"], "encrypt_instructions": e2e["encrypt"],
+        "longest_1bit_step_instructions": e2e["worst_step"], "decrypts_with_phe": e2e["decrypts"],
+        "over_proxy_tail": round(enc / tail, 1),
+        "esp32_s": round(enc * ESP32_CYCLES_PER_M3_INSTR / ESP32_HZ, 2),
+        "esp32_interval_share": round(enc * ESP32_CYCLES_PER_M3_INSTR / ESP32_HZ / INTERVAL_S, 4),
+        "esp32_longest_step_ms": round(e2e["worst_step"] * ESP32_CYCLES_PER_M3_INSTR / ESP32_HZ * 1000, 1),
+        "m0plus_s": round(m0_us(enc) / 1e6, 2),
+        "m0plus_interval_share": round(m0_us(enc) / 1e6 / INTERVAL_S, 4),
+        "m0plus_longest_step_ms": round(m0_us(e2e["worst_step"]) / 1000, 1),
+        "assumption": {"esp32_hz": ESP32_HZ, "esp32_cycles_per_m3_instruction": ESP32_CYCLES_PER_M3_INSTR},
+    }
     print(json.dumps(out, indent=1))
     return 0
+
+
+def _e2e(t: QemuTarget) -> dict:
+    """One meter-side encryption on the target with a fresh 2048-bit key; decrypted here with phe."""
+    from phe import paillier as phe_paillier
+
+    from meterveil.host.common import packing
+    from meterveil.host.common.pubkey import make_hs
+
+    pub, sk = phe_paillier.generate_paillier_keypair(n_length=2048)
+    bits = pub.n.bit_length() // 2
+    res = t.run(E2E_DRIVER % {"n": pub.n, "hs": make_hs(pub.n), "bits": bits}, timeout=1800)
+    line = res.lines("E2E")
+    if res.returncode or not line:
+        raise RuntimeError(res.output)
+    obf, enc, worst, c = line[0].split()
+    return {"obfuscator": int(obf), "encrypt": int(enc), "worst_step": int(worst),
+            "decrypts": packing.unpack_sum(sk.raw_decrypt(int(c, 16)), 1) == (1234, 567)}
 
 
 if __name__ == "__main__":
