@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,13 @@ from roles import role_for as _role_for
 
 from meterveil.host.audit.chain import AuditLog
 from meterveil.host.backoffice import dp
-from meterveil.host.backoffice.aggregate import AggregateError, billing_sums, feeder_sums, hom_sum
+from meterveil.host.backoffice.aggregate import (
+    AggregateError,
+    billing_sums,
+    feeder_sums,
+    hom_sum,
+    iter_billing_sums,
+)
 from meterveil.host.backoffice.tariff import load_tariff
 from meterveil.host.common import packing
 from meterveil.host.common.registry import MeterRecord, MeterRegistry
@@ -305,6 +312,49 @@ def test_aggregate_input_checks(keypair):
         billing_sums([ok], pub.nsquare, lambda t: "b", T0 + IV, T0 + 2 * IV)
     hs = billing_sums([ok], pub.nsquare, lambda t: "b", T0, T0 + IV, meter_ids=["m2"])
     assert hs["m1"].readings == 1 and hs["m2"].readings == 0 and hs["m2"].bands == {}
+
+
+def _by_meter(meters: int, per_meter: int, seen: list[str] | None = None):
+    """Readings ordered by meter as the store streams them for billing; records what was read."""
+    for k in range(meters):
+        for i in range(per_meter):
+            if seen is not None:
+                seen.append(f"m{k:04d}")
+            yield StoredReading(f"m{k:04d}", i + 1, "F", T0 + i * IV, IV, 1000, 1000, 5, 1 + (k << 600) + i)
+
+
+def test_billing_sums_yield_each_household_before_reading_the_next(keypair):
+    """Billing a month of 100,000 meters streams 288 M readings: a household's sums must be handed on
+    as soon as its readings have gone by, not after the whole stream (which held them all)."""
+    pub, _ = keypair
+    seen: list[str] = []
+    out = iter_billing_sums(_by_meter(3, 4, seen), pub.nsquare, lambda t: "b", T0, T0 + 4 * IV, ["m0001", "a", "z"])
+    assert next(out).meter_id == "a" and seen == ["m0000"]  # a household without readings sorts first
+    first = next(out)
+    assert first.meter_id == "m0000" and first.readings == 4
+    assert seen == ["m0000"] * 4 + ["m0001"]  # read one reading past the household, no further
+    assert [h.meter_id for h in out] == ["m0001", "m0002", "z"]
+    with pytest.raises(AggregateError, match="not ordered by meter"):
+        list(iter_billing_sums(reversed(list(_by_meter(2, 1))), pub.nsquare, lambda t: "b", T0, T0 + IV))
+
+
+def test_billing_sums_memory_does_not_grow_with_the_readings(keypair):
+    """Peak memory while summing 400 households is that of summing 20: only the current household's
+    running sums are held (consumed one at a time, as the decryption role does)."""
+    pub, _ = keypair
+
+    def peak(meters: int) -> int:
+        tracemalloc.start()
+        try:
+            n = sum(h.readings for h in iter_billing_sums(_by_meter(meters, 96), pub.nsquare, lambda t: "b",
+                                                           T0, T0 + 96 * IV))
+            assert n == meters * 96
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(20), peak(400)
+    assert large < small * 1.5, f"peak {large} bytes for 400 households vs {small} for 20"
 
 
 def test_empty_range_is_a_policy_error(fleet, keypair):

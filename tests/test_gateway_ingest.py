@@ -577,3 +577,42 @@ def test_previous_key_used_within_grace_is_refused_after_it(gw, tmp_path):
     assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 3, key=old_key))).status == "accepted"
     gw.clock_ref.now += 3601
     assert gw.process(Message(topic("m0001"), seal(reg, "m0001", 5, key=old_key))).reason == "bad_tag"
+
+
+def test_a_batch_costs_two_store_queries_not_two_per_reading(gw, monkeypatch):
+    """Several workers share a networked database: the duplicate, replay and overlap checks of a batch
+    of messages are answered by one lookup_many and one overlapping_many, with the same verdicts as
+    the per-reading queries (a SQLite store's one writer needs neither: it keeps high-water marks)."""
+    reg, clock = gw.registry, gw.clock_ref
+    sent = {c: seal(reg, "m0001", c) for c in (1, 2, 3)}
+    for f in sent.values():
+        assert gw.process(Message(topic("m0001"), f)).status == "accepted"
+    gw.commit()
+    clock.now += 300  # inside the duplicate window
+    other = seal(reg, "m0002", 1)
+    msgs = [Message(topic("m0001"), sent[1]),                                     # resent: duplicate
+            Message(topic("m0001"), seal(reg, "m0001", 2, billing=999)),          # other content: reuse
+            Message(topic("m0001"), seal(reg, "m0001", 9, T0 + 3 * 900)),         # interval of counter 3
+            Message(topic("m0002"), other),                                       # new
+            Message(topic("m0001"), seal(reg, "m0001", 4)),                       # new
+            Message(topic("m0002"), other),                                       # pending in this batch
+            Message(topic("m0001"), b"junk")]
+    asked = []
+    for name in ("lookup", "overlapping", "lookup_many", "overlapping_many"):
+        real = getattr(gw.store, name)
+        monkeypatch.setattr(gw.store, name, lambda *a, _n=name, _r=real: (asked.append(_n), _r(*a))[1])
+    gw.prefetch(msgs)
+    got = [(o.status, o.reason) for o in map(gw.process, msgs)]
+    assert got == [("duplicate", "duplicate"), ("rejected", "counter_reuse"), ("rejected", "interval_overlap"),
+                   ("accepted", "accepted"), ("accepted", "accepted"), ("duplicate", "duplicate"),
+                   ("rejected", "truncated")], got
+    if getattr(gw.store, "single_writer", False):
+        assert "lookup_many" not in asked
+    else:
+        assert sorted(asked) == ["lookup_many", "overlapping_many"], asked
+    gw.commit()
+    clock.now += 3600  # past the window: a resend is now a replay, whether prefetched or not
+    replay = Message(topic("m0001"), sent[1])
+    gw.prefetch([replay])
+    assert (gw.process(replay).reason, gw.process(replay).reason) == ("replay", "replay")
+    assert [r.counter for r in gw.store.readings_for_meter("m0001", 0, 2**32)] == [1, 2, 3, 4]

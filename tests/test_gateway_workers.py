@@ -199,3 +199,44 @@ def test_ack_latency_histogram_percentiles_and_merge():
     assert s["n"] == 1000 and s["max"] == 1000.0
     assert 500 <= s["p50"] <= 500 * 1.26 and 990 <= s["p99"] <= 1000
     assert sum(s["buckets"].values()) == 1000
+
+
+def test_a_stopped_worker_leaves_the_group_and_the_other_gets_everything(tmp_path, mosquitto, pg_url):
+    """SIGTERM (a scale-down, a rolling restart) must not leave the worker's persistent session in the
+    share group: the broker would keep queueing its share of new readings for a session nobody reads
+    until it expires. The stopping worker unsubscribes, finishes what it was sent, then disconnects."""
+    pub, priv = paillier.generate_paillier_keypair(n_length=1024)
+    keydir, _ = split_keys(tmp_path, pub, priv)
+    registry = tmp_path / "registry" / "meters.json"
+    reg = KeyedRegistry.load(keydir, registry)
+    for mid in METERS:
+        reg.add(mid, feeder="F0", epsilon_milli=1000, clamp_wh=1000, m=2)
+    t0 = int(time.time()) // 900 * 900 - 40 * 900
+    frames = []
+    for c in range(24):
+        for mid in METERS:
+            header = {"kind": frame.KIND_READING, "meter_id": mid, "counter": c + 1, "interval_start": t0 + c * 900,
+                      "interval_len": 900, "epsilon_milli": 1000, "clamp_wh": 1000, "m": 2}
+            fields = {"billing_wh": 50, "analytics_wh": 25, "flags": 0, "samples": 900, "clipped": 0, "missing_s": 0}
+            frames.append((frame.topic(mid, "reading"), frame.seal(frame.derive_keys(reg.get(mid).key), header, fields)))
+    workers = [Worker(n, mosquitto.port, pg_url, keydir, registry, tmp_path / f"{n}.log") for n in ("gw-a", "gw-b")]
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="meters", protocol=mqtt.MQTTv5)
+    try:
+        for w in workers:
+            w.start()
+        assert workers[0].stop() == 0
+        assert "left share group" in workers[0].log.read_text(), workers[0].log.read_text()[-2000:]
+        publisher.connect("127.0.0.1", mosquitto.port)
+        publisher.loop_start()
+        for i in [publisher.publish(t, p, qos=1) for t, p in frames]:
+            i.wait_for_publish(60)
+        # every reading reaches the worker still running; none waits in the stopped worker's session
+        assert wait_until(lambda: _rows(pg_url) >= len(frames), 60, poll=0.05), (
+            f"{_rows(pg_url)} of {len(frames)} stored\n" + workers[1].log.read_text()[-2000:])
+        assert workers[1].stop() == 0
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+        for w in workers:
+            if w.proc and w.proc.poll() is None:
+                w.proc.kill()

@@ -189,6 +189,44 @@ def test_iter_readings_streams(s):
     assert streamed * 3 < held, f"iter_readings peaked at {streamed} bytes vs {held} for the whole result"
 
 
+def test_iter_readings_by_meter_for_billing(s, where):
+    """order="meter": meter ids in Python's str order (bytewise, whatever the database locale), each
+    meter's readings by time, and served by the (meter_id, interval_start) index, not a sort of the month."""
+    ids = ["b", "B", "a-1", "a_1", "a", "Z9", "\u00e9"]
+    s.write_batch(Batch(readings=[_r(m, i, T0 + (3 - i) * 900) for m in ids for i in range(4)]))
+    got = [(r.meter_id, r.interval_start) for r in s.iter_readings(t_from=T0 + 900, order="meter")]
+    assert got == [(m, T0 + k * 900) for m in sorted(ids) for k in (1, 2, 3)]
+    sql = (f"SELECT ciphertext FROM readings WHERE interval_start >= {T0} AND interval_start < {T0 + 86400}"
+           + store_sqlite.ORDER_BY["meter"])
+    if where.startswith("postgresql://"):
+        with psycopg.connect(where) as conn:
+            conn.execute("SET enable_sort = off")  # a plan that must sort then still shows its Sort node
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql))
+        # each month's partition has its own copy of the (meter_id, interval_start) index
+        assert "Sort" not in plan and "meter_id_interval_start_idx" in plan, plan
+    else:
+        with sqlite3.connect(where) as conn:
+            plan = " / ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql))
+        assert "TEMP B-TREE" not in plan and "readings_meter_interval" in plan, plan
+
+
+def test_meter_order_is_bytewise_under_a_natural_language_collation(pg_cluster):
+    """A utility's database usually sorts text by a language's rules ("a_1" < "a-1" < "B" < "b");
+    billing checks that meter ids come in Python's order, so the store sorts them bytewise anyway."""
+    name = "meterveil_icu"
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        c.execute(f"CREATE DATABASE \"{name}\" TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' "
+                  "LOCALE 'C.UTF-8'")
+    store = open_store(pg_cluster.url(name))
+    try:
+        ids = ["b", "B", "a-1", "a_1", "a", "Z9"]
+        store.write_batch(Batch(readings=[_r(m, 1, T0) for m in ids]))
+        assert [r.meter_id for r in store.iter_readings(order="meter")] == sorted(ids)
+    finally:
+        store.close()
+
+
 def test_status_keeps_only_newer(s):
     s.write_batch(Batch(statuses=[StatusRecord("m1", 5, 10, {"uptime_s": 5})]))
     s.write_batch(Batch(statuses=[StatusRecord("m1", 3, 11, {"uptime_s": 3})]))

@@ -48,7 +48,7 @@ from meterveil.host.audit import anchors
 from meterveil.host.audit.chain import AuditError, AuditLog, result_digest
 from meterveil.host.audit.ledger import BilledWindow, Ledger, utc_month
 from meterveil.host.backoffice import dp
-from meterveil.host.backoffice.aggregate import FeederCell, HouseholdSums, billing_sums, feeder_sums
+from meterveil.host.backoffice.aggregate import FeederCell, HouseholdSums, feeder_sums, iter_billing_sums
 from meterveil.host.backoffice.billing import expected_intervals as count_expected
 from meterveil.host.backoffice.tariff import Tariff
 from meterveil.host.common import packing
@@ -264,14 +264,19 @@ class DecryptionRole:
         window_reason = None if w_end > t_from else (
             "refused: no interim bill before the first cut date (interim bills cover whole weeks up to "
             "fixed cut dates); bill after it")
-        sums = billing_sums(store.iter_readings(t_from=t_from, t_to=max(w_end, t_from + 1)), self.public_key.nsquare,
-                            tariff.band_of, t_from, max(w_end, t_from + 1), meter_ids)
+        w_to = max(w_end, t_from + 1)
+        # one household at a time, decrypted as soon as its readings have streamed by: memory grows
+        # with the households billed, not with their readings
+        sums = iter_billing_sums(store.iter_readings(t_from=t_from, t_to=w_to, order="meter"), self.public_key.nsquare,
+                                 tariff.band_of, t_from, w_to, meter_ids)
         labels = _canonical([tariff.band_of(t) for t in range(t_from, t_to, _SLOT_S)])
         tariff_reasons = {False: self._tariff_check(tariff, [t_from, t_to]),
                           True: self._tariff_check(tariff, [t_from, *cuts, t_to])}
         refined: dict[str | None, tuple[int, ...]] = {}
         out = []
-        for hs in sums.values():
+        households = 0
+        for hs in sums:
+            households += 1
             with self._tx():  # check, decrypt and the audit entry that pins the bill: one decision
                 windows = self.ledger.windows.get((hs.meter_id, period), {})
                 interim = w_end < t_to or any(end < t_to for end in windows)
@@ -289,7 +294,7 @@ class DecryptionRole:
                     self.refusals.append((hs.meter_id, totals))
                     continue
                 out.append(totals)
-        _wrong_key_if_all_overflow([r for _, r in self.refusals], len(sums))
+        _wrong_key_if_all_overflow([r for _, r in self.refusals], households)
         return out
 
     def _cuts(self, tariff: Tariff, period: str) -> list[int]:

@@ -77,6 +77,7 @@ def _gateway(args: argparse.Namespace) -> int:
     try:
         cfg = MqttConfig.from_url(args.broker, tls_ca=args.tls_ca, username=args.username, password=password,
                                   client_id=args.client_id, share_group=args.share_group,
+                                  stay_in_group=args.stay_in_group,
                                   batch_size=args.batch_size, batch_ms=args.batch_ms,
                                   quarantine_retry_s=args.quarantine_retry_s)
     except ValueError as e:
@@ -140,6 +141,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--username")
     g.add_argument("--password-file")
     g.add_argument("--share-group", help="MQTT v5 shared subscription group ($share/NAME/...)")
+    g.add_argument("--stay-in-group", action="store_true",
+                   help="on SIGTERM keep this worker's session in the share group, so the broker queues its "
+                        "share until it restarts (use when stopping every worker: a group without members "
+                        "drops readings); by default a stopping worker leaves and the others take over")
     g.add_argument("--client-id", default="meterveil-gateway",
                    help="fixed id: the broker keeps our session (a broker from `meterveil broker-config` uses "
                         "the login as client id instead, so no other account can take the session over)")

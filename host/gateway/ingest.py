@@ -67,7 +67,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from meterveil.host.common.noise_bound import noise_share_bound
@@ -187,6 +187,10 @@ class Gateway:
         self._single_writer = bool(getattr(store, "single_writer", False))
         self._hw: dict[str, tuple[int, int]] = {}
         self._status_pending: dict[str, tuple[int, int]] = {}
+        # what `prefetch` fetched for the messages being processed: (meter, counter) -> stored
+        # (digest, received_at) or None; (meter, start, end) -> overlapping stored counter or None
+        self._fetched_keys: dict[tuple[str, int], tuple[bytes, int] | None] = {}
+        self._fetched_spans: dict[tuple[str, int, int], int | None] = {}
         self._keys: dict[str, tuple[bytes, tuple[bytes, bytes], tuple[bytes, bytes] | None]] = {}
         self._registry_checked = 0.0
         self._replaying = False
@@ -215,6 +219,34 @@ class Gateway:
 
     def pending(self) -> int:
         return len(self.batch)
+
+    def prefetch(self, msgs: Sequence[Message]) -> None:
+        """Fetch in two store queries what the duplicate and overlap checks of `msgs` will ask.
+
+        Why: with several workers (no single writer to keep high-water marks) each reading asked
+        the store twice, two round trips per reading, which bounded ingest on a networked database.
+        The headers read here are not authenticated yet: they only choose which rows to fetch. Each
+        check still runs on the verified header after the MAC (a key not fetched is asked singly),
+        and the database stays the arbiter at commit."""
+        if self._single_writer:
+            return
+        keys, spans = [], []
+        for msg in msgs:
+            if len(msg.payload) > self.config.max_payload:
+                continue
+            try:
+                h = opener.parse_header(bytes(msg.payload))
+            except frame_errors.FrameError:
+                continue
+            if h["kind"] == frame.KIND_STATUS:
+                continue
+            keys.append((h["meter_id"], h["counter"]))
+            spans.append((h["meter_id"], h["interval_start"], h["interval_start"] + h["interval_len"]))
+        if keys:
+            found = self.store.lookup_many(keys)
+            self._fetched_keys.update((k, found.get(k)) for k in keys)
+            overlaps = self.store.overlapping_many(spans)
+            self._fetched_spans.update((sp, overlaps.get(sp)) for sp in spans)
 
     def release_quarantine(self, limit: int = 1000) -> dict[str, int]:
         """Retry up to `limit` quarantined frames that can pass now, expire those held past `max_age_s`,
@@ -261,6 +293,8 @@ class Gateway:
         """Write the pending batch in one durable transaction; afterwards the messages may be acked."""
         batch, self.batch = self.batch, Batch()
         self._pending.clear()
+        self._fetched_keys.clear()
+        self._fetched_spans.clear()
         self._pending_spans.clear()
         self._status_pending.clear()
         if not len(batch):
@@ -460,7 +494,8 @@ class Gateway:
             raise Rejected("interval_overlap", f"counter {counter}: interval {start}+{length} already pending")
         if self._single_writer and start >= self._high_water(meter_id)[1]:
             return
-        other = self.store.overlapping(meter_id, start, end)
+        span = (meter_id, start, end)
+        other = self._fetched_spans[span] if span in self._fetched_spans else self.store.overlapping(*span)
         if other is not None:
             raise Rejected("interval_overlap", f"counter {counter}: interval {start}+{length} overlaps "
                                                f"stored counter {other}")
@@ -470,7 +505,12 @@ class Gateway:
         pend = self._pending.get((meter_id, counter))
         if pend is None and self._single_writer and counter > self._high_water(meter_id)[0]:
             return None
-        seen = (pend, int(now)) if pend is not None else self.store.lookup(meter_id, counter)
+        if pend is not None:
+            seen: tuple[bytes, int] | None = (pend, int(now))
+        elif (meter_id, counter) in self._fetched_keys:
+            seen = self._fetched_keys[(meter_id, counter)]
+        else:
+            seen = self.store.lookup(meter_id, counter)
         if seen is None:
             return None
         stored_digest, received_at = seen

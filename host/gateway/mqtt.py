@@ -50,6 +50,7 @@ SESSION_TAKEN_OVER = 0x8E  # MQTT v5 DISCONNECT reason code
 # paho's reconnect backoff: doubles from MIN to MAX seconds between attempts
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
+LEAVE_QUIET_S = 0.5  # leaving a share group: no message for this long means the broker sent all it had for us
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class MqttConfig:
     session_expiry_s: int = 30 * 86400
     keepalive: int = 30
     receive_maximum: int = 1000
+    stay_in_group: bool = False  # on stop, keep the session in the share group (stopping every worker)
     batch_size: int = 256
     batch_ms: int = 100
     mqtt_version: int = 5   # 5, or 311 for brokers without v5 (clean_session=False; no shared subs)
@@ -135,6 +137,9 @@ class MqttIngest:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
+        self._unsubacked: set[int] = set()
+        self._last_message = 0.0
         c.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         self.client = c
         self._worker = threading.Thread(target=self._run, name="gateway-ingest", daemon=True)
@@ -155,14 +160,44 @@ class MqttIngest:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the current batch (commit + ack), then disconnect; unprocessed messages stay queued
-        at the broker for the next start."""
+        at the broker for the next start.
+
+        A worker of a share group first leaves it (unless ``stay_in_group``): a persistent session
+        that is only disconnected stays a member, and the broker keeps queueing its share of new
+        readings for it, unread, until the session expires (mosquitto 2.0: days). Unsubscribed, the
+        other workers get everything; what this session was sent is processed and acked before the
+        disconnect (what arrives later stays in the session for a restart under the same client id)."""
         self._stop.set()
+        if self.config.share_group and not self.config.stay_in_group:
+            self._leave_group(timeout)
         self._q.put(None)
         self._worker.join(timeout)
         self.client.disconnect()
         self.client.loop_stop()
         if self.ack_latency.n:
             log.info("ack latency (receipt to PUBACK, ms): %s", json.dumps(self.ack_latency.summary()))
+
+    def _leave_group(self, timeout: float) -> None:
+        """Unsubscribe (waiting for the UNSUBACK), then wait until what the broker had already sent
+        has arrived and been processed: no message for LEAVE_QUIET_S and the queue empty."""
+        if not self.client.is_connected():
+            return
+        rc, mid = self.client.unsubscribe(self.config.topics())
+        deadline = time.monotonic() + timeout
+        if rc != mqtt.MQTT_ERR_SUCCESS or not self._wait(lambda: mid in self._unsubacked, deadline):
+            log.warning("could not leave share group %s (rc %s): its session keeps receiving until it expires",
+                        self.config.share_group, rc)
+            return
+        self._wait(lambda: self._q.empty() and time.monotonic() - self._last_message >= LEAVE_QUIET_S, deadline)
+        log.info("left share group %s: the other workers get its share", self.config.share_group)
+
+    @staticmethod
+    def _wait(cond, deadline: float) -> bool:
+        while not cond():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def wait_subscribed(self, timeout: float = 10.0) -> bool:
         return self.subscribed.wait(timeout)
@@ -181,6 +216,8 @@ class MqttIngest:
                       "queued for the gateway meanwhile are gone (another client used this client id with a "
                       "clean start, or the broker restarted without persistence)", self.config.client_id)
         self._had_session = True
+        if self._stop.is_set():  # reconnected while stopping: do not rejoin the group
+            return
         if self.config.mqtt_version == 5:
             client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.config.topics()])
         else:
@@ -217,7 +254,11 @@ class MqttIngest:
         elif not self._stop.is_set():
             log.warning("disconnected from broker (%s); paho reconnects", reason_code)
 
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        self._unsubacked.add(mid)
+
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        self._last_message = time.monotonic()
         if self.config.ack_on_receipt and msg.qos > 0:
             client.ack(msg.mid, msg.qos)
             self.acked += 1
@@ -253,13 +294,28 @@ class MqttIngest:
                 self._flush(to_ack)
                 return
             if item:
-                gen, mid, qos, received, msg = item  # type: ignore[misc]
+                # what is already queued goes in one go: the store answers its checks in two queries
+                items, stop = [item], False
+                while len(to_ack) + len(items) < cfg.batch_size:
+                    try:
+                        nxt = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    items.append(nxt)
                 if not to_ack:
                     batch_started = time.monotonic()
-                self.gateway.process(msg)
-                if qos > 0:
-                    to_ack.append((gen, mid, qos, received))
-                elif self.gateway.pending() == 0:
+                self.gateway.prefetch([it[4] for it in items])  # type: ignore[index]
+                for gen, mid, qos, received, msg in items:  # type: ignore[misc]
+                    self.gateway.process(msg)
+                    if qos > 0:
+                        to_ack.append((gen, mid, qos, received))
+                if stop:
+                    self._flush(to_ack)
+                    return
+                if not to_ack and self.gateway.pending() == 0:
                     continue
             full = len(to_ack) >= cfg.batch_size
             late = to_ack and time.monotonic() - batch_started >= cfg.batch_ms / 1000

@@ -24,7 +24,9 @@ Interface (stable; back office = aggregation, billing, decryption role):
 - ``lookup(meter_id, counter) -> (frame_digest, received_at) | None``; ``max_counter(meter_id)``;
   ``max_interval_end(meter_id)``; ``single_writer`` (class attribute, optional: True when one ingest
   process is the only writer, which lets it cache per-meter high-water marks);
-  ``overlapping(meter_id, start, end) -> counter | None`` (a stored reading whose interval overlaps).
+  ``overlapping(meter_id, start, end) -> counter | None`` (a stored reading whose interval overlaps);
+  ``lookup_many(keys)`` / ``overlapping_many(spans)``: the same for many at once, one query each on
+  PostgreSQL (ingest asks them for a whole batch of messages), only hits in the result.
 - ``counters() -> dict[reason, n]``; ``meter_counters() -> {meter_id: {reason: n}}``.
 - quarantine: ``write_batch`` also keeps ``batch.quarantine`` frames (sealed, as received) as far as
   the store's ``QuarantinePolicy`` admits them (store/quarantine.py: reserved room per registered
@@ -38,7 +40,8 @@ Interface (stable; back office = aggregation, billing, decryption role):
   status is the one sealed last: ordered by (``sealed_at``, counter), ``sealed_at`` 0 for a meter
   whose clock was not set.
 - ``iter_readings(feeder=None, meter_id=None, t_from=None, t_to=None)`` (interval_start in [t_from, t_to),
-  ordered by interval_start, meter_id, counter), streamed: memory does not grow with the rows; ``readings_for_feeder(feeder, t_from, t_to)``,
+  ordered by interval_start, meter_id, counter; ``order="meter"``: by meter_id, interval_start),
+  streamed: memory does not grow with the rows; ``readings_for_feeder(feeder, t_from, t_to)``,
   ``readings_for_meter(meter_id, t_from, t_to)`` (lists).
 - ``interval_bounds() -> (min interval_start, max interval_start) | None``;
 - ``meters() -> list[MeterInfo]``; ``feeders() -> list[str]``; ``count_readings() -> int``.
@@ -59,6 +62,13 @@ SCHEME_PACKED_V1 = "paillier-packed-v1"  # proxy mode: the gateway encrypted the
 # and the row also keeps the household's sealed copy, opaque to every role but the household.
 SCHEME_PACKED_E2E_V1 = "paillier-packed-e2e-v1"
 SUMMABLE_SCHEMES = (SCHEME_PACKED_V1, SCHEME_PACKED_E2E_V1)  # same plaintext layout, same key: one sum
+
+
+# iter_readings orders: "time" for feeder sums and exports; "meter" for billing, which then holds one
+# household's running sums at a time (aggregate.iter_billing_sums). Both are served by an index
+# ((meter_id, interval_start) for "meter"), and meter ids compare bytewise on both backends (SQLite's
+# BINARY collation, COLLATE "C" in PostgreSQL), i.e. in Python's str order.
+ORDER_BY = {"time": " ORDER BY interval_start, meter_id, counter", "meter": " ORDER BY meter_id, interval_start"}
 
 
 class StoreError(ValueError):
@@ -185,6 +195,8 @@ class Store(Protocol):
     def max_counter(self, meter_id: str) -> int | None: ...
     def max_interval_end(self, meter_id: str) -> int | None: ...
     def overlapping(self, meter_id: str, start: int, end: int) -> int | None: ...
+    def lookup_many(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tuple[bytes, int]]: ...
+    def overlapping_many(self, spans: Sequence[tuple[str, int, int]]) -> dict[tuple[str, int, int], int]: ...
     def counters(self) -> dict[str, int]: ...
     def quarantined(self, limit: int = 1000, *, meter_ids: Sequence[str] | None = None,
                     due_by: int | None = None) -> list[QuarantinedFrame]: ...
@@ -195,7 +207,8 @@ class Store(Protocol):
     def latest_status(self, meter_id: str) -> StatusRecord | None: ...
     def statuses(self) -> list[StatusRecord]: ...
     def iter_readings(self, *, feeder: str | None = None, meter_id: str | None = None,
-                      t_from: int | None = None, t_to: int | None = None) -> Iterator[StoredReading]: ...
+                      t_from: int | None = None, t_to: int | None = None,
+                      order: str = "time") -> Iterator[StoredReading]: ...
     def readings_for_feeder(self, feeder: str, t_from: int, t_to: int) -> list[StoredReading]: ...
     def readings_for_meter(self, meter_id: str, t_from: int, t_to: int) -> list[StoredReading]: ...
     def interval_bounds(self) -> tuple[int, int] | None: ...

@@ -44,6 +44,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from meterveil.host.store.base import (
+    ORDER_BY,
     Batch,
     Coverage,
     MeterInfo,
@@ -250,8 +251,9 @@ class PostgresStore:
                         [(r.meter_id, r.counter, r.feeder, r.interval_start, r.interval_len, r.epsilon_milli,
                           r.clamp_wh, r.m, r.flags, r.scheme, int_to_blob(r.ciphertext), r.frame_digest,
                           r.received_at or now, r.household) for r in new])
+            lost = self._lost_races([r for i, r in enumerate(rs) if not inserted[i]])
             for i, r in enumerate(rs):
-                reason = "accepted" if inserted[i] else self._lost_race(r)
+                reason = "accepted" if inserted[i] else lost[(r.meter_id, r.counter, r.frame_digest)]
                 counts[reason] += 1
                 meter_counts[(r.meter_id, reason)] += 1
         if batch.quarantine or batch.retried:
@@ -321,14 +323,23 @@ class PostgresStore:
                   "VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
                   (q.digest, q.meter_id, q.topic, q.payload, q.reason, q.received_at, pool, q.retry_at))
 
-    def _lost_race(self, r: StoredReading) -> str:
-        """Why a reading's key row was not inserted: the same frame is there (``duplicate``), another
-        frame holds its counter (``counter_reuse``), or another reading covers its interval."""
-        row = self.conn.execute("SELECT frame_digest FROM reading_keys WHERE meter_id = %s AND counter = %s",
-                                (r.meter_id, r.counter)).fetchone()
-        if row is None:
-            return "interval_overlap"
-        return "duplicate" if bytes(row[0]) == r.frame_digest else "counter_reuse"
+    def _lost_races(self, rs: list[StoredReading]) -> dict[tuple[str, int, bytes], str]:
+        """Why each reading's key row was not inserted, in one query: the same frame is there
+        (``duplicate``), another frame holds its counter (``counter_reuse``), or another reading
+        covers its interval (``interval_overlap``). Keyed by (meter_id, counter, frame_digest)."""
+        if not rs:
+            return {}
+        rows = self.conn.execute(
+            "SELECT k.meter_id, k.counter, k.frame_digest FROM reading_keys k "
+            "JOIN unnest(%s::text[], %s::bigint[]) AS q(meter_id, counter) USING (meter_id, counter)",
+            ([r.meter_id for r in rs], [r.counter for r in rs])).fetchall()
+        held = {(m, int(c)): bytes(d) for m, c, d in rows}
+        out = {}
+        for r in rs:
+            d = held.get((r.meter_id, r.counter))
+            out[(r.meter_id, r.counter, r.frame_digest)] = ("interval_overlap" if d is None else
+                                                            "duplicate" if d == r.frame_digest else "counter_reuse")
+        return out
 
     _Q_COLS = "q.digest, q.meter_id, q.topic, q.payload, q.reason, q.received_at, q.retry_at"
 
@@ -395,6 +406,30 @@ class PostgresStore:
                                     "AND span && int8range(%s, %s) LIMIT 1", (meter_id, start, end)).fetchone()
         return None if row is None else int(row[0])
 
+    def lookup_many(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tuple[bytes, int]]:
+        """`lookup` of many (meter_id, counter) keys in one query: only those stored are in the result."""
+        if not keys:
+            return {}
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT k.meter_id, k.counter, k.frame_digest, k.received_at FROM reading_keys k "
+                "JOIN unnest(%s::text[], %s::bigint[]) AS q(meter_id, counter) USING (meter_id, counter)",
+                ([k[0] for k in keys], [k[1] for k in keys])).fetchall()
+        return {(r[0], int(r[1])): (bytes(r[2]), int(r[3])) for r in rows}
+
+    def overlapping_many(self, spans: Sequence[tuple[str, int, int]]) -> dict[tuple[str, int, int], int]:
+        """`overlapping` of many (meter_id, start, end) in one query (the exclusion constraint's gist
+        index answers each): only spans that overlap a stored reading are in the result."""
+        if not spans:
+            return {}
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT q.meter_id, q.s, q.e, x.counter FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) "
+                "AS q(meter_id, s, e) CROSS JOIN LATERAL (SELECT counter FROM reading_keys k "
+                "WHERE k.meter_id = q.meter_id AND k.span && int8range(q.s, q.e) LIMIT 1) x",
+                ([s[0] for s in spans], [s[1] for s in spans], [s[2] for s in spans])).fetchall()
+        return {(r[0], int(r[1]), int(r[2])): int(r[3]) for r in rows}
+
     def max_counter(self, meter_id: str) -> int | None:
         with self._lock:
             row = self.conn.execute("SELECT MAX(counter) FROM reading_keys WHERE meter_id = %s",
@@ -428,7 +463,8 @@ class PostgresStore:
 
     # -- back-office queries ------------------------------------------------------------------
     def iter_readings(self, *, feeder: str | None = None, meter_id: str | None = None,
-                      t_from: int | None = None, t_to: int | None = None) -> Iterator[StoredReading]:
+                      t_from: int | None = None, t_to: int | None = None,
+                      order: str = "time") -> Iterator[StoredReading]:
         """Stream readings through a server-side cursor on a connection of its own (``STREAM_ROWS``
         rows in memory at a time; the ingest connection and its lock stay free)."""
         where, args = [], []
@@ -440,7 +476,7 @@ class PostgresStore:
         sql = f"SELECT {_COLS} FROM readings"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY interval_start, meter_id, counter"
+        sql += ORDER_BY[order]
         with psycopg.connect(self.url) as conn, conn.cursor(name="meterveil_iter_readings") as cur:
             cur.itersize = STREAM_ROWS
             cur.execute(sql, args)

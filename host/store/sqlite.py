@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from meterveil.host.store.base import (
+    ORDER_BY,
     Batch,
     Coverage,
     MeterInfo,
@@ -108,8 +109,21 @@ def _m5_household(c: sqlite3.Connection) -> None:
     c.execute("ALTER TABLE readings ADD COLUMN household BLOB NOT NULL DEFAULT x''")
 
 
+def _m6_no_overlap_one_probe(c: sqlite3.Connection) -> None:
+    # The same rule in one index probe instead of a scan of the meter's last day (up to 96 rows, each
+    # read from the table for its length, which held SQLite ingest to ~2,000 readings/s). Stored
+    # intervals of a meter never overlap (this trigger is the guard), so their ends rise with their
+    # starts: the new interval overlaps one iff it overlaps the latest one starting before its end.
+    c.execute("DROP TRIGGER readings_no_overlap")
+    c.execute("""CREATE TRIGGER readings_no_overlap BEFORE INSERT ON readings
+        WHEN (SELECT interval_start + interval_len FROM readings WHERE meter_id = NEW.meter_id
+              AND interval_start < NEW.interval_start + NEW.interval_len
+              ORDER BY interval_start DESC LIMIT 1) > NEW.interval_start
+        BEGIN SELECT RAISE(IGNORE); END""")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial, _m2_quarantine, _m3_fair_quarantine,
-                                                          _m4_no_overlap, _m5_household]
+                                                          _m4_no_overlap, _m5_household, _m6_no_overlap_one_probe]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLS = ("meter_id, counter, feeder, interval_start, interval_len, epsilon_milli, clamp_wh, m, "
@@ -356,6 +370,24 @@ class SqliteStore:
                 (meter_id, end, start - _MAX_INTERVAL_S, start)).fetchone()
         return None if row is None else int(row[0])
 
+    def lookup_many(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], tuple[bytes, int]]:
+        """`lookup` of many keys (in-process: no round trips to save): only stored ones are in the result."""
+        found = {}
+        for k in keys:
+            row = self.lookup(*k)
+            if row is not None:
+                found[k] = row
+        return found
+
+    def overlapping_many(self, spans: Sequence[tuple[str, int, int]]) -> dict[tuple[str, int, int], int]:
+        """`overlapping` of many (meter_id, start, end): only spans that overlap are in the result."""
+        found = {}
+        for sp in spans:
+            other = self.overlapping(*sp)
+            if other is not None:
+                found[sp] = other
+        return found
+
     def max_interval_end(self, meter_id: str) -> int | None:
         with self._lock:
             row = self.conn.execute("SELECT MAX(interval_start + interval_len) FROM readings WHERE meter_id=?",
@@ -393,7 +425,8 @@ class SqliteStore:
 
     # -- back-office queries ------------------------------------------------------------------
     def iter_readings(self, *, feeder: str | None = None, meter_id: str | None = None,
-                      t_from: int | None = None, t_to: int | None = None) -> Iterator[StoredReading]:
+                      t_from: int | None = None, t_to: int | None = None,
+                      order: str = "time") -> Iterator[StoredReading]:
         where, args = [], []
         for col, op, val in (("feeder", "=", feeder), ("meter_id", "=", meter_id),
                              ("interval_start", ">=", t_from), ("interval_start", "<", t_to)):
@@ -403,7 +436,7 @@ class SqliteStore:
         sql = f"SELECT {_COLS} FROM readings"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY interval_start, meter_id, counter"
+        sql += ORDER_BY[order]
         # a read-only connection of its own, fetched in chunks: memory stays flat however many rows
         # match, and the writer's connection and lock stay free (WAL: readers never block it)
         conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
