@@ -146,6 +146,7 @@ def test_household_page_says_proxy_mode_means_bills_only(browser, tmp_path):
         assert "Bills only" in note.inner_text() and "proxy mode" in note.inner_text()
         assert note.get_attribute("data-mode") == "proxy"
         assert page.locator("a[href='/household/intervals']").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "household-proxy.png"), full_page=True)
         page.goto(s.url + "/household/intervals")
         assert page.locator("#decrypt-form").count() == 0 and "proxy mode" in page.inner_text("#bills-only")
         ctx.close()

@@ -191,6 +191,7 @@
       }
       const sel = $("day");
       sel.replaceChildren(...[...byDay.keys()].map((d) => { const o = document.createElement("option"); o.textContent = d; return o; }));
+      sel.value = [...byDay.keys()].pop();  // the most recent day first
       sel.onchange = () => showDay(byDay, sel.value);
       const total = readings.reduce((s, r) => s + r.wh, 0);
       $("month-total").textContent = `${month}: ${(total / 1000).toFixed(3)} kWh in ${readings.length} intervals`;
