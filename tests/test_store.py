@@ -77,6 +77,25 @@ def test_household_copy_is_kept_opaque_on_both_backends(s):
     assert got["m1"].household == copy and got["m2"].household == b""
 
 
+def test_household_copies_of_one_meter_in_a_range_on_both_backends(s):
+    """What the household portal serves: only the asked meter's rows that carry a copy, in range, oldest
+    first, with the fields the copy's tag binds; a proxy-mode meter has none and no span."""
+    from dataclasses import replace
+
+    e2e = "paillier-packed-e2e-v1"
+    rows = [replace(_r("m1", k + 1, T0 + k * 900), scheme=e2e, household=bytes([k]) * 48) for k in (2, 0, 1, 3)]
+    rows += [_r("m1", 9, T0 + 9 * 900),  # a proxy-mode reading of the same meter (before it switched)
+             replace(_r("m2", 1, T0), scheme=e2e, household=b"\xee" * 48), _r("m3", 1, T0)]
+    assert all(s.write_batch(Batch(readings=rows)))
+    got = s.household_copies("m1", T0 + 900, T0 + 100 * 900)
+    assert [(c.meter_id, c.counter, c.interval_start, c.interval_len, c.sealed) for c in got] == [
+        ("m1", k + 1, T0 + k * 900, 900, bytes([k]) * 48) for k in (1, 2, 3)]
+    assert [c.counter for c in s.household_copies("m1", 0, 2**40, limit=2)] == [1, 2]
+    assert s.household_span("m1") == (T0, T0 + 3 * 900) and s.household_span("m2") == (T0, T0)
+    assert s.household_copies("m3", 0, 2**40) == [] and s.household_span("m3") is None
+    assert s.household_span("nobody") is None
+
+
 def test_database_refuses_overlap_and_counter_reuse(s):
     """The rules hold in the database itself, whatever the caller checked: an interval overlapping a
     stored one of the same meter (any length, any alignment) and another frame under a stored counter

@@ -2,8 +2,11 @@
 
 One uvicorn server and one browser for the module. Each role logs in and sees its page; a household
 decrypts its own intervals in the browser (WebCrypto HKDF + HMAC + AES-CBC) and gets exactly the
-energies sealed with the protocol's frame.seal; a wrong key opens nothing; the operator page shows a
-meter going silent. Screenshots of each role's main page go to build/test-artifacts/web/.
+energies its meter sealed: copies made by the protocol's e2e.seal on CPython, and copies from a real
+end-to-end pipeline (`demo --mode e2e`: firmware meters on the MicroPython unix port, broker, gateway)
+checked against truth.csv; a wrong key opens nothing; a proxy-mode household is told why it has bills
+only; the operator page shows a meter going silent. Screenshots of each role's main page go to
+build/test-artifacts/web/.
 """
 
 from __future__ import annotations
@@ -96,8 +99,8 @@ def test_result_pages_render(browser, server):
     ctx.close()
 
 
-def _decrypt(page, key_hex: str, month: str):
-    page.fill("#household-key", key_hex)
+def _decrypt(page, key_text: str, month: str):
+    page.fill("#household-key", key_text)
     page.select_option("#month", month)
     page.evaluate("window.meterveilLast = null; document.getElementById('decrypt-status').textContent = ''")
     page.click("#decrypt-form button")
@@ -135,14 +138,104 @@ def test_household_decrypts_its_intervals_in_the_browser(browser, server, ws):
     ctx.close()
 
 
-def test_household_page_says_bills_only_without_copies(browser, tmp_path):
+def test_household_page_says_proxy_mode_means_bills_only(browser, tmp_path):
     ws2 = build_workspace(tmp_path, generate_keypair(512), copies=False)
     with Server(ws2.config()) as s:
         ctx, page = login(browser, s, "household")
-        assert "Bills only" in page.inner_text("#bills-only")
+        note = page.locator("#bills-only")
+        assert "Bills only" in note.inner_text() and "proxy mode" in note.inner_text()
+        assert note.get_attribute("data-mode") == "proxy"
+        assert page.locator("a[href='/household/intervals']").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "household-proxy.png"), full_page=True)
         page.goto(s.url + "/household/intervals")
-        assert page.locator("#decrypt-form").count() == 0 and "Bills only" in page.inner_text("#bills-only")
+        assert page.locator("#decrypt-form").count() == 0 and "proxy mode" in page.inner_text("#bills-only")
         ctx.close()
+
+
+# -- a real end-to-end pipeline ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def e2e_demo(tmp_path_factory):
+    """`demo --mode e2e`, small: two firmware meters seal a day of readings, the gateway stores them
+    (never opening one), each household gets a card. Returns (workspace, truth {(meter, start): wh})."""
+    from test_demo import _recent_weekday, _truth
+
+    from meterveil.host.demo.run import run_demo
+    from meterveil.host.demo.setup import DemoConfig
+
+    out = tmp_path_factory.mktemp("web-demo-e2e")
+    cfg = DemoConfig(meters=2, feeders=1, days=1, start=_recent_weekday(), start_hour=0, k_min=2, key_bits=1024,
+                     out=out, progress=False, timeout_s=900, mode="e2e")
+    result = run_demo(cfg)
+    assert result.readings == result.expected == 2 * 96
+    return result.workspace, _truth(out)
+
+
+def test_household_decrypts_the_copies_its_e2e_meter_sealed(browser, e2e_demo, tmp_path):
+    """The console on the real E2E store: the household types the key from its card; every interval the
+    browser opens equals truth.csv for its meter, interval by interval, over every month offered; the
+    key is in no request; another household's key, a malformed key and another meter's card show a
+    clear error and no values."""
+    from meterveil.host.household.card import read_card
+    from meterveil.host.web.accounts import Accounts
+    from meterveil.host.web.app import WebConfig
+
+    ws, truth = e2e_demo
+    meters = sorted({m for m, _ in truth})
+    mine, other = meters[0], meters[1]
+    card, other_card = read_card(ws / "households" / mine), read_card(ws / "households" / other)
+    acc = Accounts(tmp_path / "web.db")
+    acc.add_user("household", "household", PASSWORD, mine)
+    acc.close()
+    cfg = WebConfig(store=ws / "store.sqlite", web_db=tmp_path / "web.db", queue=tmp_path / "releases.db",
+                    registry=ws / "registry" / "meters.json")
+    with Server(cfg) as s:
+        ctx, page = login(browser, s, "household")
+        sent: list[str] = []
+        page.on("request", lambda r: sent.append(f"{r.url} {r.post_data or ''} {sorted(r.headers.items())}"))
+        assert page.locator("#bills-only").count() == 0
+        page.click("a[href='/household/intervals']")
+        page.wait_for_load_state()
+        months = page.locator("#month option").all_inner_texts()
+        assert months, "no month offered"
+        key = card.key.hex()
+        got: dict[int, int] = {}
+        for month in months:
+            last = _decrypt(page, key, month)
+            assert last["bad"] == 0 and last["count"] > 0, page.inner_text("#decrypt-status")
+            for r in last["readings"]:
+                assert r["start"] not in got
+                got[r["start"]] = r["wh"]
+            shown = page.locator("#intervals tbody tr")
+            assert shown.count() > 0 and page.locator("#day-chart svg rect.bar").count() == shown.count()
+            assert "Decrypted" in page.inner_text("#decrypt-status")
+        want = {t: wh for (m, t), wh in truth.items() if m == mine}
+        assert len(want) == 96
+        assert got == want  # interval by interval, energies decrypted by WebCrypto in the page
+        page.screenshot(path=str(ARTIFACTS / "household-e2e.png"))
+        # the whole card line (what the card's QR code holds) works as well
+        assert _decrypt(page, card.line, months[0])["count"] == len(_month_starts(months[0], got))
+        # wrong keys: a clear error and no values left on the page
+        for text, error, says in ((other_card.key.hex(), "wrong-key", "None of your readings opened"),
+                                  (key[:-2], "bad-key", "64 hexadecimal"),
+                                  (other_card.line, "bad-key", f"card is for meter {other}")):
+            last = _decrypt(page, text, months[0])
+            status = page.locator("#decrypt-status")
+            assert last["count"] == 0 and status.get_attribute("data-error") == error, status.inner_text()
+            assert says in status.inner_text() and "notice bad" in status.get_attribute("class")
+            assert page.locator("#result").is_hidden() and page.locator("#intervals tbody tr").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "household-e2e-wrong-key.png"))
+        ctx.close()
+    # the key never left the page: no URL, body or header of any request carried it
+    assert sent and any("/household/copies.json" in r for r in sent)
+    for k in (card.key.hex(), other_card.key.hex()):
+        assert not [r for r in sent if k in r.lower()]
+
+
+def _month_starts(month: str, starts) -> set[int]:
+    from meterveil.host.web.households import month_bounds
+
+    t0, t1 = month_bounds(month)
+    return {t for t in starts if t0 <= t < t1}
 
 
 def test_operator_sees_a_meter_go_silent(browser, tmp_path, mosquitto):

@@ -4,14 +4,25 @@ through the decryption role (never the web tier)."""
 
 from __future__ import annotations
 
+import base64
 import re
 
 import pytest
-from webutil import HTML_ATTR, HTML_METER, METERS, PASSWORD, Browserless, Server, build_workspace
+from webutil import (
+    HOUSEHOLD_KEYS,
+    HTML_ATTR,
+    HTML_METER,
+    METERS,
+    PASSWORD,
+    Browserless,
+    Server,
+    build_workspace,
+)
 
 from meterveil.host.decryption.secret_key import generate_keypair
 from meterveil.host.web.accounts import MAX_FAILURES, ROLES, Accounts
 from meterveil.host.web.app import ROUTE_ROLES
+from meterveil.protocol import e2e, household
 
 
 @pytest.fixture(scope="module")
@@ -75,16 +86,17 @@ def test_anonymous_gets_nothing(server, path):
 def test_household_sees_only_its_own_meter(server, ws):
     c = client(server, "household")  # meter m0000
     own = c.get("/household/copies.json?month=2026-10").json()
-    assert own["meter_id"] == METERS[0] and len(own["frames"]) > 0
+    assert own["meter_id"] == METERS[0] and len(own["copies"]) > 0
     for path in ("/household?meter=m0001", "/household/intervals?meter=m0001",
                  "/household/copies.json?month=2026-10&meter=m0001", "/household?meter=nonexistent"):
         r = c.get(path)
         assert r.status_code == 404, path
         assert "m0001" not in r.text.replace("meter=m0001", "")
-    # the other household's copies are not among ours (frames carry the meter id in their header)
-    import base64
-    ids = {base64.b64decode(f)[4:20].rstrip(b"\0").decode() for f in own["frames"]}
-    assert ids == {METERS[0]}
+    # the other household's copies are not among ours: each copy's tag binds its meter id, and every
+    # one served opens with our key as a reading of our meter
+    keys = e2e.household_keys(HOUSEHOLD_KEYS[METERS[0]])
+    for cp in own["copies"]:
+        household.open_copy(keys, base64.b64decode(cp["copy"]), METERS[0], cp["counter"], cp["start"], cp["len"])
     c.close()
 
 

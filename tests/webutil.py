@@ -1,16 +1,18 @@
 """Helpers for the web console tests: a real workspace (store with real Paillier ciphertexts,
 registry, decryption role folder, release queue, web accounts) and a real uvicorn server.
 
-The household copies are protocol frames sealed with the protocol's own `frame.seal` under a
-household key (HKDF, AES-CBC, HMAC: the meter frame format), so the browser's decryption is checked
-against bytes made by the code the meters run.
+The first two meters run in end-to-end mode: their rows are kind 3 frames sealed by the protocol's own
+`e2e.seal` (the code the meters run) and split by `opener.split_e2e` as the gateway stores them, so each
+row keeps the household's sealed copy (`readings.household`) beside a Paillier ciphertext the decryption
+role bills from. The other meters are proxy-mode rows without a copy.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import socket
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,15 +23,15 @@ import uvicorn
 
 from meterveil.host.audit import signing
 from meterveil.host.backoffice.tariff import DEFAULT_TARIFF
-from meterveil.host.common.registry import MeterRecord, MeterRegistry
+from meterveil.host.common.registry import MODE_E2E, MeterRecord, MeterRegistry
 from meterveil.host.common.release_queue import ReleaseQueue
 from meterveil.host.decryption import secret_key
 from meterveil.host.decryption.serve import Worker, tariffs_by_name
 from meterveil.host.gateway.encryptor import make_encryptor
-from meterveil.host.store.base import Batch, StatusRecord, StoredReading, open_store
+from meterveil.host.store.base import SCHEME_PACKED_E2E_V1, Batch, StatusRecord, StoredReading, open_store
 from meterveil.host.web.accounts import ROLES, Accounts
 from meterveil.host.web.app import WebConfig, create_app
-from meterveil.protocol import frame
+from meterveil.protocol import e2e, frame, household, opener, paillier
 
 T0 = 1793471400  # 2026-11-01 00:00 IST (2026-10-31 18:30 UTC), a multiple of 900
 IV = 900
@@ -39,6 +41,7 @@ HTML_METER = '<img src=x onerror="alert(1)">'
 HTML_ATTR = '"><script>alert("attr")</script>'
 PASSWORD = "correct horse battery staple"
 HOUSEHOLD_KEYS = {m: bytes([i + 1]) * 32 for i, m in enumerate(METERS)}  # test keys, not secrets
+E2E_METERS = METERS[:2]
 
 
 def free_port() -> int:
@@ -52,11 +55,17 @@ def energy(meter_index: int, k: int) -> int:
     return 40 + 7 * meter_index + (k * 37 + meter_index * 11) % 90 + (120 if 68 <= k <= 84 else 0)
 
 
-def seal_copy(meter_id: str, counter: int, start: int, wh: int, key: bytes) -> bytes:
-    header = {"kind": frame.KIND_READING, "meter_id": meter_id, "counter": counter, "interval_start": start,
-              "interval_len": IV, "epsilon_milli": 1000, "clamp_wh": 500, "m": 5}
-    fields = {"billing_wh": wh, "analytics_wh": wh, "flags": 0, "samples": 900, "clipped": 0, "missing_s": 0}
-    return frame.seal(frame.derive_keys(key), header, fields)
+def seal_e2e(n: int, meter_id: str, counter: int, start: int, wh: int, key: bytes, *, flags: int = 0,
+             length: int = IV) -> tuple[int, bytes]:
+    """A kind 3 frame as an E2E meter seals it, split as the gateway stores it: (Paillier ciphertext,
+    household copy). ``rho`` is a fresh n-th residue r^n mod n^2, as the meter's obfuscator makes."""
+    header = {"kind": frame.KIND_READING_PAILLIER, "meter_id": meter_id, "counter": counter, "interval_start": start,
+              "interval_len": length, "epsilon_milli": 1000, "clamp_wh": 500, "m": 5}
+    fields = {"billing_wh": wh, "analytics_wh": wh, "flags": flags, "samples": 900, "clipped": 0, "missing_s": 0}
+    rho = pow(secrets.randbelow(n - 2) + 2, n, n * n)
+    sealed = e2e.seal(frame.derive_keys(bytes(32)), e2e.household_keys(key), header, fields, n, rho, os.urandom(16))
+    _meta, ct, copy = opener.split_e2e(sealed, e2e.body_len(paillier.nsq_len(n)))
+    return ct, copy
 
 
 @dataclass
@@ -81,6 +90,8 @@ class Workspace:
 
 
 def build_workspace(root: Path, keypair, *, copies: bool = True) -> Workspace:
+    """``copies=False``: every meter in proxy mode (no household copy anywhere)."""
+    e2e_meters = E2E_METERS if copies else []
     pub, priv = keypair
     ws = Workspace(root, root / "store.db", root / "registry" / "meters.json", root / "decryption",
                    root / "releases.db", root / "web.db")
@@ -96,14 +107,25 @@ def build_workspace(root: Path, keypair, *, copies: bool = True) -> Workspace:
             attrs = {"rated_amps": 60, "volts": 230, "phases": 1}
             if i == 0:
                 attrs["street"] = HTML_ATTR
-            reg.put(MeterRecord(m, "F1", 1000, 500, 5, attrs), save=False)
             ws.truth[m] = []
+            if m not in e2e_meters:
+                reg.put(MeterRecord(m, "F1", 1000, 500, 5, attrs), save=False)
+            else:
+                reg.put(MeterRecord(m, "F1", 1000, 500, 5, attrs, mode=MODE_E2E,
+                                    household_fingerprint=household.fingerprint(HOUSEHOLD_KEYS[m])), save=False)
             for k in range(INTERVALS):
                 wh = energy(i, k)
-                (c,) = enc.encrypt_reading(wh, wh)
-                batch.readings.append(StoredReading(m, k + 1, "F1", T0 + k * IV, IV, 1000, 500, 5, c,
-                                                    frame_digest=bytes([i, k]), received_at=now - 60))
-                ws.truth[m].append((T0 + k * IV, wh))
+                start = T0 + k * IV
+                if m in e2e_meters:
+                    c, copy = seal_e2e(pub.n, m, k + 1, start, wh, HOUSEHOLD_KEYS[m])
+                    row = StoredReading(m, k + 1, "F1", start, IV, 1000, 500, 5, c, scheme=SCHEME_PACKED_E2E_V1,
+                                        frame_digest=bytes([i, k]), received_at=now - 60, household=copy)
+                else:
+                    (c,) = enc.encrypt_reading(wh, wh)
+                    row = StoredReading(m, k + 1, "F1", start, IV, 1000, 500, 5, c,
+                                        frame_digest=bytes([i, k]), received_at=now - 60)
+                batch.readings.append(row)
+                ws.truth[m].append((start, wh))
             batch.statuses.append(StatusRecord(m, INTERVALS + 1, now - 30, {
                 "uptime_s": 86400, "free_heap": 20000, "outbox_depth": 0, "outbox_overflow": 0, "reconnects": 1,
                 "publish_retries": 0, "dp_spend_milli": 96000, "readings_today": 96, "boot_count": 1}))
@@ -119,15 +141,6 @@ def build_workspace(root: Path, keypair, *, copies: bool = True) -> Workspace:
         store.close()
         enc.close()
     reg.save()
-    if copies:
-        conn = sqlite3.connect(ws.store)
-        conn.execute("CREATE TABLE household_copies(meter_id TEXT NOT NULL, interval_start INTEGER NOT NULL, "
-                     "frame BLOB NOT NULL, PRIMARY KEY(meter_id, interval_start))")
-        conn.executemany("INSERT INTO household_copies VALUES (?,?,?)",
-                         [(m, s, seal_copy(m, k + 1, s, wh, HOUSEHOLD_KEYS[m]))
-                          for m in METERS[:2] for k, (s, wh) in enumerate(ws.truth[m])])
-        conn.commit()
-        conn.close()
     acc = Accounts(ws.web_db)
     for role in ROLES:
         acc.add_user(role, role, PASSWORD, METERS[0] if role == "household" else None)

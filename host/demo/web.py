@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from meterveil.host.backoffice.tariff import load_tariff
 from meterveil.host.common.registry import MeterRegistry
 from meterveil.host.common.release_queue import QUEUE_NAME, ReleaseQueue
+from meterveil.host.household.card import CARD_TEXT
 from meterveil.host.web.accounts import ROLES, WEB_DB_NAME, Accounts, generate_password
 
 
@@ -57,6 +58,9 @@ def serve_console(workspace: Path, tariff_path: Path, start: datetime | None, bi
     print("logins (generated now, shown once):")
     for role, (name, pw) in logins.items():
         print(f"  {role:<10} {name:<18} {pw}")
+    card = workspace / "households" / sorted(meters)[0] / CARD_TEXT
+    if card.is_file():  # --mode e2e: the household's readings open in its browser with this card's key
+        print(f"  household card (paste its line on 'My 15-minute readings'): {card}")
     try:
         return web.wait()
     except KeyboardInterrupt:

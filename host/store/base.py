@@ -43,6 +43,10 @@ Interface (stable; back office = aggregation, billing, decryption role):
   ordered by interval_start, meter_id, counter; ``order="meter"``: by meter_id, interval_start),
   streamed: memory does not grow with the rows; ``readings_for_feeder(feeder, t_from, t_to)``,
   ``readings_for_meter(meter_id, t_from, t_to)`` (lists).
+- ``household_copies(meter_id, t_from, t_to, limit=None) -> list[HouseholdCopy]``: the meter's E2E rows
+  with interval_start in [t_from, t_to), oldest first, only the sealed copy and what its tag binds (no
+  Paillier ciphertext); ``household_span(meter_id) -> (first, last interval_start) | None`` of those rows.
+  Proxy-mode rows have no copy and are in neither.
 - ``interval_bounds() -> (min interval_start, max interval_start) | None``;
 - ``meters() -> list[MeterInfo]``; ``feeders() -> list[str]``; ``count_readings() -> int``.
 - ``coverage(t_from, t_to, interval_len=900, meter_ids=None) -> list[Coverage]``: expected vs present
@@ -102,6 +106,18 @@ class StoredReading:
     frame_digest: bytes = field(default=b"", repr=False)
     received_at: int = 0
     household: bytes = field(default=b"", repr=False)  # E2E: iv + AES-CBC + tag under the household key
+
+
+@dataclass(frozen=True)
+class HouseholdCopy:
+    """An E2E reading's sealed household copy and the row fields its tag binds (protocol/e2e.py
+    ``household_aad``): all a household's own client needs to verify and open it."""
+
+    meter_id: str
+    counter: int
+    interval_start: int
+    interval_len: int
+    sealed: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -211,6 +227,9 @@ class Store(Protocol):
                       order: str = "time") -> Iterator[StoredReading]: ...
     def readings_for_feeder(self, feeder: str, t_from: int, t_to: int) -> list[StoredReading]: ...
     def readings_for_meter(self, meter_id: str, t_from: int, t_to: int) -> list[StoredReading]: ...
+    def household_copies(self, meter_id: str, t_from: int, t_to: int,
+                         limit: int | None = None) -> list[HouseholdCopy]: ...
+    def household_span(self, meter_id: str) -> tuple[int, int] | None: ...
     def interval_bounds(self) -> tuple[int, int] | None: ...
     def meters(self) -> list[MeterInfo]: ...
     def feeders(self) -> list[str]: ...

@@ -25,6 +25,7 @@ from meterveil.host.store.base import (
     ORDER_BY,
     Batch,
     Coverage,
+    HouseholdCopy,
     MeterInfo,
     QuarantinedFrame,
     StatusRecord,
@@ -453,6 +454,24 @@ class SqliteStore:
 
     def readings_for_meter(self, meter_id: str, t_from: int, t_to: int) -> list[StoredReading]:
         return list(self.iter_readings(meter_id=meter_id, t_from=t_from, t_to=t_to))
+
+    def household_copies(self, meter_id: str, t_from: int, t_to: int,
+                         limit: int | None = None) -> list[HouseholdCopy]:
+        sql = ("SELECT meter_id, counter, interval_start, interval_len, household FROM readings WHERE meter_id = ? "
+               "AND interval_start >= ? AND interval_start < ? AND length(household) > 0 ORDER BY interval_start")
+        args: list[Any] = [meter_id, t_from, t_to]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        with self._lock:
+            rows = self.conn.execute(sql, args).fetchall()
+        return [HouseholdCopy(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+
+    def household_span(self, meter_id: str) -> tuple[int, int] | None:
+        with self._lock:
+            row = self.conn.execute("SELECT MIN(interval_start), MAX(interval_start) FROM readings "
+                                    "WHERE meter_id = ? AND length(household) > 0", (meter_id,)).fetchone()
+        return None if row[0] is None else (int(row[0]), int(row[1]))
 
     def interval_bounds(self) -> tuple[int, int] | None:
         with self._lock:

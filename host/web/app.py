@@ -32,13 +32,13 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from meterveil.host.common.registry import MeterRegistry
+from meterveil.host.common.registry import MODE_E2E, MeterRegistry
 from meterveil.host.common.release_queue import ReleaseQueue
-from meterveil.host.web import households
 from meterveil.host.web.accounts import Accounts, Session, csrf_ok
 from meterveil.host.web.auditview import AuditView
 from meterveil.host.web.charts import series_chart
 from meterveil.host.web.fleet import NOT_REJECTIONS, Fleet
+from meterveil.host.web.households import HouseholdCopies
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -118,6 +118,7 @@ class Console:
         self.queue = ReleaseQueue(cfg.queue)
         self.registry = MeterRegistry.load(cfg.registry) if cfg.registry else None
         self.fleet = Fleet(str(cfg.store), self.registry, cfg.silent_after_s)
+        self.copies = HouseholdCopies(str(cfg.store))
         self._charts: dict[int, tuple[Any, str, int]] = {}  # request id -> drawn chart (final requests)
         self.audit = AuditView(cfg.audit_db, cfg.verify_key, cfg.anchors) if cfg.audit_db else None
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
@@ -128,6 +129,7 @@ class Console:
         self.accounts.close()
         self.queue.close()
         self.fleet.close()
+        self.copies.close()
 
     # -- plumbing -----------------------------------------------------------------------------------
     def render(self, request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
@@ -347,20 +349,29 @@ class Console:
             asked = request.scope["mv_form"].get("meter", asked)
         return own if asked in (None, "", own) else None
 
+    def _copies_state(self, meter: str, months: list[str]) -> str:
+        """What the page can offer: ``e2e`` (copies to open), ``waiting`` (an E2E meter, none stored yet)
+        or ``proxy`` (the meter sends proxy-mode frames: no household copy exists)."""
+        if months:
+            return "e2e"
+        rec = self.registry.get(meter) if self.registry else None
+        return "waiting" if rec is not None and rec.mode == MODE_E2E else "proxy"
+
     async def household(self, request: Request) -> Response:
         meter = self._own_meter(request)
         if meter is None:
             return self.error(request, 404, "No such meter.")
+        state = self._copies_state(meter, self.copies.months(meter))
         return self.render(request, "household.html", meter=meter, bills=self.queue.bills_of_meter(meter),
-                           has_copies=households.has_copies(self.cfg.store))
+                           copies_state=state)
 
     async def household_intervals(self, request: Request) -> Response:
         meter = self._own_meter(request)
         if meter is None:
             return self.error(request, 404, "No such meter.")
-        months = households.months_with_copies(self.cfg.store, meter)
+        months = self.copies.months(meter)
         return self.render(request, "household_intervals.html", meter=meter, months=months,
-                           has_copies=households.has_copies(self.cfg.store))
+                           copies_state=self._copies_state(meter, months))
 
     async def household_copies(self, request: Request) -> Response:
         meter = self._own_meter(request)
@@ -369,8 +380,7 @@ class Console:
         month = request.query_params.get("month", "")
         if not PERIOD_RE.match(month):
             return JSONResponse({"error": "month must be YYYY-MM"}, status_code=400)
-        frames = households.copies(self.cfg.store, meter, month)
-        return JSONResponse({"meter_id": meter, "month": month, "frames": frames},
+        return JSONResponse({"meter_id": meter, "month": month, "copies": self.copies.month(meter, month)},
                             headers={"Cache-Control": "no-store"})
 
 

@@ -1,7 +1,9 @@
 // The household's own readings, decrypted in this browser with WebCrypto.
-// Each copy is a protocol frame (protocol/SPEC.md): 40-byte header, 16-byte IV, AES-128-CBC body
-// (PKCS#7), first 16 bytes of HMAC-SHA256 over header + IV + body. Keys come from the household key
-// by HKDF-SHA256 with the protocol's salt and labels, exactly as a meter derives its frame keys.
+// Each copy is what an end-to-end meter sealed for its household (protocol/e2e.py, protocol/SPEC.md
+// "Kind 3"): 16-byte IV, AES-128-CBC of the 14-byte reading (PKCS#7), and the first 16 bytes of
+// HMAC-SHA256 over (meter id, counter, interval start, interval length) + IV + ciphertext, so a copy
+// opens only as the reading it was sealed for. Keys come from the household key by HKDF-SHA256 with
+// the protocol's salt and household labels, exactly as the meter derives them.
 // The key never leaves this page: it is read from the input, used, and not stored anywhere.
 "use strict";
 (function () {
@@ -9,14 +11,25 @@
   const METER = script ? script.dataset.meter : "";
   const enc = new TextEncoder();
   const SALT = enc.encode("meterveil/v1/hkdf-salt");
-  const INFO_AES = enc.encode("meterveil/v1/aes-128-cbc");
-  const INFO_MAC = enc.encode("meterveil/v1/hmac-sha256");
-  const HEADER_LEN = 40, IV_LEN = 16, TAG_LEN = 16, KIND_READING = 1;
+  const INFO_AES = enc.encode("meterveil/v1/household-aes-128-cbc");
+  const INFO_MAC = enc.encode("meterveil/v1/household-hmac-sha256");
+  const CARD_PREFIX = "meterveil-household:v1:";
+  const IV_LEN = 16, CT_LEN = 16, TAG_LEN = 16, BODY_LEN = 14, ID_LEN = 16;
   const FLAG_NAMES = {1: "clock unsynced", 2: "partial", 4: "clamped", 8: "ADC clipped"};
 
-  function hexToBytes(text) {
-    const hex = text.replace(/\s+/g, "");
-    if (!/^[0-9a-fA-F]{64}$/.test(hex)) throw new Error("The household key is 64 hexadecimal characters.");
+  class KeyError extends Error {}
+
+  // The key as typed (64 hex digits) or the whole card line (what its QR code holds).
+  function parseKey(text) {
+    let hex = text.trim();
+    if (hex.startsWith(CARD_PREFIX)) {
+      const rest = hex.slice(CARD_PREFIX.length), cut = rest.lastIndexOf(":");
+      const meter = rest.slice(0, cut);
+      if (METER && meter !== METER) throw new KeyError(`This card is for meter ${meter}, not for meter ${METER}.`);
+      hex = rest.slice(cut + 1);
+    }
+    hex = hex.replace(/\s+/g, "");
+    if (!/^[0-9a-fA-F]{64}$/.test(hex)) throw new KeyError("The household key is 64 hexadecimal characters (or the whole line on your card).");
     const out = new Uint8Array(32);
     for (let i = 0; i < 32; i++) out[i] = parseInt(hex.substr(2 * i, 2), 16);
     return out;
@@ -39,42 +52,50 @@
     };
   }
 
-  function sameBytes(a, b) {  // the tag is public once sent; still, no early exit
+  function sameBytes(a, b) {  // no early exit
     let d = a.length ^ b.length;
     for (let i = 0; i < Math.min(a.length, b.length); i++) d |= a[i] ^ b[i];
     return d === 0;
   }
 
-  function parseHeader(f) {
-    const v = new DataView(f.buffer, f.byteOffset, f.byteLength);
-    if (f.length < HEADER_LEN + IV_LEN + TAG_LEN || f[0] !== 0x4d || f[1] !== 0x56 || f[2] !== 1) throw new Error("not a v1 frame");
-    let id = "";
-    for (let i = 4; i < 20 && f[i] !== 0; i++) id += String.fromCharCode(f[i]);
-    return {kind: f[3], meter: id, counter: v.getUint32(20), start: v.getUint32(24), len: v.getUint16(28),
-            bodyLen: v.getUint16(38)};
+  // protocol/e2e.py household_aad: meter id (16 bytes, zero padded), counter, start (u32), length (u16).
+  function aad(meter, counter, start, len) {
+    const out = new Uint8Array(ID_LEN + 10);
+    const id = enc.encode(meter);
+    if (id.length > ID_LEN) throw new Error("meter id too long");
+    out.set(id, 0);
+    const v = new DataView(out.buffer);
+    v.setUint32(ID_LEN, counter);
+    v.setUint32(ID_LEN + 4, start);
+    v.setUint16(ID_LEN + 8, len);
+    return out;
   }
 
-  async function openFrame(keys, f) {
-    const h = parseHeader(f);
-    const end = HEADER_LEN + IV_LEN + h.bodyLen;
-    if (h.kind !== KIND_READING || f.length !== end + TAG_LEN) throw new Error("unexpected frame kind or length");
-    const tag = new Uint8Array(await crypto.subtle.sign("HMAC", keys.mac, f.subarray(0, end))).subarray(0, TAG_LEN);
-    if (!sameBytes(tag, f.subarray(end))) throw new Error("tag");
-    const body = new DataView(await crypto.subtle.decrypt({name: "AES-CBC", iv: f.subarray(HEADER_LEN, HEADER_LEN + IV_LEN)},
-                                                          keys.aes, f.subarray(HEADER_LEN + IV_LEN, end)));
-    return {meter: h.meter, counter: h.counter, start: h.start, len: h.len, wh: body.getUint32(0), flags: body.getUint16(8)};
+  async function openCopy(keys, meter, c) {
+    const blob = b64(c.copy);
+    if (blob.length !== IV_LEN + CT_LEN + TAG_LEN) throw new Error("copy length");
+    const iv = blob.subarray(0, IV_LEN), ct = blob.subarray(IV_LEN, IV_LEN + CT_LEN);
+    const a = aad(meter, c.counter, c.start, c.len);
+    const signed = new Uint8Array(a.length + IV_LEN + CT_LEN);
+    signed.set(a, 0);
+    signed.set(blob.subarray(0, IV_LEN + CT_LEN), a.length);
+    const tag = new Uint8Array(await crypto.subtle.sign("HMAC", keys.mac, signed)).subarray(0, TAG_LEN);
+    if (!sameBytes(tag, blob.subarray(IV_LEN + CT_LEN))) throw new Error("tag");
+    const body = new DataView(await crypto.subtle.decrypt({name: "AES-CBC", iv}, keys.aes, ct));
+    if (body.byteLength !== BODY_LEN) throw new Error("body length");
+    // protocol/e2e.py HOUSEHOLD_FMT ">IHIHH": billing_wh, flags, samples, clipped, missing_s
+    return {counter: c.counter, start: c.start, len: c.len, wh: body.getUint32(0), flags: body.getUint16(4),
+            missing: body.getUint16(12)};
   }
 
-  // Exposed for tests and the benchmark: decrypt base64 frames with a hex key -> readings.
-  async function decryptAll(hexKey, frames) {
-    const keys = await deriveKeys(hexToBytes(hexKey));
+  // Exposed for tests and the benchmark: open copies ({counter, start, len, copy}) with the key text.
+  async function decryptAll(keyText, meter, copies) {
+    const keys = await deriveKeys(parseKey(keyText));
     const out = [];
     let bad = 0;
-    for (const text of frames) {
+    for (const c of copies) {
       try {
-        const r = await openFrame(keys, b64(text));
-        if (METER && r.meter !== METER) { bad++; continue; }
-        out.push(r);
+        out.push(await openCopy(keys, meter, c));
       } catch (e) { bad++; }
     }
     return {readings: out, bad};
@@ -133,22 +154,32 @@
     }));
   }
 
+  function clearResult() {  // a failed attempt shows no values, not even the last good ones
+    $("result").hidden = true;
+    for (const id of ["day-chart", "day", "month-total"]) $(id).replaceChildren();
+    $("intervals").querySelector("tbody").replaceChildren();
+  }
+
   async function onSubmit(ev) {
     ev.preventDefault();
     const status = $("decrypt-status");
     const input = $("household-key");
     status.textContent = "Fetching your sealed readings…";
+    status.className = "muted";
     try {
       const month = $("month").value;
       const resp = await fetch(`/household/copies.json?month=${encodeURIComponent(month)}`, {credentials: "same-origin"});
       if (!resp.ok) throw new Error(`server said ${resp.status}`);
       const data = await resp.json();
       const t0 = performance.now();
-      const {readings, bad} = await decryptAll(input.value, data.frames);
+      const {readings, bad} = await decryptAll(input.value, data.meter_id, data.copies);
       const ms = performance.now() - t0;
       window.meterveilLast = {count: readings.length, bad, ms, readings};
       if (!readings.length) {
-        status.textContent = data.frames.length ? "None of your readings opened with this key: check the key on your card." : "No readings stored for this month.";
+        clearResult();
+        status.textContent = data.copies.length ? "None of your readings opened with this key: check the key on your card." : "No readings stored for this month.";
+        status.dataset.error = data.copies.length ? "wrong-key" : "";
+        if (data.copies.length) status.className = "notice bad";
         return;
       }
       readings.sort((a, b) => a.start - b.start);
@@ -160,6 +191,7 @@
       }
       const sel = $("day");
       sel.replaceChildren(...[...byDay.keys()].map((d) => { const o = document.createElement("option"); o.textContent = d; return o; }));
+      sel.value = [...byDay.keys()].pop();  // the most recent day first
       sel.onchange = () => showDay(byDay, sel.value);
       const total = readings.reduce((s, r) => s + r.wh, 0);
       $("month-total").textContent = `${month}: ${(total / 1000).toFixed(3)} kWh in ${readings.length} intervals`;
@@ -168,8 +200,13 @@
       status.textContent = `Decrypted ${readings.length} intervals in your browser in ${ms.toFixed(0)} ms` +
         (bad ? ` (${bad} did not open with this key and are not shown)` : "") + ".";
       status.dataset.done = "1";
+      status.dataset.error = "";
     } catch (e) {
+      clearResult();
+      window.meterveilLast = {count: 0, bad: 0, ms: 0, readings: []};
       status.textContent = e.message || String(e);
+      status.dataset.error = e instanceof KeyError ? "bad-key" : "failed";
+      status.className = "notice bad";
     }
   }
 
