@@ -124,6 +124,22 @@ def _loop_config(target, intervals_s: int = 900) -> dict:
     return cfg
 
 
+def _offline_loop(cfg_path: str, cfg: dict, state: str, intervals: int) -> str:
+    """Snippet: main.py's sequence with the unix HAL and the network cut, `intervals` readings, then
+    `ok` (drained?) and the meter `m` are left for the caller's own prints."""
+    return (_write(cfg_path, json.dumps(cfg))
+            + "import gc\nimport asyncio\nasyncio.open_connection, asyncio.wait_for_ms\n"
+            "bufs = (bytearray(1024), bytearray(384))\n"
+            "from meter import persist, startup\n"
+            f"rc, o, cfg = startup.from_argv(['main.py', {cfg_path!r}, '--storage', {state!r}], False)\n"
+            "assert rc is None, rc\n"
+            "import meter\nmeter.drop('meter.startup')\nmeter.drop('meter.config')\ndel startup\n"
+            f"persist.makedirs({state!r})\nopen({state!r} + '/netcut', 'w').close()\n"
+            "from meter.hal_unix import UnixHAL\nhal = UnixHAL(cfg, o['storage'])\n"
+            "from meter.app import Meter\nm = Meter(hal, cfg, bufs=bufs)\ndel cfg, o, bufs\ngc.collect()\n"
+            f"ok = asyncio.run(m.run({intervals}, 1))\n")  # 1 s drain timeout: the network stays down
+
+
 def test_meter_loop_with_the_network_down_seals_every_interval_within_the_heap(target):
     # main.py's sequence with the unix HAL (simulated CT, netcut flag = network down), so it runs
     # on any target: 4 intervals are measured, sealed and kept in the outbox; nothing is sent.
@@ -135,19 +151,8 @@ def test_meter_loop_with_the_network_down_seals_every_interval_within_the_heap(t
     target = _roomy(target)
     state = target.scratch + "/loop-state"
     cfg_path = target.scratch + "/loop.json"
-    res = target.run(
-        _write(cfg_path, json.dumps(_loop_config(target)))
-        + "import gc\nimport asyncio\nasyncio.open_connection, asyncio.wait_for_ms\n"
-        "bufs = (bytearray(1024), bytearray(384))\n"
-        "from meter import persist, startup\n"
-        f"rc, o, cfg = startup.from_argv(['main.py', {cfg_path!r}, '--storage', {state!r}], False)\n"
-        "assert rc is None, rc\n"
-        "import meter\nmeter.drop('meter.startup')\nmeter.drop('meter.config')\ndel startup\n"
-        f"persist.makedirs({state!r})\nopen({state!r} + '/netcut', 'w').close()\n"
-        "from meter.hal_unix import UnixHAL\nhal = UnixHAL(cfg, o['storage'])\n"
-        "from meter.app import Meter\nm = Meter(hal, cfg, bufs=bufs)\ndel cfg, o, bufs\ngc.collect()\n"
-        f"ok = asyncio.run(m.run({intervals}, 1))\n"  # 1 s drain timeout: the network stays down
-        "print('DONE', ok, m.readings, m.outbox.depth, m.pub.reconnects)\n", timeout=600)
+    res = target.run(_offline_loop(cfg_path, _loop_config(target), state, intervals)
+                     + "print('DONE', ok, m.readings, m.outbox.depth, m.pub.reconnects)\n", timeout=600)
     assert res.returncode == 0, res.output
     done = res.lines("DONE")
     assert done, res.output
@@ -228,18 +233,8 @@ def test_e2e_meter_loop_offline_encrypts_on_target_within_the_heap(target, utili
     cfg["e2e"] = {"n": f"{pub.n:x}", "hs": f"{hs:x}", "exp_bits": pub.n.bit_length() // 2,
                   "household_key": bytes(range(32)).hex()}
     res = target.run(
-        _write(cfg_path, json.dumps(cfg))
-        + "import gc\nimport asyncio\nasyncio.open_connection, asyncio.wait_for_ms\n"
-        "bufs = (bytearray(1024), bytearray(384))\n"
-        "from meter import persist, startup\n"
-        f"rc, o, cfg = startup.from_argv(['main.py', {cfg_path!r}, '--storage', {state!r}], False)\n"
-        "assert rc is None, rc\n"
-        "import meter\nmeter.drop('meter.startup')\nmeter.drop('meter.config')\ndel startup\n"
-        f"persist.makedirs({state!r})\nopen({state!r} + '/netcut', 'w').close()\n"
-        "from meter.hal_unix import UnixHAL\nhal = UnixHAL(cfg, o['storage'])\n"
-        "from meter.app import Meter\nm = Meter(hal, cfg, bufs=bufs)\ndel cfg, o, bufs\ngc.collect()\n"
-        f"ok = asyncio.run(m.run({intervals}, 1))\n"
-        "print('DONE', ok, m.readings, m.outbox.depth)\n"
+        _offline_loop(cfg_path, cfg, state, intervals)
+        + "print('DONE', ok, m.readings, m.outbox.depth)\n"
         "import binascii\nb = m.outbox\npos = b.first()\n"
         "while pos is not None:\n    rec = b.read(pos)\n    if rec is None:\n        break\n"
         "    print('FRAME', binascii.hexlify(rec[0]).decode())\n    pos = rec[2]\n", timeout=900)
