@@ -96,3 +96,48 @@ def test_an_impossible_feeder_sum_is_refused_and_audited(tmp_path, keypair):
     finally:
         role.close()
         store.close()
+
+
+def test_one_lying_meter_cannot_spend_the_cells_noise_slack(tmp_path, keypair):
+    """The feeder bound is the tail of the *sum's* noise, not a per-reading bound added up: a meter
+    reporting 4 share tails above its clamp in a 6-reading cell is refused, while the same cell with
+    honest values (and the largest honest noise the sum's tail allows) is released."""
+    from meterveil.host.common.noise_bound import fallback_share_variance, share_tail_bound
+
+    pub, priv = keypair
+    one = share_tail_bound(fallback_share_variance(1000, 1000, 5))  # one share's tail (fill_store's DP)
+    whole = share_tail_bound(6 * fallback_share_variance(1000, 1000, 5))  # the sum of six shares
+    t0 = _month()
+    rows = [(f"m{i}", "F1", t0, 150, 150) for i in range(5)] + [("liar", "F1", t0, 150, 1000 + 4 * one)]
+    rows += [(f"m{i}", "F1", t0 + IV, 150, 150) for i in range(5)] + [("liar", "F1", t0 + IV, 150, whole - 750)]
+    fill_store(tmp_path / "s.db", pub, rows)
+    assert 5 * 150 + 1000 + 4 * one < 6 * (1000 + one)  # inside the old per-reading sum of bounds
+    store = open_store(tmp_path / "s.db")
+    role = role_for(tmp_path / "s.db", priv)
+    try:
+        loads = role.feeder_load(store, "F1", t0, t0 + 2 * IV, release_s=IV)
+        assert "physically impossible" in loads[0].status and loads[0].analytics_sum_wh is None
+        assert loads[1].status == "ok" and loads[1].analytics_sum_wh == whole
+    finally:
+        role.close()
+        store.close()
+
+
+def test_a_cell_that_has_not_ended_is_not_released(tmp_path, keypair):
+    """An hour asked for before it is over (or cut by the range) would pin a partial contributor set
+    and make the honest full hour refused forever: it is refused as incomplete, and the full hour is
+    released once asked for in whole."""
+    pub, priv = keypair
+    t0 = _month() + 2 * IV  # 19:00 UTC: a whole hour
+    assert t0 % 3600 == 0
+    fill_store(tmp_path / "s.db", pub, [(f"m{i}", "F1", t0 + s * IV, 100, 100) for i in range(6) for s in range(4)])
+    store = open_store(tmp_path / "s.db")
+    role = role_for(tmp_path / "s.db", priv)
+    try:
+        half, = role.feeder_load(store, "F1", t0, t0 + 2 * IV)  # hourly cells, half an hour asked
+        assert half.status.startswith("refused: incomplete cell") and half.analytics_sum_wh is None
+        full, = role.feeder_load(store, "F1", t0, t0 + 4 * IV)
+        assert full.status == "ok" and full.analytics_sum_wh == 24 * 100
+    finally:
+        role.close()
+        store.close()

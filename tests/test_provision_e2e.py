@@ -1,6 +1,6 @@
 """Provisioning an end-to-end meter: the household key goes into the meter's config and onto the
 household card, both outside the workspace; the utility keeps only its fingerprint, and the gateway's key
-file only the meter's MAC and status keys (the master key is in the meter's config alone). One meter or a
+file only the meter's MAC and status keys (the master key stays in the meter's config). One meter or a
 batch alike."""
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ firmware's own check) before touching any store; then registry -> broker passwor
 Key rotation (--rotate-key) replaces the master key and the broker password, keeps the old key as
 the registry's previous_key (frames still in the meter's outbox open), and appends a line without
 key material to DIR/rotation.log. For an end-to-end meter the gateway's key file gets only the MAC and
-status-frame keys the master derives (host/gateway/meter_keys.py); the master goes into its config alone.
+status-frame keys the master derives (host/gateway/meter_keys.py); the master stays in the meter's config
+(flashed to the meter, and the workspace's copy under meters/<id>/, which must not live on the gateway's host).
 
 Household attributes (--attr home_type=flat --attr occupants=3 --attr tariff_type=tou
 --attr region=north, or the same columns in a batch CSV) go into the registry entry's attributes;

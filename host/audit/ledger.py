@@ -18,8 +18,10 @@ What it remembers (from ``allow`` entries and bookkeeping entries):
 - ``policy``: the daily DP budget;
 - ``membership``: per (feeder, month), the frozen set of meters whose readings make its sums;
 - ``export-households``: every allowed export in order (the export ledger): its mode, the deployment's
-  generalisation scheme (k-anonymous) or epsilon (synthetic), and per released household a keyed
-  digest of its released row, so a later export keeps every household's anonymity set across exports.
+  generalisation scheme (k-anonymous) or epsilon (synthetic), and the released rows per household
+  sealed under a key only the decryption role derives (an auditor sees how many, not whose or which:
+  row equality per meter id would undo the anonymisation), so a later export keeps every household's
+  anonymity set across exports.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class ExportRelease:
     seq: int
     mode: str  # "k-anonymous" | "synthetic"
     scheme: dict  # k-anonymous: {"k": int, "levels": {key: level}}; synthetic: {}
-    released: dict[str, str]  # meter_id -> keyed digest of its released row (k-anonymous)
+    released_sealed: str  # k-anonymous: {meter_id: released row}, sealed by the role (DecryptionRole.open_private)
     epsilon: float = 0.0  # synthetic
 
 
@@ -128,8 +130,8 @@ class Ledger:
             self.membership.setdefault((str(q["feeder"]), str(q["month"])), tuple(str(m) for m in q["meters"]))
         elif e.action == "export-households" and "mode" in q:
             self.exports.append(ExportRelease(
-                e.seq, str(q["mode"]), dict(q.get("scheme") or {}),
-                {str(m): str(d) for m, d in (q.get("released") or {}).items()}, float(q.get("epsilon") or 0.0)))
+                e.seq, str(q["mode"]), dict(q.get("scheme") or {}), str(q.get("released_sealed") or ""),
+                float(q.get("epsilon") or 0.0)))
 
     def day_releases(self, feeder: str, day: str) -> list[Release]:
         return [r for (f, _), r in sorted(self.releases.items()) if f == feeder and r.day == day]

@@ -109,6 +109,9 @@ class ExportResult:
     # the report carries counts and reasons only, never meter ids)
     refusals: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # exact counts for the operator (households in, left out, refusals per month): in the report file of
+    # a k-anonymous export only; a DP synthetic export's report carries nothing measured without noise
+    operator: dict[str, Any] = field(default_factory=dict)
 
 
 def _months(store, tz: ZoneInfo, now: datetime | None = None) -> list[str]:
@@ -238,6 +241,8 @@ def run_export(db: str | Path, role_dir: str | Path, out: str | Path, *, registr
     query: dict[str, Any] = {"k": k, "synthetic": synthetic, "max_suppress": max_suppress, "timezone": zone}
     if synthetic is not None:
         query["epsilon"] = epsilon
+    if seed is not None:  # a known seed undoes the row shuffle (and fixes the DP noise): on the record
+        query["seed"] = seed
     try:
         bad = (f"refused: k={k} < {MIN_EXPORT_K}" if k < MIN_EXPORT_K else
                "refused: --synthetic must be >= 1" if synthetic is not None and synthetic < 1 else
@@ -272,50 +277,57 @@ def run_export(db: str | Path, role_dir: str | Path, out: str | Path, *, registr
             else:
                 released, report, extra = _k_anonymous(role, ledger, query, table, k, max_suppress, seed)
             query.update(extra)
-            report.update(households_in=len(table), months=months, timezone=zone, timezone_source=zone_source,
-                          skipped_no_attributes=skipped, refused_by_decryption_role=refused_summary,
-                          months_dropped_all_refused=[c.removeprefix("kwh_") for c in dropped_months],
-                          households_left_out_refused=int(incomplete.sum()))
-            return _write_and_record(role, query, report, released, out, report_path, refusals, warnings)
+            operator = dict(households_in=len(table), skipped_no_attributes=skipped,
+                            refused_by_decryption_role=refused_summary,
+                            months_dropped_all_refused=[c.removeprefix("kwh_") for c in dropped_months],
+                            households_left_out_refused=int(incomplete.sum()))
+            report.update(months=months, timezone=zone, timezone_source=zone_source)
+            if synthetic is None:  # exact counts are fine beside a k-anonymous table, not beside a DP one
+                report.update(operator)
+            if seed is not None:
+                report["seed_not_private"] = seed
+            return _write_and_record(role, query, report, released, out, report_path, refusals, warnings, operator)
     finally:
         close_role(role)
         store.close()
 
 
 def anonymize_with_history(table: pd.DataFrame, k: int, max_suppress: float, seed: int | None,
-                           earlier: list, digest) -> tuple[Any, dict[str, str], dict[str, Any]]:
-    """(KAnonResult, meter_id -> digest of its released row, the deployment's scheme).
+                           earlier: list[tuple[int, dict[str, dict[str, str]]]],
+                           scheme: dict[str, Any] | None) -> tuple[Any, dict[str, dict[str, str]], dict[str, Any]]:
+    """(KAnonResult, meter_id -> its released row, the deployment's scheme).
 
-    `table` is keyed by meter id; `earlier` the allowed k-anonymous exports (audit/ledger.py
-    ExportRelease, oldest first), the first of which fixed the scheme; `digest(row)` a keyed hash.
-    A class is the households with the same generalised row now and the same rows (or absence) in
-    every earlier export, so linking any exports never narrows a household below k.
+    `table` is keyed by meter id; `earlier` the allowed k-anonymous exports, oldest first, as (seq,
+    {meter_id: released row}); `scheme` the one the first of them fixed (None: choose it now). A class
+    is the households with the same generalised row now and the same rows (or absence) in every
+    earlier export, so linking any exports never narrows a household below k.
     """
     from meterveil.host.backoffice import anonymize
 
-    scheme = earlier[0].scheme if earlier else None
-    history = pd.Series({mid: json.dumps([[x.seq, x.released[mid]] for x in earlier if mid in x.released])
+    history = pd.Series({mid: json.dumps([[seq, rows[mid]] for seq, rows in earlier if mid in rows], sort_keys=True)
                          for mid in table.index}, dtype=object)
     kres = anonymize.k_anonymize(table, k, max_suppress=max_suppress, seed=seed,
                                  levels=None if scheme is None else scheme["levels"], history=history)
-    digests = {str(mid): digest({str(c): str(v) for c, v in row.items()}) for mid, row in kres.released.iterrows()}
-    return kres, digests, scheme if scheme is not None else {"k": k, "levels": kres.levels}
+    rows = {str(mid): {str(c): str(v) for c, v in row.items()} for mid, row in kres.released.iterrows()}
+    return kres, rows, scheme if scheme is not None else {"k": k, "levels": kres.levels}
 
 
 def _k_anonymous(role, ledger, query, table, k, max_suppress, seed):
     """k-anonymous rows under the deployment's fixed levels, classes split by earlier exports."""
     from meterveil.host.decryption.policy import PolicyError
 
-    earlier = [x for x in ledger.exports if x.mode == "k-anonymous"]
-    if earlier and k < int(earlier[0].scheme["k"]):
-        reason = f"refused: k={k} is below the deployment's k={earlier[0].scheme['k']} (fixed by the first export)"
+    prior = [x for x in ledger.exports if x.mode == "k-anonymous"]
+    scheme = prior[0].scheme if prior else None
+    if scheme is not None and k < int(scheme["k"]):
+        reason = f"refused: k={k} is below the deployment's k={scheme['k']} (fixed by the first export)"
         role.record("export-households", query, "refuse", reason)
         raise PolicyError(reason)
-    kres, digests, scheme = anonymize_with_history(table, k, max_suppress, seed, earlier, role.result_hash)
+    earlier = [(x.seq, role.open_private(x.released_sealed)) for x in prior]
+    kres, rows, scheme = anonymize_with_history(table, k, max_suppress, seed, earlier, scheme)
     if len(kres.table) == 0:
         role.record("export-households", query, "refuse", f"refused: {len(table)} households cannot reach k={k}")
         raise PolicyError(f"{len(table)} households cannot be made {k}-anonymous")
-    extra = {"mode": "k-anonymous", "scheme": scheme, "released": digests}
+    extra = {"mode": "k-anonymous", "scheme": scheme, "released_sealed": role.seal_private(rows)}
     return kres.table, {"mode": "k-anonymous", **kres.report(), "deployment_k": int(scheme["k"]),
                         "earlier_exports": len(earlier)}, extra
 
@@ -337,13 +349,16 @@ def _synthetic(role, ledger, query, table, n, epsilon, seed):
                        "epsilon_cap": EXPORT_EPSILON_CAP}, extra
 
 
-def _write_and_record(role, query, report, released, out, report_path, refusals, warnings) -> ExportResult:
-    """CSV and report (0600), then the audit entry that names the file's hash and the ledger's rows."""
-    write_private(out, released.to_csv(index=False))
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+def _write_and_record(role, query, report, released, out, report_path, refusals, warnings,
+                      operator) -> ExportResult:
+    """The audit entry (naming the CSV's hash and, through the ledger, its rows) first, then the CSV and
+    report (0600): a file that exists was always ledgered, so later exports account for it."""
+    text = released.to_csv(index=False)
+    digest = hashlib.sha256(text.encode()).hexdigest()
     report["sha256"] = digest
-    write_private(report_path, json.dumps(report, indent=1, default=str) + "\n")
     summary = {key: report[key] for key in ("rows", "k_achieved", "suppressed", "generalised") if key in report}
     role.record("export-households", {**query, **summary}, "allow",
                 f"ok: {report['mode']} export of {len(released)} rows", role.result_hash({"sha256": digest}))
-    return ExportResult(out, report, released, refusals, tuple(warnings))
+    write_private(out, text)
+    write_private(report_path, json.dumps(report, indent=1, default=str) + "\n")
+    return ExportResult(out, report, released, refusals, tuple(warnings), operator)

@@ -44,27 +44,27 @@ def export_households_cmd(args: argparse.Namespace) -> int:
         return 2
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    r = res.report
+    r, op = res.report, res.operator
     if res.refusals:
         n = sum(len(v) for v in res.refusals.values())
         print(f"warning: the decryption role refused {n} household-month(s); left out: "
-              f"{r['households_left_out_refused']} household(s), month(s) {r['months_dropped_all_refused'] or 'none'}",
+              f"{op['households_left_out_refused']} household(s), month(s) {op['months_dropped_all_refused'] or 'none'}",
               file=sys.stderr)
         for line in describe_refusals(res.refusals):
             print(f"  {line}", file=sys.stderr)
     if r["mode"] == "k-anonymous":
-        print(f"{r['rows']} of {r['households_in']} households, k={r['k']} achieved k={r['k_achieved']}, "
+        print(f"{r['rows']} of {op['households_in']} households, k={r['k']} achieved k={r['k_achieved']}, "
               f"{r['suppressed']} suppressed, {r['classes']} classes -> {res.out}")
         print(f"  levels {'fixed by the first export' if r['levels_fixed'] else 'chosen now and fixed for later exports'}"
               f" ({r['earlier_exports']} earlier)")
         for col, what in r["generalised"].items():
             print(f"  {col}: {what}")
     else:
-        print(f"{r['rows']} synthetic records from {r['households_in']} households -> {res.out}; "
+        print(f"{r['rows']} synthetic records from {op['households_in']} households -> {res.out}; "
               f"epsilon {r['epsilon']:g} (delta 0), synthetic exports so far {r['epsilon_spent_total']:g} "
               f"of {r['epsilon_cap']:g}")
         print(f"  measured: {', '.join(r['model']['marginals'])}")
-        print(f"  marginal TVD vs the real table: {r['utility']['marginal_tvd']}")
+        print(f"  marginal TVD vs the noisy measurements: {r['utility']['marginal_tvd_vs_measured']}")
     print(f"  months {', '.join(r['months'])} (billing periods in {r['timezone']}, from {r['timezone_source']})")
     print(f"report: {res.out}.report.json (audited)")
     return 0

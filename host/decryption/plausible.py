@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meterveil.host.common.noise_bound import analytics_value_bounds
+from meterveil.host.common.noise_bound import fallback_share_variance, share_tail_bound
 from meterveil.host.common.registry import rated_max_wh
 
 
@@ -34,9 +34,15 @@ def bill_problem(total_wh: int, period_s: int, attributes: dict[str, Any]) -> st
 def feeder_problem(analytics_sum_wh: int, readings: int, epsilon_milli: int, clamp_wh: int, m: int,
                    interval_s: int = 900) -> str | None:
     """None, or why a feeder's DP analytics sum of `readings` clamped-and-noised values is impossible.
-    Each value is bounded as the gateway bounds one reading in proxy mode (host/common/noise_bound.py)."""
-    one_lo, one_hi = analytics_value_bounds(epsilon_milli, clamp_wh, m, interval_s)
-    lo, hi = readings * one_lo, readings * one_hi
+
+    The noise of the sum is the sum of the readings' shares, subgaussian with the summed variance, so
+    the tail is bounded once for the sum (not reading by reading: that would hand one lying meter the
+    slack of every honest reading in the cell). The variance is the fallback one, never below a
+    meter's provisioned one (host/common/noise_bound.py)."""
+    if interval_s <= 0 or 86400 % interval_s:
+        interval_s = 900  # as noise_share_bound: the meters' calibration assumes whole days of intervals
+    t = share_tail_bound(max(1, readings) * fallback_share_variance(epsilon_milli, clamp_wh, m, interval_s))
+    lo, hi = -t, readings * clamp_wh + t
     if not lo <= analytics_sum_wh <= hi:
         return f"outside [{lo}, {hi}] Wh for {readings} readings clamped at {clamp_wh} Wh plus noise"
     return None

@@ -29,6 +29,7 @@ sessions cannot both pass a check. The role holds no meter key and never opens o
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import json
@@ -42,10 +43,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from phe import paillier
 
 from meterveil.host.audit import anchors
-from meterveil.host.audit.chain import AuditError, AuditLog, result_digest
+from meterveil.host.audit.chain import AuditError, AuditLog, canonical_json, result_digest, strict_loads
 from meterveil.host.audit.ledger import BilledWindow, Ledger, utc_month
 from meterveil.host.backoffice import dp
 from meterveil.host.backoffice.aggregate import FeederCell, HouseholdSums, feeder_sums, iter_billing_sums
@@ -236,6 +238,22 @@ class DecryptionRole:
 
     def result_hash(self, result: Any) -> str:
         return result_digest(result, self._audit_key)
+
+    def seal_private(self, obj: Any) -> str:
+        """Canonical JSON of `obj` under AES-GCM with a key derived from the secret key (fresh nonce):
+        what the role keeps in its signed log for itself only (the export ledger's released rows).
+        Auditors and the web tier read the log without any key: they see an opaque string."""
+        nonce = os.urandom(12)
+        ct = AESGCM(self._private_key_bytes()).encrypt(nonce, canonical_json(obj).encode(), b"meterveil/private/v1")
+        return base64.b64encode(nonce + ct).decode()
+
+    def open_private(self, text: str) -> Any:
+        raw = base64.b64decode(text)
+        pt = AESGCM(self._private_key_bytes()).decrypt(raw[:12], raw[12:], b"meterveil/private/v1")
+        return strict_loads(pt.decode())
+
+    def _private_key_bytes(self) -> bytes:
+        return hashlib.sha256(b"meterveil/role-private/v1" + self._audit_key).digest()
 
     # -- bills --------------------------------------------------------------------------------
     def household_totals(self, store: Store, tariff: Tariff, period: str,
@@ -449,7 +467,10 @@ class DecryptionRole:
 
         cells = [c for c in feeder_sums(relabelled(), self.public_key.nsquare, cell_s)
                  if c.interval_start >= t_from - t_from % cell_s]
-        loads = [self._feeder_cell(c, len(members[utc_month(c.interval_start)])) for c in cells]
+        now = time.time()
+        loads = [self._feeder_cell(c, len(members[utc_month(c.interval_start)]))
+                 if c.interval_start + c.interval_len <= min(t_to, now) else self._incomplete_cell(c, t_to)
+                 for c in cells]
         _wrong_key_if_all_overflow([x.status for x in loads], len(loads))
         return loads
 
@@ -553,6 +574,20 @@ class DecryptionRole:
     def spent_milli(self, feeder: str, day: str) -> int:
         """Household-day epsilon spent on `feeder` on UTC `day` (YYYY-MM-DD), milli, rounded up."""
         return math.ceil(self.day_epsilon(feeder, day) * 1000 - 1e-9)
+
+    def _incomplete_cell(self, cell: FeederCell, t_to: int) -> FeederLoad:
+        """A cell that ends after the requested range or in the future is not released: its readings
+        are not all in, and a partial release would pin the cell's contributor set, so the honest
+        full cell would be refused forever afterwards."""
+        reason = (f"refused: incomplete cell (it ends at {_iso(cell.interval_start + cell.interval_len)}, after "
+                  f"{_iso(t_to)} or in the future): ask again once the whole cell has passed")
+        with self._tx():
+            self.record("feeder-load", {"feeder": cell.feeder, "interval_start": cell.interval_start,
+                                        "interval_len": cell.interval_len, "readings": cell.readings}, "refuse", reason)
+        return FeederLoad(feeder=cell.feeder, interval_start=cell.interval_start, interval_len=cell.interval_len,
+                          readings=cell.readings, contributors=cell.contributors, epsilon_milli=cell.epsilon_milli,
+                          clamp_wh=cell.clamp_wh, m=self.policy.required_m(cell.feeder, cell.m), status=reason,
+                          analytics_sum_wh=None)
 
     def _feeder_cell(self, cell: FeederCell, frozen: int) -> FeederLoad:
         m = self.policy.required_m(cell.feeder, cell.m)

@@ -74,7 +74,7 @@ class DemoConfig:
     epsilon: float = 1.0
     max_household_kw: float = 2.0
     k_min: int = 5
-    min_band_readings: int | None = None  # the policy's floor per bill band (None: the default, 28)
+    min_band_readings: int | None = None  # the policy's floor per bill band (None: the policy's default)
     seed: int = 1
     start: date | None = None             # local date in the tariff's zone; None = auto
     start_hour: int = 0                   # local hour the simulation starts on that day
