@@ -123,21 +123,28 @@ def test_one_lying_meter_cannot_spend_the_cells_noise_slack(tmp_path, keypair):
         store.close()
 
 
-def test_a_cell_that_has_not_ended_is_not_released(tmp_path, keypair):
-    """An hour asked for before it is over (or cut by the range) would pin a partial contributor set
-    and make the honest full hour refused forever: it is refused as incomplete, and the full hour is
-    released once asked for in whole."""
+def test_releases_are_whole_cells_and_a_running_one_waits(tmp_path, keypair):
+    """A range that cuts an hour is widened to the whole hour (a partial release would pin a partial
+    contributor set and make the honest full hour refused forever); an hour not yet over is refused
+    as incomplete, not released with what has arrived so far."""
+    import time
+
     pub, priv = keypair
     t0 = _month() + 2 * IV  # 19:00 UTC: a whole hour
+    now_hour = int(time.time()) // 3600 * 3600
     assert t0 % 3600 == 0
-    fill_store(tmp_path / "s.db", pub, [(f"m{i}", "F1", t0 + s * IV, 100, 100) for i in range(6) for s in range(4)])
+    rows = [(f"m{i}", "F1", t0 + s * IV, 100, 100) for i in range(6) for s in range(4)]
+    rows += [(f"m{i}", "F1", now_hour, 100, 100) for i in range(6)]
+    fill_store(tmp_path / "s.db", pub, rows)
     store = open_store(tmp_path / "s.db")
     role = role_for(tmp_path / "s.db", priv)
     try:
-        half, = role.feeder_load(store, "F1", t0, t0 + 2 * IV)  # hourly cells, half an hour asked
-        assert half.status.startswith("refused: incomplete cell") and half.analytics_sum_wh is None
-        full, = role.feeder_load(store, "F1", t0, t0 + 4 * IV)
-        assert full.status == "ok" and full.analytics_sum_wh == 24 * 100
+        half, = role.feeder_load(store, "F1", t0, t0 + 2 * IV)  # half an hour asked: the whole hour
+        assert half.status == "ok" and half.analytics_sum_wh == 24 * 100 and half.readings == 24
+        again, = role.feeder_load(store, "F1", t0, t0 + 4 * IV)
+        assert again.allowed and again.analytics_sum_wh == 24 * 100  # the same cell, not a refusal
+        running, = role.feeder_load(store, "F1", now_hour, now_hour + IV)
+        assert running.status.startswith("refused: incomplete cell") and running.analytics_sum_wh is None
     finally:
         role.close()
         store.close()

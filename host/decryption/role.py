@@ -458,6 +458,9 @@ class DecryptionRole:
             raise PolicyError("feeder loads need the meter registry (--registry): feeder membership comes "
                               "from it, never from the store")
         cell_s = release_s or self.policy.release_s
+        # Whole cells only: a range that cuts a cell is widened to its end, since a cell released with
+        # part of its readings would pin that contributor set and refuse the full cell ever after.
+        t_to = -(-t_to // cell_s) * cell_s
         members = {m: set(self.members(feeder, m)) for m in _months(t_from, t_to)}
 
         def relabelled() -> Iterator[StoredReading]:
@@ -469,7 +472,7 @@ class DecryptionRole:
                  if c.interval_start >= t_from - t_from % cell_s]
         now = time.time()
         loads = [self._feeder_cell(c, len(members[utc_month(c.interval_start)]))
-                 if c.interval_start + c.interval_len <= min(t_to, now) else self._incomplete_cell(c, t_to)
+                 if c.interval_start + c.interval_len <= now else self._incomplete_cell(c)
                  for c in cells]
         _wrong_key_if_all_overflow([x.status for x in loads], len(loads))
         return loads
@@ -575,12 +578,12 @@ class DecryptionRole:
         """Household-day epsilon spent on `feeder` on UTC `day` (YYYY-MM-DD), milli, rounded up."""
         return math.ceil(self.day_epsilon(feeder, day) * 1000 - 1e-9)
 
-    def _incomplete_cell(self, cell: FeederCell, t_to: int) -> FeederLoad:
-        """A cell that ends after the requested range or in the future is not released: its readings
-        are not all in, and a partial release would pin the cell's contributor set, so the honest
-        full cell would be refused forever afterwards."""
-        reason = (f"refused: incomplete cell (it ends at {_iso(cell.interval_start + cell.interval_len)}, after "
-                  f"{_iso(t_to)} or in the future): ask again once the whole cell has passed")
+    def _incomplete_cell(self, cell: FeederCell) -> FeederLoad:
+        """A cell that has not ended yet is not released: its readings are not all in, and a partial
+        release would pin the cell's contributor set, so the honest full cell would be refused forever
+        afterwards."""
+        reason = (f"refused: incomplete cell (it ends at {_iso(cell.interval_start + cell.interval_len)}, in the "
+                  f"future): ask again once the whole cell has passed")
         with self._tx():
             self.record("feeder-load", {"feeder": cell.feeder, "interval_start": cell.interval_start,
                                         "interval_len": cell.interval_len, "readings": cell.readings}, "refuse", reason)
