@@ -531,3 +531,24 @@ def test_bill_ledger_is_the_signed_audit_log(tmp_path, keypair):
         with session(db, priv, "clerk", Policy()) as role:
             role.household_totals(store, tariff, "2026-11", as_of=t_to + 60)
     store.close()
+
+
+def test_changing_the_cut_days_cannot_make_two_windows_a_few_days_apart(tmp_path, keypair):
+    """Review finding: the week rule followed the current cut days only. Billed to the 15th under one
+    policy, then with cut days (10, 20) the next interim window would end on the 20th: the difference
+    would be 5 days of exact energy. Refused; the closing bill (15 days later) is still allowed."""
+    pub, priv = keypair
+    db = tmp_path / "s.db"
+    tariff = load_tariff(TARIFFS / "flat.toml")
+    t_from, t_to = tariff.period_bounds("2026-11")
+    fill_store(db, pub, [("h1", "F1", t_from + i * IV, 10, 0) for i in range(30 * 96)])
+    store = open_store(db)
+    with session(db, priv, "clerk", Policy(cut_days=(15,))) as role:
+        (first,) = role.household_totals(store, tariff, "2026-11", as_of=t_from + 16 * 86400)
+        assert first.readings == 14 * 96
+    with session(db, priv, "clerk", Policy(cut_days=(10, 20))) as role:
+        assert role.household_totals(store, tariff, "2026-11", as_of=t_from + 21 * 86400) == []
+        assert "5 days from an earlier bill window" in role.refusals[0][1]
+        (closing,) = role.household_totals(store, tariff, "2026-11", as_of=t_to)
+        assert closing.readings == 30 * 96
+    store.close()

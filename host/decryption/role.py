@@ -302,6 +302,11 @@ class DecryptionRole:
                 digest = None
                 if reason is None:
                     reason, digest = self._bill_check(hs, period, labels, refined, windows)
+                if reason is None:
+                    reason = _window_gap_reason(w_end, windows)
+                if reason is None and any(end not in (t_to, *cuts) for end in windows):  # cut days changed:
+                    # check the segments between the windows that exist (and this one)
+                    reason = self._tariff_check(tariff, sorted({t_from, *windows, w_end, t_to}))
                 if reason is not None:
                     self._refuse_bill(tariff, period, hs.meter_id, reason)
                     self.refusals.append((hs.meter_id, reason))
@@ -629,6 +634,18 @@ class DecryptionRole:
 
 
 _OVERFLOW = "a decrypted sum does not fit its slot"
+
+
+def _window_gap_reason(w_end: int, windows: dict[int, Any]) -> str | None:
+    """A bill window ending within MIN_SEGMENT_DAYS of an earlier window of the same household and
+    period (possible only if the policy's cut days changed between sessions) would difference to
+    less than a week."""
+    near = [end for end in windows if end != w_end and abs(end - w_end) < MIN_SEGMENT_DAYS * 86400]
+    if not near:
+        return None
+    return (f"refused: this bill window ends {abs(near[0] - w_end) / 86400:g} days from an earlier bill window "
+            f"(to {_iso(near[0])[:10]}) of this household and period (< {MIN_SEGMENT_DAYS}): the cut days "
+            f"changed?")
 
 
 def _wrong_key_if_all_overflow(reasons: list[str], total: int) -> None:
